@@ -1,0 +1,282 @@
+"""The batched inference loop: reader (decode + views, in DataLoader workers), extractor (one
+forward pass for all layers, pooling, TTA averaging) and writer (the feature store)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from featx.backbones import DEFAULT_BACKBONE, Preprocess, load_backbone
+from featx.errors import InputError, WeightsError
+from featx.images import DecodeError, ImageRecord, decode_image, read_bytes, scan_inputs
+from featx.layers import LayerTap, default_layer
+from featx.pooling import check_pooling, pool
+from featx.store import FeatureStore, StoreWriter
+from featx.views import check_tta, image_views, normalise
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+AMP_MODES = ("none", "bf16", "fp16")
+DTYPES = ("float32", "float16")
+SHARD_BYTES = 256 << 20  # a shard holds at most this much feature data per layer
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in DEVICES:
+        raise InputError(f"unknown --device '{device}'; allowed: {', '.join(DEVICES)}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("--device mps was asked for but MPS is not available here; use --device cpu or auto")
+    return torch.device(device)
+
+
+# --- reader ------------------------------------------------------------------------------------
+
+class ImageViews(Dataset):
+    """Item i: the file's views as uint8, or the reason it failed. Never raises for a bad file."""
+
+    def __init__(self, paths: Sequence[str], preprocess: Preprocess, tta: int):
+        self.paths = list(paths)
+        self.preprocess = preprocess
+        self.tta = tta
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"index": i, "views": None, "sha256": None, "status": "ok", "error": None}
+        try:
+            data, item["sha256"] = read_bytes(self.paths[i])
+            image = decode_image(data, draft_size=self.preprocess.resize_size)
+            item["views"] = image_views(image, self.preprocess, self.tta)
+        except DecodeError as exc:
+            item["status"], item["error"] = exc.code, exc.message
+        except Exception as exc:  # anything else a hostile file triggers still loses only this file
+            item["status"], item["error"] = "decode_error", f"{type(exc).__name__}: {exc}"
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    good = [it["views"] for it in items if it["views"] is not None]
+    return {"items": [{k: v for k, v in it.items() if k != "views"} for it in items],
+            "views": torch.cat(good) if good else None}
+
+
+# --- extractor ---------------------------------------------------------------------------------
+
+@dataclass
+class Batch:
+    indices: list[int]  # positions in the paths given to `run`
+    meta: list[dict]  # sha256, status, error per index
+    features: dict[str, np.ndarray]  # layer -> (len(indices), D); NaN rows for failed files
+
+
+class Extractor:
+    """A backbone with its layers, pooling and views: images in, vectors out."""
+
+    def __init__(self, model: str = DEFAULT_BACKBONE, *, weights: str = "default", layers: Sequence[str] | None = None,
+                 pool: str = "avg", image_size: int | None = None, tta: int = 1, device: str = "auto",
+                 amp: str = "none", dtype: str = "float32", batch_size: int = 32, workers: int | None = None):
+        if amp not in AMP_MODES:
+            raise InputError(f"unknown --amp '{amp}'; allowed: {', '.join(AMP_MODES)}")
+        if dtype not in DTYPES:
+            raise InputError(f"unknown --dtype '{dtype}'; allowed: {', '.join(DTYPES)}")
+        if int(batch_size) < 1:
+            raise InputError(f"--batch-size {batch_size} must be at least 1")
+        self.device = resolve_device(device)
+        if amp != "none" and self.device.type != "cuda":
+            raise InputError(f"--amp {amp} needs a CUDA device (this run uses {self.device.type}); "
+                             "use --amp none on CPU, where features are computed in float32")
+        self.tta = check_tta(tta)
+        self.amp, self.dtype, self.batch_size = amp, dtype, int(batch_size)
+        self.workers = default_workers() if workers is None else int(workers)
+        self.backbone = load_backbone(model, weights, image_size)
+        self.layers = list(layers) if layers else [default_layer(self.backbone.model, model)]
+        if len(set(self.layers)) != len(self.layers):
+            raise InputError(f"--layer given twice: {self.layers}")
+        self.pool_name = pool
+        self.tap = LayerTap(self.backbone.model, self.layers, model).eval()
+        self.shapes = self._probe_shapes()
+        for layer in self.layers:
+            check_pooling(pool, layer, self.shapes[layer])
+        self.tap = self.tap.to(self.device, memory_format=torch.channels_last)
+        self.weights_source = weights
+
+    @torch.inference_mode()
+    def _probe_shapes(self) -> dict[str, tuple[int, ...]]:
+        size = self.backbone.preprocess.crop_size
+        outputs = self.tap(torch.zeros(1, 3, size, size))
+        return {layer: tuple(outputs[layer].shape[1:]) for layer in self.layers}
+
+    @property
+    def config(self) -> dict:
+        """What determines the features; stored with them and checked wherever they are used."""
+        return {
+            "backbone": self.backbone.name,
+            "weights_id": self.backbone.weights_id,
+            "weights_sha256": self.backbone.weights_sha256,
+            "layers": self.layers,
+            "pool": self.pool_name,
+            "preprocess": self.backbone.preprocess.to_dict(),
+            "tta": self.tta,
+            "dtype": self.dtype,
+        }
+
+    @torch.inference_mode()
+    def _forward(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = views.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = normalise(x, self.backbone.preprocess)
+        if self.amp != "none":
+            with torch.autocast("cuda", dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16):
+                outputs = self.tap(x)
+        else:
+            outputs = self.tap(x)
+        pooled = {}
+        for layer in self.layers:
+            vectors = pool(outputs[layer], self.pool_name).float()
+            pooled[layer] = vectors.view(-1, self.tta, vectors.shape[-1]).mean(1)  # average the views
+        return pooled
+
+    def run(self, paths: Sequence[str], batches: Sequence[Sequence[int]] | None = None,
+            progress: bool = True, description: str = "extract") -> Iterator[Batch]:
+        """Features of `paths`, in batches (index lists into `paths`; default: consecutive)."""
+        if batches is None:
+            batches = [list(range(i, min(i + self.batch_size, len(paths)))) for i in range(0, len(paths), self.batch_size)]
+        dataset = ImageViews(paths, self.backbone.preprocess, self.tta)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=collate,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False,
+                            prefetch_factor=4 if self.workers else None)
+        total = sum(len(b) for b in batches)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=total, desc=description, unit="img", disable=not progress, dynamic_ncols=True) as bar:
+            for batch in loader:
+                items = batch["items"]
+                ok = [k for k, it in enumerate(items) if it["status"] == "ok"]
+                features = {}
+                pooled = self._forward(batch["views"]) if batch["views"] is not None else {}
+                for layer in self.layers:
+                    dim = pooled[layer].shape[-1] if pooled else self.pooled_dims[layer]
+                    array = np.full((len(items), dim), np.nan, dtype=self.dtype)
+                    if ok:
+                        array[ok] = pooled[layer].cpu().numpy().astype(self.dtype, copy=False)
+                    features[layer] = array
+                bar.update(len(items))
+                yield Batch([it["index"] for it in items], items, features)
+
+    @property
+    def pooled_dims(self) -> dict[str, int]:
+        dims = {}
+        for layer, shape in self.shapes.items():
+            dims[layer] = int(pool(torch.zeros(1, *shape), self.pool_name).shape[-1])
+        return dims
+
+    def features_of(self, paths: Sequence[str], progress: bool = False) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+        """All features of `paths` in memory, with a metadata row (sha256, status, error) each."""
+        layers: dict[str, list[np.ndarray]] = {layer: [] for layer in self.layers}
+        rows = []
+        for batch in self.run(paths, progress=progress):
+            for layer in self.layers:
+                layers[layer].append(batch.features[layer])
+            rows.extend({"path": paths[i], **{k: it[k] for k in ("sha256", "status", "error")}}
+                        for i, it in zip(batch.indices, batch.meta))
+        dims = self.pooled_dims
+        stacked = {l: np.concatenate(v) if v else np.zeros((0, dims[l]), self.dtype) for l, v in layers.items()}
+        return stacked, pd.DataFrame(rows, columns=["path", "sha256", "status", "error"])
+
+
+def default_workers() -> int:
+    """Decoding workers: the cores left after the forward pass, at least 1, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores - 1))
+
+
+def extractor_from_config(config: dict, **runtime) -> Extractor:
+    """Rebuild the extractor a store, model or index recorded, and prove it is the same one."""
+    weights = config.get("weights_source", "default")
+    extractor = Extractor(config["backbone"], weights=weights, layers=config["layers"], pool=config["pool"],
+                          image_size=config["preprocess"]["crop_size"], tta=runtime.pop("tta", config.get("tta", 1)),
+                          dtype=config.get("dtype", "float32"), **runtime)
+    if extractor.backbone.weights_sha256 != config.get("weights_sha256"):
+        raise WeightsError(f"the weights loaded from '{weights}' (sha256 {extractor.backbone.weights_sha256}) are "
+                           f"not the ones the features were made with (sha256 {config.get('weights_sha256')}); "
+                           "make the same weights file available")
+    return extractor
+
+
+# --- the whole job -----------------------------------------------------------------------------
+
+def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: str = "default",
+            layers: Sequence[str] | None = None, pool: str = "avg", image_size: int | None = None, tta: int = 1,
+            batch_size: int = 32, workers: int | None = None, device: str = "auto", amp: str = "none",
+            dtype: str = "float32", shard_size: int = 4096, overwrite: bool = False, append: bool = False,
+            progress: bool = True) -> FeatureStore:
+    """Extract features of `inputs` (folders, manifests, globs) into the store at `out`.
+
+    Re-running the same call resumes after the last finished shard; `append=True` adds files
+    whose content is new; another config into an existing store is refused unless `overwrite`."""
+    if int(shard_size) < 1:
+        raise InputError(f"--shard-size {shard_size} must be at least 1")
+    records = scan_inputs(inputs)
+    extractor = Extractor(model, weights=weights, layers=layers, pool=pool, image_size=image_size, tta=tta,
+                          device=device, amp=amp, dtype=dtype, batch_size=batch_size, workers=workers)
+    config = extractor.config | {"weights_source": _weights_source(weights)}
+    writer = StoreWriter(out, config, overwrite=overwrite, append=append)
+    work = writer.prepare(records, sha_of=_sha_or_none)
+    plan = work.plan
+    rows_per_shard = _rows_per_shard(int(shard_size), extractor)
+    shards = [(s, min(s + rows_per_shard, len(plan))) for s in range(work.start_row, len(plan), rows_per_shard)]
+    if work.start_row:
+        log.info("resuming store %s at row %d of %d", out, work.start_row, len(plan))
+    batches = [list(range(b, min(b + extractor.batch_size, stop))) for start, stop in shards
+               for b in range(start, stop, extractor.batch_size)]
+    paths = plan["path"].tolist()
+    plan_rows = plan[["row_id", "path", "label", "split"]].to_dict("records")
+    shard_of_row = {start: stop for start, stop in shards}
+    current_start, buffered, meta_rows = work.start_row, {l: [] for l in extractor.layers}, []
+    for batch in extractor.run(paths, batches, progress=progress):
+        for layer in extractor.layers:
+            buffered[layer].append(batch.features[layer])
+        meta_rows.extend({**plan_rows[i],
+                          **{k: it[k] for k in ("sha256", "status", "error")}} for i, it in zip(batch.indices, batch.meta))
+        if batch.indices[-1] + 1 == shard_of_row[current_start]:
+            writer.commit_shard(current_start, {l: np.concatenate(v) for l, v in buffered.items()},
+                                pd.DataFrame(meta_rows))
+            current_start, buffered, meta_rows = batch.indices[-1] + 1, {l: [] for l in extractor.layers}, []
+    store = writer.finalize(len(plan))
+    summary = store.summary()
+    log.info("store %s: %d images, %d ok, %d failed", out, summary["rows"], summary["ok"], summary["failed"])
+    return store
+
+
+def _weights_source(weights: str) -> str:
+    return weights if weights in ("default", "random") else str(Path(weights).expanduser().resolve())
+
+
+def _sha_or_none(path: str) -> str | None:
+    try:
+        return read_bytes(path)[1]
+    except DecodeError:
+        return None
+
+
+def _rows_per_shard(shard_size: int, extractor: Extractor) -> int:
+    itemsize = np.dtype(extractor.dtype).itemsize
+    widest = max(extractor.pooled_dims.values()) * itemsize
+    return max(1, min(shard_size, SHARD_BYTES // max(1, widest)))
