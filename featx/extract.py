@@ -72,6 +72,15 @@ class ImageViews(Dataset):
         return item
 
 
+def _worker_init(_worker_id: int) -> None:
+    # Decoding yields to the forward pass: on a small CPU a decoding worker that preempts one of
+    # torch's threads stalls every parallel op of the batch, costing more than the decode itself.
+    try:
+        os.nice(int(os.environ.get("FEATX_WORKER_NICE", "10")))
+    except OSError:
+        pass
+
+
 def collate(items: list[dict]) -> dict:
     good = [it["views"] for it in items if it["views"] is not None]
     return {"items": [{k: v for k, v in it.items() if k != "views"} for it in items],
@@ -160,6 +169,7 @@ class Extractor:
             batches = [list(range(i, min(i + self.batch_size, len(paths)))) for i in range(0, len(paths), self.batch_size)]
         dataset = ImageViews(paths, self.backbone.preprocess, self.tta)
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=collate,
+                            worker_init_fn=_worker_init if self.device.type == "cpu" else None,
                             pin_memory=self.device.type == "cuda", persistent_workers=False,
                             prefetch_factor=4 if self.workers else None)
         total = sum(len(b) for b in batches)

@@ -141,7 +141,7 @@ def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
         except Image.UnidentifiedImageError:
             raise DecodeError("not_image", "not an image file Pillow can identify")
         except Exception as exc:
-            raise DecodeError("decode_error", f"cannot open image: {exc}")
+            raise DecodeError(_error_code(exc), f"cannot open image: {exc}")
         try:
             if draft_size and image.format == "JPEG":
                 w, h = image.size
@@ -152,8 +152,7 @@ def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise DecodeError("bomb", f"decompression bomb refused: {exc}")
         except OSError as exc:
-            code = "truncated" if "truncated" in str(exc).lower() or "broken data" in str(exc).lower() else "decode_error"
-            raise DecodeError(code, f"cannot decode image ({image.format}): {exc}")
+            raise DecodeError(_error_code(exc), f"cannot decode image ({image.format}): {exc}")
         except (SyntaxError, ValueError, EOFError) as exc:
             raise DecodeError("decode_error", f"cannot decode image ({image.format}): {exc}")
         try:
@@ -161,6 +160,11 @@ def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
         except Exception:  # a broken EXIF block must not lose the pixels
             pass
         return to_rgb(image)
+
+
+def _error_code(exc: Exception) -> str:
+    message = str(exc).lower()
+    return "truncated" if any(w in message for w in ("truncated", "broken data", "premature end")) else "decode_error"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

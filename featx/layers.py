@@ -30,10 +30,8 @@ class LayerTap(nn.Module):
         self.traced = None
         self.model = model
         available = layer_names(model, model_name)
-        for layer in self.layers:
-            if layer not in available:
-                raise unknown_layer_error(layer, available, model_name)
-        graph = _trace(model, self.layers, model_name)
+        targets = {layer: resolve_layer(layer, available, model, model_name) for layer in self.layers}
+        graph = _trace(model, targets, model_name)
         if graph is not None:
             self.traced = graph
         else:
@@ -81,10 +79,21 @@ def _graph_node_names(model: nn.Module) -> list[str] | None:
         return None
 
 
-def _trace(model: nn.Module, layers: Sequence[str], model_name: str):
+def _trace(model: nn.Module, targets: dict[str, str], model_name: str):
     if _graph_node_names(model) is None:
         return None
-    return _feature_extractor_fn(model)(model, return_nodes={layer: layer for layer in layers})
+    return _feature_extractor_fn(model)(model, return_nodes={node: layer for layer, node in targets.items()})
+
+
+def resolve_layer(layer: str, available: Sequence[str], model: nn.Module, model_name: str) -> str:
+    """A graph node by name, or a container module (e.g. 'blocks.5'), which means its last node."""
+    if layer in available:
+        return layer
+    if layer in dict(model.named_modules()):
+        inside = [n for n in available if n.startswith(layer + ".")]
+        if inside:
+            return inside[-1]
+    raise unknown_layer_error(layer, available, model_name)
 
 
 def layer_names(model: nn.Module, model_name: str) -> list[str]:

@@ -1,0 +1,44 @@
+"""Shared fixtures: seeded synthetic images, a tiny random-weight extractor setup, real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+HYMENOPTERA = Path(os.environ.get("FEATX_HYMENOPTERA", REPO.parent / "shared" / "datasets" / "hymenoptera"))
+DEMO = REPO / "data" / "fashion-mnist-demo"
+
+# a small, fast network for unit tests: random weights, 64 px input
+TINY = dict(model="resnet18", weights="random", image_size=64, workers=0, batch_size=8, progress=False)
+
+
+def needs_hymenoptera():
+    return pytest.mark.skipif(not HYMENOPTERA.is_dir(),
+                              reason=f"real data not found at {HYMENOPTERA} (../shared/datasets/hymenoptera)")
+
+
+def make_class_folder(root: Path, classes=("cats", "dogs"), per_class=6, size=(48, 40), seed=0,
+                      splits: tuple[str, ...] | None = None) -> Path:
+    """Class folders of seeded images whose colour depends on the class (so they are separable)."""
+    rng = np.random.default_rng(seed)
+    for split in splits or (None,):
+        for c, name in enumerate(classes):
+            folder = root / split / name if split else root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                base = np.zeros((size[1], size[0], 3), np.float64)
+                base[..., c % 3] = 180
+                noise = rng.normal(0, 40, base.shape)
+                pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{name}_{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_class_folder(tmp_path / "images")

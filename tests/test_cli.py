@@ -1,0 +1,40 @@
+from typer.testing import CliRunner
+
+from featx.cli import app
+from tests.conftest import make_class_folder
+
+runner = CliRunner()
+TINY_ARGS = ["--model", "resnet18", "--weights", "random", "--image-size", "64", "--workers", "0"]
+
+
+def test_models_lists_offline_default():
+    result = runner.invoke(app, ["models", "efficientnet*"])
+    assert result.exit_code == 0 and "efficientnet_lite0" in result.output and "bundled" in result.output
+
+
+def test_layers_marks_default():
+    result = runner.invoke(app, ["layers", "resnet18"])
+    assert result.exit_code == 0
+    assert any("flatten" in line and "default" in line for line in result.output.splitlines())
+
+
+def test_extract_info_verify(tmp_path):
+    images = make_class_folder(tmp_path / "imgs", per_class=3)
+    (images / "cats" / "broken.jpg").write_text("nope")
+    result = runner.invoke(app, ["extract", str(images), "-o", str(tmp_path / "s"), *TINY_ARGS])
+    assert result.exit_code == 0, result.output
+    assert "6 ok" in result.output and "1 failed" in result.output and "not_image" in result.output
+    info = runner.invoke(app, ["info", str(tmp_path / "s")])
+    assert info.exit_code == 0 and "cats 4" in info.output and "dogs 3" in info.output
+    assert runner.invoke(app, ["verify", str(tmp_path / "s")]).exit_code == 0
+    next((tmp_path / "s" / "features").rglob("*.npy")).write_bytes(b"corrupt")
+    failed = runner.invoke(app, ["verify", str(tmp_path / "s")])
+    assert failed.exit_code == 1 and "sha256 mismatch" in failed.output
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path):
+    images = make_class_folder(tmp_path / "imgs", per_class=1)
+    result = runner.invoke(app, ["extract", str(images), "-o", str(tmp_path / "s"), *TINY_ARGS, "--layer", "layer9"])
+    assert result.exit_code == 2 and "unknown layer 'layer9'" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["extract", str(tmp_path / "nothing"), "-o", str(tmp_path / "s"), *TINY_ARGS])
+    assert result.exit_code == 2 and "does not exist" in result.output

@@ -1,0 +1,126 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featx.errors import ConfigMismatchError, InputError, StoreError
+from featx.extract import extract
+from featx.store import FeatureStore, StoreWriter
+from tests.conftest import TINY, make_class_folder
+
+
+def test_store_rows_labels_and_files(image_folder, tmp_path):
+    store = extract(image_folder, tmp_path / "store", shard_size=5, **TINY)
+    assert len(store) == 12 and store.complete
+    assert sorted(set(store.labels)) == ["cats", "dogs"]
+    features = store.features()
+    assert features.shape == (12, 512) and features.dtype == np.float32 and np.isfinite(features).all()
+    assert len(store.manifest["shards"]) == 3  # 5 + 5 + 2 rows
+    assert store.verify() == []
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    assert manifest["config"]["backbone"] == "resnet18" and manifest["config"]["layers"] == ["flatten"]
+    assert (tmp_path / "store" / "meta.parquet").is_file()
+
+
+def test_bad_files_become_rows_and_good_ones_are_kept(image_folder, tmp_path):
+    (image_folder / "cats" / "zero.jpg").write_bytes(b"")
+    (image_folder / "cats" / "text.jpg").write_text("not an image")
+    store = extract(image_folder, tmp_path / "store", **TINY)
+    meta = store.meta.set_index(store.meta["path"].str.rsplit("/", n=1).str[-1])
+    assert meta.loc["zero.jpg", "status"] == "empty" and meta.loc["text.jpg", "status"] == "not_image"
+    assert "0 bytes" in meta.loc["zero.jpg", "error"]
+    assert store.ok.sum() == 12 and np.isnan(store.features()[~store.ok]).all()
+
+
+def test_multiple_layers_and_pooling(image_folder, tmp_path):
+    store = extract(image_folder, tmp_path / "s", layers=["layer3", "flatten"], pool="avgmax", **TINY)
+    assert store.layers == ["layer3", "flatten"]
+    assert store.features("layer3").shape == (12, 512)  # 256 channels, avg + max
+
+
+def test_resume_after_crash_equals_clean_run(image_folder, tmp_path, monkeypatch):
+    clean = extract(image_folder, tmp_path / "clean", shard_size=4, **TINY)
+    original_commit = StoreWriter.commit_shard
+    commits = {"n": 0}
+
+    def crash_after_two(self, *args, **kwargs):
+        if commits["n"] == 2:
+            # leave the debris of a kill: an orphan temporary file and a shard file the manifest does not list
+            (self.path / "features" / "flatten" / ".tmp-000002.npy.x").write_bytes(b"partial")
+            raise KeyboardInterrupt("simulated kill")
+        commits["n"] += 1
+        return original_commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(StoreWriter, "commit_shard", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        extract(image_folder, tmp_path / "resumed", shard_size=4, **TINY)
+    partial = FeatureStore.open(tmp_path / "resumed")
+    assert len(partial) == 8 and not partial.complete
+    monkeypatch.setattr(StoreWriter, "commit_shard", original_commit)
+    resumed = extract(image_folder, tmp_path / "resumed", shard_size=4, **TINY)
+    assert resumed.meta[["path", "label", "status"]].equals(clean.meta[["path", "label", "status"]])
+    np.testing.assert_array_equal(resumed.features(), clean.features())
+    assert not list((tmp_path / "resumed").rglob(".tmp-*"))
+
+
+def test_rerun_of_finished_store_does_nothing(image_folder, tmp_path):
+    first = extract(image_folder, tmp_path / "s", **TINY)
+    stamp = first.manifest["shards"][0]["features"]["flatten"]["sha256"]
+    again = extract(image_folder, tmp_path / "s", **TINY)
+    assert len(again) == 12 and again.manifest["shards"][0]["features"]["flatten"]["sha256"] == stamp
+
+
+def test_other_config_is_refused_unless_overwrite(image_folder, tmp_path):
+    extract(image_folder, tmp_path / "s", **TINY)
+    with pytest.raises(ConfigMismatchError, match=r"pool: stored 'avg', requested 'max'.*--overwrite"):
+        extract(image_folder, tmp_path / "s", pool="max", **TINY)
+    assert extract(image_folder, tmp_path / "s", pool="max", overwrite=True, **TINY).config["pool"] == "max"
+
+
+def test_append_adds_only_new_content(image_folder, tmp_path):
+    store = extract(image_folder, tmp_path / "s", **TINY)
+    before = store.features().copy()
+    extra = tmp_path / "more"
+    make_class_folder(extra, per_class=2, seed=99)
+    shutil.copy(image_folder / "cats" / "cats_00.png", extra / "cats" / "duplicate.png")  # same bytes as a stored file
+    with pytest.raises(StoreError, match="--append"):
+        extract([image_folder, extra], tmp_path / "s", **TINY)
+    appended = extract([image_folder, extra], tmp_path / "s", append=True, **TINY)
+    assert len(appended) == 16  # 12 + 4 new, the duplicate skipped
+    np.testing.assert_array_equal(appended.features()[:12], before)
+    assert appended.verify() == []
+
+
+def test_verify_detects_corruption(image_folder, tmp_path):
+    store = extract(image_folder, tmp_path / "s", **TINY)
+    shard = tmp_path / "s" / store.manifest["shards"][0]["features"]["flatten"]["path"]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert any("sha256 mismatch" in p for p in FeatureStore.open(tmp_path / "s").verify())
+
+
+def test_tta_views_are_averaged(image_folder, tmp_path):
+    one = extract(image_folder, tmp_path / "a", **TINY).features()
+    two = extract(image_folder, tmp_path / "b", tta=2, **TINY).features()
+    assert one.shape == two.shape and not np.allclose(one, two)
+    with pytest.raises(InputError, match=r"--tta 11 is out of range"):
+        extract(image_folder, tmp_path / "c", tta=11, **TINY)
+
+
+def test_bad_options_are_clear(image_folder, tmp_path):
+    with pytest.raises(InputError, match="--amp bf16 needs a CUDA device"):
+        extract(image_folder, tmp_path / "x", amp="bf16", device="cpu", **TINY)
+    with pytest.raises(InputError, match="unknown --device 'tpu'"):
+        extract(image_folder, tmp_path / "x", device="tpu", **TINY)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "other.txt").write_text("x")
+    with pytest.raises(StoreError, match="not empty and is not a feature store"):
+        extract(image_folder, tmp_path / "full", **TINY)
+
+
+def test_open_non_store_is_clear(tmp_path):
+    with pytest.raises(StoreError, match=r"not a feature store.*featx extract"):
+        FeatureStore.open(tmp_path)
