@@ -151,5 +151,92 @@ def verify_cmd(store: Path):
     console.print(f"[green]✓[/] {store}: every file matches its recorded sha256 and shape")
 
 
+# --- classifiers -------------------------------------------------------------------------------
+
+@command("train-shallow")
+def train_shallow_cmd(
+    store: Path = typer.Argument(..., help="Feature store."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
+    layer: Optional[str] = typer.Option(None, help="Stored layer; default: the store's first."),
+    classifier: str = typer.Option("linear-svm", help="linear-svm|rbf-svm|logreg|knn|tree|forest|hgb"),
+    normalize: str = typer.Option("zscore", help="none|l2|zscore|minmax"),
+    reduce: str = typer.Option("none", help="none|pca:K|pca:0.95|pca:K:whiten|pq:M"),
+    cv: int = typer.Option(5, help="Folds when the store has no train/val split."),
+    val: Optional[Path] = typer.Option(None, help="A second store to score on."),
+    search: bool = typer.Option(False, help="Nested grid search over regularisation (and PCA's K)."),
+    balance: str = typer.Option("none", help="none|class-weight|smote"),
+    seed: int = typer.Option(0),
+    report: Optional[Path] = typer.Option(None, help="Report folder; default MODEL_DIR/report."),
+):
+    """Train a shallow classifier on stored features and report honest held-out metrics."""
+    import warnings
+
+    from featx.classify import train_shallow
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        model = train_shallow(store, layer=layer, classifier=classifier, normalize=normalize, reduce=reduce, cv=cv,
+                              val=val, search=search, balance=balance, seed=seed, report_dir=report, out=out)
+    for warning in caught:
+        if "--cv" in str(warning.message):
+            err_console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
+    print_classification_report(model.report, out, report or out / "report")
+
+
+def print_classification_report(report: dict, out: Path, report_dir: Path) -> None:
+    table = Table("metric", "value", title=report["evaluation"])
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        table.add_row(key, f"{report[key]:.4f}")
+    table.add_row("n_train / n_eval", f"{report['n_train']} / {report['n_eval']}")
+    if report.get("best_params"):
+        table.add_row("best params", ", ".join(f"{k.split('__')[-1]}={v}" for k, v in report["best_params"].items()))
+    reduction = report.get("reduction") or {}
+    if "compression_ratio" in reduction:
+        table.add_row("PQ compression", f"{reduction['compression_ratio']:.0f}x, accuracy change "
+                                        f"{reduction['accuracy_change']:+.4f}")
+    console.print(table)
+    console.print(f"model: {out}   report: {report_dir}/report.md")
+
+
+@command("predict")
+def predict_cmd(
+    model: Path = typer.Argument(..., help="Model folder from train-shallow."),
+    images: List[str] = typer.Argument(..., help="Image files, folders or globs."),
+    tta: Optional[int] = typer.Option(None, help="Classify N views and combine them."),
+    output_format: str = typer.Option("table", "--format", help="table|csv|json"),
+    top_k: Optional[int] = typer.Option(None, help="Show the K best classes per image."),
+    device: str = typer.Option("auto"),
+):
+    """Predict labels of new images with a trained model (its own extractor first)."""
+    from featx.predict import predict
+
+    result = predict(model, images, tta=tta, top_k=top_k, device=device)
+    emit_frame(result, output_format)
+
+
+def emit_frame(frame, output_format: str) -> None:
+    if output_format not in ("table", "csv", "json"):
+        raise FeatxError(f"unknown --format '{output_format}'; allowed: table, csv, json")
+    if output_format == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    elif output_format == "json":
+        sys.stdout.write(frame.to_json(orient="records", indent=2) + "\n")
+    else:
+        table = Table()
+        for column in frame.columns:
+            table.add_column(str(column), overflow="fold", min_width=12 if column in ("path", "query") else None)
+        for row in frame.itertuples(index=False):
+            table.add_row(*[_cell(v) for v in row])
+        console.print(table)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.4f}"
+    if isinstance(value, list):
+        return ", ".join(f"{k} {v:.3f}" for k, v in value)
+    return "" if value is None else str(value)
+
+
 if __name__ == "__main__":
     app()

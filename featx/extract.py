@@ -101,7 +101,9 @@ class Extractor:
 
     def __init__(self, model: str = DEFAULT_BACKBONE, *, weights: str = "default", layers: Sequence[str] | None = None,
                  pool: str = "avg", image_size: int | None = None, tta: int = 1, device: str = "auto",
-                 amp: str = "none", dtype: str = "float32", batch_size: int = 32, workers: int | None = None):
+                 amp: str = "none", dtype: str = "float32", batch_size: int = 32, workers: int | None = None,
+                 per_view: bool = False):
+        """`per_view=True` keeps the TTA views apart: features are (N, views, D) instead of the mean."""
         if amp not in AMP_MODES:
             raise InputError(f"unknown --amp '{amp}'; allowed: {', '.join(AMP_MODES)}")
         if dtype not in DTYPES:
@@ -113,7 +115,7 @@ class Extractor:
             raise InputError(f"--amp {amp} needs a CUDA device (this run uses {self.device.type}); "
                              "use --amp none on CPU, where features are computed in float32")
         self.tta = check_tta(tta)
-        self.amp, self.dtype, self.batch_size = amp, dtype, int(batch_size)
+        self.amp, self.dtype, self.batch_size, self.per_view = amp, dtype, int(batch_size), per_view
         self.workers = default_workers() if workers is None else int(workers)
         self.backbone = load_backbone(model, weights, image_size)
         self.layers = list(layers) if layers else [default_layer(self.backbone.model, model)]
@@ -159,7 +161,8 @@ class Extractor:
         pooled = {}
         for layer in self.layers:
             vectors = pool(outputs[layer], self.pool_name).float()
-            pooled[layer] = vectors.view(-1, self.tta, vectors.shape[-1]).mean(1)  # average the views
+            views = vectors.view(-1, self.tta, vectors.shape[-1])
+            pooled[layer] = views if self.per_view else views.mean(1)
         return pooled
 
     def run(self, paths: Sequence[str], batches: Sequence[Sequence[int]] | None = None,
@@ -183,7 +186,8 @@ class Extractor:
                 pooled = self._forward(batch["views"]) if batch["views"] is not None else {}
                 for layer in self.layers:
                     dim = pooled[layer].shape[-1] if pooled else self.pooled_dims[layer]
-                    array = np.full((len(items), dim), np.nan, dtype=self.dtype)
+                    shape = (len(items), self.tta, dim) if self.per_view else (len(items), dim)
+                    array = np.full(shape, np.nan, dtype=self.dtype)
                     if ok:
                         array[ok] = pooled[layer].cpu().numpy().astype(self.dtype, copy=False)
                     features[layer] = array
@@ -207,7 +211,8 @@ class Extractor:
             rows.extend({"path": paths[i], **{k: it[k] for k in ("sha256", "status", "error")}}
                         for i, it in zip(batch.indices, batch.meta))
         dims = self.pooled_dims
-        stacked = {l: np.concatenate(v) if v else np.zeros((0, dims[l]), self.dtype) for l, v in layers.items()}
+        empty = {l: np.zeros((0, self.tta, d) if self.per_view else (0, d), self.dtype) for l, d in dims.items()}
+        stacked = {l: np.concatenate(v) if v else empty[l] for l, v in layers.items()}
         return stacked, pd.DataFrame(rows, columns=["path", "sha256", "status", "error"])
 
 

@@ -41,13 +41,17 @@ class DecodeError(Exception):
 
 # --- sources -----------------------------------------------------------------------------------
 
-def scan_inputs(inputs: str | Path | list[str | Path]) -> list[ImageRecord]:
-    """Expand folders, manifests and globs into image records, sorted by path, without duplicates."""
+def scan_inputs(inputs: str | Path | list[str | Path], missing_ok: bool = False) -> list[ImageRecord]:
+    """Expand folders, manifests and globs into image records, sorted by path, without duplicates.
+    `missing_ok`: a path that does not exist is kept as a record (it becomes an error row)."""
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not items:
         raise InputError("no inputs given; pass a folder, a CSV/Parquet manifest or a glob")
     records: dict[str, ImageRecord] = {}
     for item in items:
+        if missing_ok and not Path(item).exists() and not any(ch in str(item) for ch in "*?["):
+            records.setdefault(str(Path(item).resolve()), ImageRecord(str(Path(item).resolve())))
+            continue
         for record in _scan_one(str(item)):
             records.setdefault(record.path, record)
     if not records:

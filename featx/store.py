@@ -344,6 +344,7 @@ def _config_diff(old: dict, new: dict) -> str:
 def require_same_config(expected: dict, actual: dict, what: str) -> None:
     """Refuse to apply a model or index to features of another extractor config."""
     keys = ("backbone", "weights_id", "weights_sha256", "pool", "preprocess")
+    expected, actual = json.loads(json.dumps(expected)), json.loads(json.dumps(actual))  # tuples == lists
     differences = {k: (expected.get(k), actual.get(k)) for k in keys if expected.get(k) != actual.get(k)}
     if differences:
         detail = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in differences.items())

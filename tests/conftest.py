@@ -42,3 +42,39 @@ def make_class_folder(root: Path, classes=("cats", "dogs"), per_class=6, size=(4
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_class_folder(tmp_path / "images")
+
+
+SYNTHETIC_CONFIG = {"backbone": "synthetic", "weights_id": "none", "weights_sha256": None, "layers": ["vec"],
+                    "pool": "avg", "preprocess": {}, "tta": 1, "dtype": "float32"}
+
+
+def make_feature_store(path: Path, X, labels, splits=None, config=None, shard_size=None):
+    """A store holding given vectors, for tests of the steps after extraction."""
+    import pandas as pd
+
+    from featx.store import StoreWriter
+    from featx.images import ImageRecord
+
+    X = np.asarray(X, dtype=np.float32)
+    splits = splits if splits is not None else [None] * len(X)
+    records = [ImageRecord(f"/synthetic/{i:05d}.png", None if labels[i] is None else str(labels[i]), splits[i])
+               for i in range(len(X))]
+    writer = StoreWriter(path, config or SYNTHETIC_CONFIG)
+    work = writer.prepare(records)
+    step = shard_size or len(X)
+    for start in range(0, len(X), step):
+        stop = min(start + step, len(X))
+        meta = work.plan.iloc[start:stop].copy()
+        meta["sha256"] = [f"{i:064x}" for i in range(start, stop)]
+        meta["status"] = "ok"
+        meta["error"] = None
+        writer.commit_shard(start, {"vec": X[start:stop]}, meta)
+    return writer.finalize(len(X))
+
+
+def blobs(n_per_class=30, classes=3, dim=32, seed=0, spread=1.0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, (classes, dim))
+    X = np.concatenate([c + rng.normal(0, spread, (n_per_class, dim)) for c in centers])
+    y = np.repeat([f"c{k}" for k in range(classes)], n_per_class)
+    return X.astype(np.float32), y

@@ -38,3 +38,18 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path):
     assert result.exit_code == 2 and "unknown layer 'layer9'" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["extract", str(tmp_path / "nothing"), "-o", str(tmp_path / "s"), *TINY_ARGS])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_train_shallow_and_predict_commands(tmp_path):
+    images = make_class_folder(tmp_path / "imgs", per_class=6)
+    assert runner.invoke(app, ["extract", str(images), "-o", str(tmp_path / "s"), *TINY_ARGS]).exit_code == 0
+    result = runner.invoke(app, ["train-shallow", str(tmp_path / "s"), "-o", str(tmp_path / "m"), "--cv", "3",
+                                 "--classifier", "logreg"])
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output and (tmp_path / "m" / "report" / "report.json").is_file()
+    predicted = runner.invoke(app, ["predict", str(tmp_path / "m"), str(images / "cats"), "--format", "csv"])
+    assert predicted.exit_code == 0, predicted.output
+    lines = predicted.output.strip().splitlines()
+    assert lines[0].startswith("path,status,error,predicted,score") and len(lines) == 7
+    bad = runner.invoke(app, ["train-shallow", str(tmp_path / "s"), "-o", str(tmp_path / "m2"), "--reduce", "pca:x"])
+    assert bad.exit_code == 2 and "is not a number" in bad.output and not (tmp_path / "m2").exists()

@@ -96,3 +96,19 @@ def test_generated_bad_files_among_real_ones(tmp_path):
     # converted variants describe the same photo: close to the original's features
     for variant in ["cmyk.jpg", "rgba.png", "rotated.jpg"]:
         assert cosine(features[variant], features[real[1].name]) > 0.85, variant
+
+
+def test_default_classifier_accuracy_on_hymenoptera(hymenoptera_store, tmp_path):
+    from featx.classify import train_shallow
+    from featx.predict import predict
+
+    model = train_shallow(hymenoptera_store, out=tmp_path / "model")
+    assert model.report["n_train"] == 245 and model.report["n_eval"] == 153  # the GIF decodes: a train image
+    assert model.report["accuracy"] >= 0.92, model.report["accuracy"]
+    bees = sorted((HYMENOPTERA / "val" / "bees").glob("*.jpg"))[:10]
+    result = predict(tmp_path / "model", [str(p) for p in bees] + [str(tmp_path / "missing.jpg")])
+    assert (result["predicted"].iloc[:-1] == "bees").mean() >= 0.8
+    assert result["status"].tolist()[-1] == "missing"
+    # the stored features and the features predict recomputes are the same numbers
+    stored = hymenoptera_store.features()[hymenoptera_store.meta["path"].isin([str(p) for p in bees]).to_numpy()]
+    assert np.allclose(model.scores(stored)[:, 1], result["score:bees"].iloc[:-1].to_numpy(), atol=1e-4)
