@@ -107,8 +107,12 @@ def test_default_classifier_accuracy_on_hymenoptera(hymenoptera_store, tmp_path)
     assert model.report["accuracy"] >= 0.92, model.report["accuracy"]
     bees = sorted((HYMENOPTERA / "val" / "bees").glob("*.jpg"))[:10]
     result = predict(tmp_path / "model", [str(p) for p in bees] + [str(tmp_path / "missing.jpg")])
-    assert (result["predicted"].iloc[:-1] == "bees").mean() >= 0.8
-    assert result["status"].tolist()[-1] == "missing"
-    # the stored features and the features predict recomputes are the same numbers
-    stored = hymenoptera_store.features()[hymenoptera_store.meta["path"].isin([str(p) for p in bees]).to_numpy()]
-    assert np.allclose(model.scores(stored)[:, 1], result["score:bees"].iloc[:-1].to_numpy(), atol=1e-4)
+    result = result.set_index("path")
+    assert result.loc[str(tmp_path / "missing.jpg"), "status"] == "missing"
+    found = result.loc[[str(p) for p in bees]]
+    assert (found["predicted"] == "bees").mean() >= 0.8
+    # the stored features and the features predict recomputes give the same scores
+    meta = hymenoptera_store.meta.reset_index(drop=True)
+    rows = [meta.index[meta["path"] == str(p)][0] for p in bees]
+    stored = hymenoptera_store.features()[rows]
+    assert np.allclose(model.scores(stored)[:, 1], found["score:bees"].to_numpy(), atol=1e-4)
