@@ -9,7 +9,8 @@ from featx.extract import Extractor, extract  # noqa: E402
 from featx.store import FeatureStore  # noqa: E402
 from featx.classify import ShallowModel, train_shallow  # noqa: E402
 from featx.predict import predict  # noqa: E402
+from featx.index import Index, build_index  # noqa: E402
 
 __all__ = ["__version__", "FeatxError", "FeatureStore", "Extractor", "extract", "describe_layers",
            "list_backbones", "load_backbone",
-           "ShallowModel", "train_shallow", "predict"]
+           "ShallowModel", "train_shallow", "predict", "Index", "build_index"]

@@ -238,5 +238,79 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
+# --- retrieval ---------------------------------------------------------------------------------
+
+@command("index")
+def index_cmd(
+    store: Optional[Path] = typer.Argument(None, help="Feature store (not with --update)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Index folder to write."),
+    update: Optional[Path] = typer.Option(None, help="Add rows appended to the store to this index folder."),
+    layer: Optional[str] = typer.Option(None),
+    kind: str = typer.Option("auto", help="auto|flat|hnsw|ivf|ivfpq|opq-ivfpq"),
+    metric: str = typer.Option("cosine", help="cosine|l2|ip"),
+    reduce: Optional[str] = typer.Option(None, help="pca:K before indexing"),
+    memory_budget: Optional[str] = typer.Option(None, help="e.g. 2GB"),
+    nlist: Optional[int] = typer.Option(None),
+    pq_m: Optional[int] = typer.Option(None),
+    nprobe: Optional[int] = typer.Option(None, help="Fix nprobe/efSearch instead of tuning it."),
+):
+    """Build a FAISS retrieval index over stored features (or --update one)."""
+    from featx.index import Index, build_index
+
+    if update is not None:
+        index = Index.load(update)
+        added = index.update()
+        index.save(update)
+        console.print(f"added {added} rows; {update} now holds {index.info['ntotal']} vectors")
+        return
+    if store is None or out is None:
+        raise FeatxError("featx index needs STORE and --out INDEX_DIR (or --update INDEX_DIR)")
+    index = build_index(store, layer=layer, kind=kind, metric=metric, reduce=reduce, memory_budget=memory_budget,
+                        nlist=nlist, pq_m=pq_m, nprobe=nprobe)
+    index.save(out)
+    console.print(f"{out}: {index.info['kind']} index ({index.info['factory']}), {index.info['metric']}, "
+                  f"{index.info['ntotal']} vectors, params {index.info['params']}", highlight=False)
+
+
+@command("search")
+def search_cmd(
+    index_dir: Path = typer.Argument(..., help="Index folder."),
+    queries: Optional[List[str]] = typer.Argument(None, help="Image files, folders or globs."),
+    k: int = typer.Option(10, "-k"),
+    rows: Optional[str] = typer.Option(None, help="Store row ids as queries, e.g. 0,5,9"),
+    output_format: str = typer.Option("table", "--format", help="table|json|csv"),
+    html: Optional[Path] = typer.Option(None, help="Write a self-contained results page."),
+    evaluate: bool = typer.Option(False, "--evaluate", help="Leave-one-out retrieval metrics over the store."),
+    evaluate_json: Optional[Path] = typer.Option(None, "--json", help="Where --evaluate writes its JSON."),
+    device: str = typer.Option("auto"),
+):
+    """Find the stored images most similar to query images (or evaluate the index)."""
+    from featx.index import Index
+
+    index = Index.load(index_dir)
+    if evaluate:
+        metrics = index.evaluate(k)
+        table = Table("metric", "value", title=f"leave-one-out retrieval, {index.info['kind']} index")
+        for key, value in metrics.items():
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        console.print(table)
+        target = evaluate_json or index_dir / "evaluation.json"
+        target.write_text(json.dumps(metrics, indent=2) + "\n")
+        console.print(f"written: {target}")
+        return
+    row_ids = [int(r) for r in rows.split(",")] if rows else None
+    if not queries and row_ids is None:
+        raise FeatxError("give query images (files, folders, globs) or --rows of the store, or --evaluate")
+    results = index.search(queries or [], k, rows=row_ids, exclude_self=row_ids is not None, device=device)
+    if html is not None:
+        from featx.search_page import render_search_page
+
+        labels = dict(zip(index.store.paths, index.store.labels)) if row_ids is not None else None
+        html.write_text(render_search_page(results, f"featx search: {index_dir}", labels))
+        err_console.print(f"written: {html}")
+    emit_frame(results.drop(columns=["status", "error"]) if (results["status"] == "ok").all() else results,
+               output_format)
+
+
 if __name__ == "__main__":
     app()

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AMP_MODES = ("none", "bf16", "fp16")
 DTYPES = ("float32", "float16")
-SHARD_BYTES = 256 << 20  # a shard holds at most this much feature data per layer
+SHARD_BYTES = 256 << 20
+# bump when the pixels fed to the network change for the same settings: old stores are then refused
+PREPROCESS_IMPLEMENTATION = "pil-box-resize/1"  # a shard holds at most this much feature data per layer
 
 
 def resolve_device(device: str) -> torch.device:
@@ -144,7 +146,7 @@ class Extractor:
             "weights_sha256": self.backbone.weights_sha256,
             "layers": self.layers,
             "pool": self.pool_name,
-            "preprocess": self.backbone.preprocess.to_dict(),
+            "preprocess": self.backbone.preprocess.to_dict() | {"implementation": PREPROCESS_IMPLEMENTATION},
             "tta": self.tta,
             "dtype": self.dtype,
         }

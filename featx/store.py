@@ -109,6 +109,8 @@ class FeatureStore:
 
     @property
     def default_layer(self) -> str:
+        if not self.layers:
+            raise StoreError(f"store '{self.path}' holds no features yet; run `featx extract` into it")
         return self.layers[0]
 
     @property

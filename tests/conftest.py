@@ -48,7 +48,7 @@ SYNTHETIC_CONFIG = {"backbone": "synthetic", "weights_id": "none", "weights_sha2
                     "pool": "avg", "preprocess": {}, "tta": 1, "dtype": "float32"}
 
 
-def make_feature_store(path: Path, X, labels, splits=None, config=None, shard_size=None):
+def make_feature_store(path: Path, X, labels, splits=None, config=None, shard_size=None, status="ok"):
     """A store holding given vectors, for tests of the steps after extraction."""
     import pandas as pd
 
@@ -61,13 +61,13 @@ def make_feature_store(path: Path, X, labels, splits=None, config=None, shard_si
                for i in range(len(X))]
     writer = StoreWriter(path, config or SYNTHETIC_CONFIG)
     work = writer.prepare(records)
-    step = shard_size or len(X)
+    step = shard_size or max(1, len(X))
     for start in range(0, len(X), step):
         stop = min(start + step, len(X))
         meta = work.plan.iloc[start:stop].copy()
         meta["sha256"] = [f"{i:064x}" for i in range(start, stop)]
-        meta["status"] = "ok"
-        meta["error"] = None
+        meta["status"] = status
+        meta["error"] = None if status == "ok" else "synthetic failure"
         writer.commit_shard(start, {"vec": X[start:stop]}, meta)
     return writer.finalize(len(X))
 

@@ -1,0 +1,459 @@
+"""FAISS content-based retrieval over stored features: choose, train, tune, add, search,
+save/load with checksums, and evaluate. Index ids are the store's row ids."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from featx import atomic
+from featx.backbones.weights import file_sha256
+from featx.errors import ConfigMismatchError, InputError, IntegrityError, StoreError
+from featx.store import FeatureStore, check_rows_finite, library_versions, require_same_config
+
+log = logging.getLogger(__name__)
+
+KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq", "opq-ivfpq")
+METRICS = ("cosine", "l2", "ip")
+INDEX_FILE = "index.faiss"
+INDEX_JSON = "index.json"
+TARGET_RECALL = 0.95
+FLAT_MAX_ROWS = 50_000  # below this, exact search is fast enough and auto keeps it
+TUNE_QUERIES = 1000
+
+
+def parse_size(text: str | int | None) -> int | None:
+    if text is None or isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)i?b?\s*", str(text).lower())
+    if not match:
+        raise InputError(f"--memory-budget '{text}' is not a size; use e.g. 512MB, 2GB or a byte count")
+    return int(float(match.group(1)) * 1024 ** "_kmgt".index(match.group(2) or "_"))
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def _prepare(vectors: np.ndarray, metric: str) -> np.ndarray:
+    """float32, C-contiguous, and unit length for cosine; never modifies the caller's array."""
+    X = np.array(vectors, dtype=np.float32, order="C", copy=True)
+    if metric == "cosine":
+        _faiss().normalize_L2(X)
+    return X
+
+
+@dataclass
+class Plan:
+    kind: str
+    factory: str
+    params: dict = field(default_factory=dict)
+
+
+def _factory(kind: str, dim: int, n: int, *, nlist: int | None, pq_m: int | None, reduce_dim: int | None) -> Plan:
+    d = reduce_dim or dim
+    prefix = f"PCA{reduce_dim}," if reduce_dim else ""
+    nlist = nlist or max(1, min(4 * int(math.sqrt(n)), n // 39 or 1, 65536))
+    m = pq_m or _default_pq_m(d)
+    if kind in ("ivfpq", "opq-ivfpq") and d % m:
+        raise InputError(f"--pq-m {m} must divide the vector dimension {d}; try one of "
+                         f"{', '.join(str(x) for x in (4, 8, 16, 32, 64) if d % x == 0)}")
+    factories = {
+        "flat": (f"{prefix}Flat", {}),
+        "hnsw": (f"{prefix}HNSW32", {}),
+        "ivf": (f"{prefix}IVF{nlist},Flat", {"nlist": nlist}),
+        "ivfpq": (f"{prefix}IVF{nlist},PQ{m}", {"nlist": nlist, "pq_m": m}),
+        "opq-ivfpq": (f"{prefix}OPQ{m},IVF{nlist},PQ{m}", {"nlist": nlist, "pq_m": m}),
+    }
+    factory, params = factories[kind]
+    return Plan(kind, factory, params)
+
+
+def _default_pq_m(d: int) -> int:
+    for m in (64, 32, 16, 8, 4, 2, 1):  # ~4 dimensions per 8-bit sub-quantizer, at most 64 bytes
+        if d % m == 0 and d // m >= 2:
+            return m
+    return 1
+
+
+def _bytes_per_vector(plan: Plan, d: int) -> float:
+    if plan.kind == "flat":
+        return 4 * d
+    if plan.kind == "hnsw":
+        return 4 * d + 32 * 2 * 4
+    if plan.kind == "ivf":
+        return 4 * d + 8
+    return plan.params["pq_m"] + 8
+
+
+class Index:
+    """A trained FAISS index plus what it was built from (`info`)."""
+
+    def __init__(self, faiss_index, info: dict, store: FeatureStore | None = None):
+        self.faiss_index = faiss_index
+        self.info = info
+        self._store = store
+
+    # --- building ---
+    @classmethod
+    def build(cls, store: FeatureStore | str | Path, *, layer: str | None = None, kind: str = "auto",
+              metric: str = "cosine", reduce: str | None = None, memory_budget: str | int | None = None,
+              nlist: int | None = None, pq_m: int | None = None, nprobe: int | None = None,
+              seed: int = 0) -> "Index":
+        faiss = _faiss()
+        store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
+        layer = store.check_layer(layer)
+        if kind not in KINDS:
+            raise InputError(f"unknown --kind '{kind}'; allowed: {', '.join(KINDS)}")
+        if metric not in METRICS:
+            raise InputError(f"unknown --metric '{metric}'; allowed: {', '.join(METRICS)}")
+        ids = np.flatnonzero(store.ok).astype(np.int64)
+        if len(ids) == 0:
+            raise StoreError(f"store '{store.path}' has no successfully extracted rows to index; "
+                             "check `featx info` for the errors")
+        X = _prepare(store.features(layer)[ids], metric)
+        check_rows_finite(X, f"store '{store.path}' layer '{layer}'")
+        n, d = X.shape
+        reduce_dim = _parse_reduce(reduce, d, n)
+        budget = parse_size(memory_budget)
+        faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        faiss.omp_set_num_threads(max(1, faiss.omp_get_max_threads()))
+
+        if kind == "auto":
+            index, plan, tuned = _auto(X, ids, d, reduce_dim, faiss_metric, budget, seed)
+        else:
+            plan = _factory(kind, d, n, nlist=nlist, pq_m=pq_m, reduce_dim=reduce_dim)
+            index = _train_and_add(plan, X, ids, d, faiss_metric, seed)
+            tuned = _tune(index, plan, X, ids, faiss_metric, seed, fixed=nprobe)
+        if budget is not None and _bytes_per_vector(plan, reduce_dim or d) * n > budget:
+            warnings.warn(f"the {plan.kind} index needs about {_bytes_per_vector(plan, reduce_dim or d) * n / 2**20:.0f} MB, "
+                          f"above --memory-budget {memory_budget}")
+        info = {
+            "format": 1, "store": str(Path(store.path).resolve()), "store_config_hash": store.config_hash,
+            "extractor": store.config, "layer": layer, "kind": plan.kind, "factory": plan.factory,
+            "metric": metric, "reduce": reduce, "params": {**plan.params, **tuned}, "ntotal": int(index.ntotal),
+            "rows_covered": len(store), "dim": d, "versions": library_versions(),
+        }
+        return cls(index, info, store)
+
+    # --- persistence ---
+    def save(self, folder: str | Path) -> Path:
+        faiss = _faiss()
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        data = faiss.serialize_index(self.faiss_index).tobytes()
+        atomic.write_bytes(folder / INDEX_FILE, data)
+        import hashlib
+
+        self.info["sha256"] = hashlib.sha256(data).hexdigest()
+        self.info["ntotal"] = int(self.faiss_index.ntotal)
+        atomic.write_json(folder / INDEX_JSON, self.info)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, store: FeatureStore | str | Path | None = None) -> "Index":
+        """Verify the checksum before FAISS reads a byte, then that ntotal matches the store."""
+        faiss = _faiss()
+        folder = Path(folder)
+        if not (folder / INDEX_JSON).is_file():
+            raise StoreError(f"'{folder}' is not a featx index (no {INDEX_JSON}); build one with "
+                             "`featx index STORE -o INDEX_DIR`")
+        info = json.loads((folder / INDEX_JSON).read_text())
+        file = folder / INDEX_FILE
+        if not file.is_file():
+            raise IntegrityError(f"index file '{file}' is missing; rebuild with `featx index`")
+        actual = file_sha256(file)
+        if actual != info.get("sha256"):
+            raise IntegrityError(f"index file '{file}' has sha256 {actual}, but {INDEX_JSON} records "
+                                 f"{info.get('sha256')}: it was changed or truncated. Rebuild with `featx index`")
+        index = faiss.deserialize_index(np.fromfile(file, dtype=np.uint8))
+        if index.ntotal != info["ntotal"]:
+            raise IntegrityError(f"index holds {index.ntotal} vectors, {INDEX_JSON} says {info['ntotal']}; rebuild it")
+        if store is None and Path(info["store"]).exists():
+            store = FeatureStore.open(info["store"])
+        elif store is not None and not isinstance(store, FeatureStore):
+            store = FeatureStore.open(store)
+        if store is not None:
+            require_same_config(info["extractor"], store.config, f"index '{folder}'")
+            expected = int(store.ok[: info["rows_covered"]].sum())
+            if expected != index.ntotal:
+                raise IntegrityError(f"index '{folder}' holds {index.ntotal} vectors but store '{store.path}' has "
+                                     f"{expected} indexable rows in the range it covers; rebuild the index")
+            if len(store) > info["rows_covered"]:
+                warnings.warn(f"store '{store.path}' has {len(store) - info['rows_covered']} rows added since the "
+                              f"index was built; run `featx index --update {folder}`")
+        return cls(index, info, store)
+
+    @property
+    def store(self) -> FeatureStore:
+        if self._store is None:
+            raise StoreError(f"the store this index was built from ('{self.info['store']}') is not available; "
+                             "pass it with --store")
+        return self._store
+
+    def update(self) -> int:
+        """Add the store's rows appended since the index was built; returns how many were added."""
+        store = FeatureStore.open(self.store.path)
+        if store.config_hash != self.info["store_config_hash"]:
+            raise ConfigMismatchError(f"store '{store.path}' now holds features of another extractor; rebuild the index")
+        start = self.info["rows_covered"]
+        new_ids = np.flatnonzero(store.ok[start:]).astype(np.int64) + start
+        if len(new_ids):
+            X = _prepare(store.features(self.info["layer"])[new_ids], self.info["metric"])
+            check_rows_finite(X, f"new rows of store '{store.path}'")
+            self.faiss_index.add_with_ids(X, new_ids)
+        self.info["rows_covered"] = len(store)
+        self._store = store
+        return len(new_ids)
+
+    # --- searching ---
+    def _clamp_k(self, k: int) -> int:
+        if k < 1:
+            raise InputError(f"-k {k} must be at least 1")
+        if k > self.faiss_index.ntotal:
+            warnings.warn(f"-k {k} is larger than the {self.faiss_index.ntotal} indexed items; using {self.faiss_index.ntotal}")
+            return int(self.faiss_index.ntotal)
+        return k
+
+    def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, row ids): higher score = more similar (for l2, the negative squared distance)."""
+        k = self._clamp_k(k)
+        X = _prepare(vectors, self.info["metric"])
+        distances, ids = self.faiss_index.search(X, k)
+        return (-distances if self.info["metric"] == "l2" else distances), ids
+
+    def search(self, queries, k: int = 10, *, rows: Sequence[int] | None = None, exclude_self: bool = False,
+               device: str = "auto", workers: int | None = None) -> pd.DataFrame:
+        """Queries: image files/folders/globs, a (n, d) array, or `rows` of the store.
+        One output row per query and rank: query, rank, row_id, path, label, score (+ status, error)."""
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64)
+            if len(rows) and (rows.min() < 0 or rows.max() >= len(self.store)):
+                raise InputError(f"--rows must be in 0..{len(self.store) - 1}")
+            vectors = np.asarray(self.store.features(self.info["layer"])[rows])
+            labels = [str(p) for p in self.store.paths[rows]]
+            status = pd.DataFrame({"query": labels, "status": self.store.meta["status"].to_numpy()[rows], "error": None})
+        elif isinstance(queries, np.ndarray):
+            vectors = queries
+            status = pd.DataFrame({"query": [f"vector {i}" for i in range(len(queries))], "status": "ok", "error": None})
+        else:
+            from featx.extract import extractor_from_config
+            from featx.images import scan_inputs
+
+            config = dict(self.info["extractor"], layers=[self.info["layer"]])
+            extractor = extractor_from_config(config, device=device, workers=workers)
+            items = [queries] if isinstance(queries, (str, Path)) else list(queries)
+            paths = [r.path for r in scan_inputs(items, missing_ok=True)]
+            features, meta = extractor.features_of(paths)
+            vectors = features[self.info["layer"]]
+            status = meta.rename(columns={"path": "query"})[["query", "status", "error"]]
+        ok = (status["status"] == "ok").to_numpy()
+        extra = 1 if exclude_self else 0
+        results = []
+        if ok.any():
+            scores, ids = self.search_vectors(np.asarray(vectors)[ok], k + extra)
+            query_rows = rows[ok] if rows is not None else None
+            meta = self.store.meta if self._store is not None else None
+            for qi, (query, row_scores, row_ids) in enumerate(zip(status["query"][ok], scores, ids)):
+                keep = [(s, i) for s, i in zip(row_scores, row_ids)
+                        if i >= 0 and not (exclude_self and query_rows is not None and i == query_rows[qi])][:k]
+                for rank, (score, row_id) in enumerate(keep, start=1):
+                    results.append({"query": query, "rank": rank, "row_id": int(row_id),
+                                    "path": meta["path"].iat[row_id] if meta is not None else None,
+                                    "label": meta["label"].iat[row_id] if meta is not None else None,
+                                    "score": float(score), "status": "ok", "error": None})
+        for query, code, error in status[~ok].itertuples(index=False):
+            results.append({"query": query, "rank": None, "row_id": None, "path": None, "label": None,
+                            "score": None, "status": code, "error": error})
+        frame = pd.DataFrame(results, columns=["query", "rank", "row_id", "path", "label", "score", "status", "error"])
+        return frame.astype({"rank": "Int64", "row_id": "Int64"})
+
+    # --- quality ---
+    def evaluate(self, k: int = 10, max_queries: int = 10_000, seed: int = 0) -> dict:
+        """Leave-one-out retrieval over the labelled store; for approximate indexes also the ANN
+        recall@k against exact search, and queries/s."""
+        store = self.store
+        meta = store.meta
+        labelled = np.flatnonzero(store.ok & meta["label"].notna().to_numpy())
+        if len(labelled) < 2:
+            raise InputError(f"store '{store.path}' has fewer than 2 labelled rows; --evaluate needs labels")
+        k = self._clamp_k(k)
+        rng = np.random.default_rng(seed)
+        queries = np.sort(rng.choice(labelled, size=min(max_queries, len(labelled)), replace=False))
+        X = np.asarray(store.features(self.info["layer"])[queries])
+        start = time.perf_counter()
+        _, ids = self.search_vectors(X, min(k + 1, self.faiss_index.ntotal))
+        qps = len(queries) / (time.perf_counter() - start)
+        labels = meta["label"].to_numpy(dtype=object)
+        counts = pd.Series(labels[store.ok]).value_counts()
+        p1, pk, ap, rk = [], [], [], []
+        for q, row_ids in zip(queries, ids):
+            neighbours = [i for i in row_ids if i >= 0 and i != q][:k]
+            relevant = np.array([labels[i] == labels[q] for i in neighbours], dtype=float)
+            total_relevant = counts.get(labels[q], 1) - 1
+            p1.append(relevant[0] if len(relevant) else 0.0)
+            pk.append(relevant.sum() / k)
+            hits = np.cumsum(relevant)
+            precision_at = hits / np.arange(1, len(relevant) + 1)
+            ap.append(float((precision_at * relevant).sum() / max(1, min(k, total_relevant))))
+            rk.append(relevant.sum() / max(1, total_relevant))
+        result = {"k": k, "queries": int(len(queries)), "precision@1": float(np.mean(p1)),
+                  "precision@k": float(np.mean(pk)), "map@k": float(np.mean(ap)), "recall@k": float(np.mean(rk)),
+                  "queries_per_s": float(qps), "kind": self.info["kind"]}
+        if self.info["kind"] != "flat":
+            result["ann_recall@k"] = _ann_recall(self, X, queries, k)
+        return result
+
+
+def _parse_reduce(reduce: str | None, d: int, n: int) -> int | None:
+    if reduce in (None, "none"):
+        return None
+    match = re.fullmatch(r"pca:(\d+)", reduce)
+    if not match or not 1 <= int(match.group(1)) <= min(d, n):
+        raise InputError(f"--reduce '{reduce}' is not allowed for an index; use pca:K with K in 1..{min(d, n)}")
+    return int(match.group(1))
+
+
+def _check_enough_vectors(plan: Plan, n: int, d: int) -> None:
+    if plan.kind in ("ivfpq", "opq-ivfpq") and n < 256:
+        raise InputError(f"--kind {plan.kind} needs at least 256 vectors to train 8-bit codebooks, the store has "
+                         f"{n}; use --kind flat or hnsw (or auto)")
+    if plan.kind == "opq-ivfpq" and n <= d:  # OPQ's rotation is learned from an n × d matrix
+        raise InputError(f"--kind opq-ivfpq needs more vectors ({n}) than dimensions ({d}); use --kind ivfpq, "
+                         "or --reduce pca:K with K below the number of vectors")
+    if plan.params.get("nlist", 0) > n:
+        raise InputError(f"--nlist {plan.params['nlist']} is above the number of vectors ({n}); use a smaller --nlist")
+
+
+def _quiet_training(index, seed: int) -> None:
+    """Seed the clusterings, and let small collections train without FAISS's warnings."""
+    faiss = _faiss()
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return
+    ivf.cp.seed = seed
+    ivf.cp.min_points_per_centroid = 1
+    if hasattr(ivf, "pq"):
+        ivf.pq.cp.seed = seed
+        ivf.pq.cp.min_points_per_centroid = 1
+
+
+def _train_and_add(plan: Plan, X: np.ndarray, ids: np.ndarray, d: int, faiss_metric, seed: int):
+    faiss = _faiss()
+    _check_enough_vectors(plan, len(X), plan_dim(plan, d))
+    index = faiss.index_factory(d, plan.factory, faiss_metric)
+    if plan.kind in ("flat", "hnsw"):
+        index = faiss.IndexIDMap2(index)
+    if not index.is_trained:
+        rng = np.random.default_rng(seed)
+        sample = X if len(X) <= 200_000 else X[np.sort(rng.choice(len(X), 200_000, replace=False))]
+        _quiet_training(index, seed)
+        index.train(sample)
+    index.add_with_ids(X, ids)
+    return index
+
+
+def plan_dim(plan: Plan, d: int) -> int:
+    match = re.match(r"PCA(\d+),", plan.factory)
+    return int(match.group(1)) if match else d
+
+
+def _tune(index, plan: Plan, X: np.ndarray, ids: np.ndarray, faiss_metric, seed: int, fixed: int | None = None,
+          k: int = 10) -> dict:
+    """The smallest nprobe / efSearch whose recall@k against exact search reaches the target."""
+    faiss = _faiss()
+    space = faiss.ParameterSpace()
+    if plan.kind in ("ivf", "ivfpq", "opq-ivfpq"):
+        name, values = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v <= plan.params["nlist"]]
+    elif plan.kind == "hnsw":
+        name, values = "efSearch", [16, 32, 64, 128, 256, 512]
+    else:
+        return {}
+    if fixed is not None:
+        space.set_index_parameter(index, name, int(fixed))
+        return {name: int(fixed)}
+    queries, truth = _ground_truth(X, ids, faiss_metric, seed, k)
+    recall = 0.0
+    for value in values:
+        space.set_index_parameter(index, name, value)
+        recall = _recall(index, X[queries], truth, ids[queries], k)
+        if recall >= TARGET_RECALL:
+            break
+    return {name: value, "tuned_recall@10": round(recall, 4)}
+
+
+def _ground_truth(X: np.ndarray, ids: np.ndarray, faiss_metric, seed: int, k: int):
+    faiss = _faiss()
+    rng = np.random.default_rng(seed + 1)
+    queries = np.sort(rng.choice(len(X), size=min(TUNE_QUERIES, len(X)), replace=False))
+    exact = faiss.IndexFlat(X.shape[1], faiss_metric)
+    exact.add(X)
+    _, truth = exact.search(X[queries], k + 1)
+    return queries, ids[truth]
+
+
+def _recall(index, Q: np.ndarray, truth: np.ndarray, self_ids: np.ndarray, k: int) -> float:
+    """Mean |approximate top-k ∩ exact top-k| / k, the query itself left out of both."""
+    _, found = index.search(Q, k + 1)
+    total = 0.0
+    for own, want, got in zip(self_ids, truth, found):
+        want = [i for i in want if i != own][:k]
+        got = [i for i in got if i != own][:k]
+        total += len(set(want) & set(got)) / max(1, len(want))
+    return total / len(Q)
+
+
+def _ann_recall(index: Index, X: np.ndarray, queries: np.ndarray, k: int) -> float:
+    faiss = _faiss()
+    store = index.store
+    ids = np.flatnonzero(store.ok[: index.info["rows_covered"]]).astype(np.int64)
+    data = _prepare(store.features(index.info["layer"])[ids], index.info["metric"])
+    metric = faiss.METRIC_L2 if index.info["metric"] == "l2" else faiss.METRIC_INNER_PRODUCT
+    exact = faiss.IndexFlat(data.shape[1], metric)
+    exact.add(data)
+    Q = _prepare(X, index.info["metric"])
+    _, truth = exact.search(Q, k + 1)
+    return _recall(index.faiss_index, Q, ids[truth], queries, k)
+
+
+def _auto(X: np.ndarray, ids: np.ndarray, d: int, reduce_dim: int | None, faiss_metric, budget: int | None, seed: int):
+    """Exact search for small collections; otherwise the most compact layout that reaches the
+    recall target within the memory budget (what autofaiss does)."""
+    n = len(X)
+    flat = _factory("flat", d, n, nlist=None, pq_m=None, reduce_dim=reduce_dim)
+    flat_bytes = _bytes_per_vector(flat, reduce_dim or d) * n
+    if n <= FLAT_MAX_ROWS and (budget is None or flat_bytes <= budget):
+        return _train_and_add(flat, X, ids, d, faiss_metric, seed), flat, {}
+    dd = reduce_dim or d
+    candidates = [_factory("ivfpq", d, n, nlist=None, pq_m=m, reduce_dim=reduce_dim)
+                  for m in (dd // 8, dd // 4, dd // 2) if m >= 1 and dd % m == 0 and m <= 256]
+    candidates += [_factory("hnsw", d, n, nlist=None, pq_m=None, reduce_dim=reduce_dim), flat]
+    last = None
+    for plan in candidates:
+        if budget is not None and _bytes_per_vector(plan, dd) * n > budget and plan is not flat:
+            continue
+        index = _train_and_add(plan, X, ids, d, faiss_metric, seed)
+        tuned = _tune(index, plan, X, ids, faiss_metric, seed)
+        log.info("auto index: %s gives %s", plan.factory, tuned)
+        last = (index, plan, tuned)
+        if plan.kind == "flat" or tuned.get("tuned_recall@10", 0) >= TARGET_RECALL:
+            return last
+    return last
+
+
+def build_index(store, **options) -> Index:
+    """`featx.build_index(store, kind=..., metric=...)`: build and tune an index over a store."""
+    return Index.build(store, **options)
