@@ -312,5 +312,42 @@ def search_cmd(
                output_format)
 
 
+# --- maps --------------------------------------------------------------------------------------
+
+@command("project")
+def project_cmd(
+    store: Path = typer.Argument(..., help="Feature store."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    layer: Optional[str] = typer.Option(None),
+    method: str = typer.Option("umap", help="umap|tsne|pca"),
+    dims: int = typer.Option(2, help="2 or 3"),
+    pre_pca: int = typer.Option(50, help="PCA components before t-SNE/UMAP."),
+    color: str = typer.Option("label", help="label|split|error"),
+    sample: Optional[int] = typer.Option(None, help="Project a seeded sample of N rows."),
+    seed: int = typer.Option(0),
+    perplexity: float = typer.Option(30.0),
+    n_neighbors: int = typer.Option(15),
+    min_dist: float = typer.Option(0.1),
+):
+    """Project features to 2-D/3-D with UMAP, t-SNE or PCA: a PNG, an interactive page, coordinates."""
+    import warnings
+
+    from featx.project import project, write_projection
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        coords = project(store, method=method, layer=layer, dims=dims, pre_pca=pre_pca, sample=sample, seed=seed,
+                         perplexity=perplexity, n_neighbors=n_neighbors, min_dist=min_dist)
+    for warning in caught:
+        if "--perplexity" in str(warning.message) or "--n-neighbors" in str(warning.message):
+            err_console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
+    files = write_projection(coords, out, color=color)
+    info, quality = coords.attrs["info"], coords.attrs["quality"]
+    console.print(f"{info['method']} of {info['rows']} images ({info['skipped_failed_rows']} failed rows skipped): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in quality.items() if isinstance(v, float)), highlight=False)
+    for name, path in files.items():
+        console.print(f"  {name}: {path}", highlight=False)
+
+
 if __name__ == "__main__":
     app()
