@@ -74,8 +74,9 @@ def _factory(kind: str, dim: int, n: int, *, nlist: int | None, pq_m: int | None
         "flat": (f"{prefix}Flat", {}),
         "hnsw": (f"{prefix}HNSW32", {}),
         "ivf": (f"{prefix}IVF{nlist},Flat", {"nlist": nlist}),
-        "ivfpq": (f"{prefix}IVF{nlist},PQ{m}", {"nlist": nlist, "pq_m": m}),
-        "opq-ivfpq": (f"{prefix}OPQ{m},IVF{nlist},PQ{m}", {"nlist": nlist, "pq_m": m}),
+        # "np": no polysemous training, which costs minutes and only serves Hamming filtering
+        "ivfpq": (f"{prefix}IVF{nlist},PQ{m}np", {"nlist": nlist, "pq_m": m}),
+        "opq-ivfpq": (f"{prefix}OPQ{m},IVF{nlist},PQ{m}np", {"nlist": nlist, "pq_m": m}),
     }
     factory, params = factories[kind]
     return Plan(kind, factory, params)
@@ -340,6 +341,12 @@ def _check_enough_vectors(plan: Plan, n: int, d: int) -> None:
 def _quiet_training(index, seed: int) -> None:
     """Seed the clusterings, and let small collections train without FAISS's warnings."""
     faiss = _faiss()
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            transform = faiss.downcast_VectorTransform(index.chain.at(i))
+            if isinstance(transform, faiss.OPQMatrix):  # bound OPQ's training time on large collections
+                transform.niter = 20
+                transform.max_train_points = 32_768
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
