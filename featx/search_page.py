@@ -21,6 +21,13 @@ figure img{width:96px;height:96px;object-fit:cover;border-radius:4px}
 def render_search_page(results: pd.DataFrame, title: str, query_labels: dict | None = None,
                        thumbnail_size: int = 96) -> str:
     """`results`: rows of Index.search (query, rank, path, label, score, status, error)."""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>"
+            f"{search_blocks(results, query_labels, thumbnail_size)}</body></html>")
+
+
+def search_blocks(results: pd.DataFrame, query_labels: dict | None = None, thumbnail_size: int = 96) -> str:
+    """One row of thumbnails per query: the query, then its neighbours with rank, score and label."""
     cache: dict[str, str] = {}
 
     def thumb(path: str) -> str:
@@ -45,5 +52,4 @@ def render_search_page(results: pd.DataFrame, title: str, query_labels: dict | N
             cells.append(f'<figure><img src="{thumb(row.path)}" alt=""><figcaption>#{int(row.rank)} '
                          f'{row.score:.3f}<br><span{mark}>{escape(row.label)}</span></figcaption></figure>')
         blocks.append(f'<div class="query">{head}{"".join(cells)}</div>')
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>{''.join(blocks)}</body></html>")
+    return "".join(blocks)
