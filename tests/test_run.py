@@ -1,0 +1,76 @@
+import json
+
+import pytest
+
+from featx.errors import InputError
+from featx.recipe import load_recipe
+from featx.run import run_recipe
+from tests.conftest import REPO, make_class_folder
+
+TINY_EXTRACT = "  model: resnet18\n  weights: random\n  image_size: 64\n  workers: 0\n"
+
+
+def write_recipe(folder, body: str):
+    path = folder / "recipe.yaml"
+    path.write_text(body)
+    return path
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    make_class_folder(tmp_path / "images", per_class=8)
+    return write_recipe(tmp_path, "name: t\noutput: out\nextract:\n  inputs: [images]\n" + TINY_EXTRACT +
+                        "train_shallow:\n  cv: 3\nindex:\n  k: 3\nproject:\n  method: pca\nreport: {}\n")
+
+
+def test_run_produces_everything_then_skips_unchanged_steps(recipe, tmp_path):
+    messages = []
+    produced = run_recipe(recipe, say=messages.append)
+    for name in ("report", "search", "projection", "model", "index", "store"):
+        assert produced[name].exists(), name
+    page = produced["report"].read_text()
+    for section in ("Dataset", "Extractor", "Classifier", "Retrieval", "Map of the features"):
+        assert section in page
+    assert "data:image/png;base64" in page and "data:image/jpeg;base64" in page
+    messages.clear()
+    run_recipe(recipe, say=messages.append)
+    assert all("skipped" in m for m in messages if m.startswith("[")) and len(messages) == 5
+    messages.clear()
+    run_recipe(recipe, ["train_shallow.classifier=logreg"], say=messages.append)
+    ran = [m.split("]")[0][1:] for m in messages if m.endswith("running")]
+    assert ran == ["train_shallow", "report"]
+    model = json.loads((produced["model"] / "model.json").read_text())
+    assert model["options"]["classifier"] == "logreg"
+
+
+@pytest.mark.parametrize("body,match", [
+    ("extract:\n  inputs: [images]\n  modle: resnet18\n", r"unknown key 'extract.modle'; allowed: inputs, model"),
+    ("extract:\n  inputs: [images]\n  batch_size: big\n", r"key 'extract.batch_size': expected int, got str"),
+    ("extract:\n  inputs: [nowhere]\n", r"path 'nowhere' does not exist"),
+    ("extract:\n  inputs: [images]\ntrain:\n  cv: 3\n", r"unknown key 'train'; allowed: name, output, extract"),
+    ("train_shallow: {}\n", r"needs an 'extract' step"),
+    ("extract:\n  inputs: [images]\nproject:\n  dims: true\n", r"expected int, got a boolean"),
+])
+def test_bad_recipes_fail_before_any_work(tmp_path, body, match):
+    (tmp_path / "images").mkdir()
+    path = write_recipe(tmp_path, body)
+    with pytest.raises(InputError, match=match) as info:
+        run_recipe(path, say=lambda m: None)
+    assert str(path) in str(info.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_set_override_types_and_errors(recipe):
+    loaded = load_recipe(recipe, ["train_shallow.cv=4", "project.method=umap"])
+    assert loaded.steps["train_shallow"]["cv"] == 4 and loaded.steps["project"]["method"] == "umap"
+    with pytest.raises(InputError, match="is not KEY=VALUE"):
+        load_recipe(recipe, ["train_shallow.cv"])
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "hymenoptera.yaml", "small-cnn-svm.yaml"])
+def test_shipped_recipes_validate(name):
+    path = REPO / "pipelines" / name
+    if name == "hymenoptera.yaml" and not (REPO.parent / "shared" / "datasets" / "hymenoptera").is_dir():
+        pytest.skip("../shared/datasets/hymenoptera is absent")
+    recipe = load_recipe(path)
+    assert recipe.steps["extract"]["inputs"] and "report" in recipe.steps
