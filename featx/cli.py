@@ -253,6 +253,7 @@ def index_cmd(
     nlist: Optional[int] = typer.Option(None),
     pq_m: Optional[int] = typer.Option(None),
     nprobe: Optional[int] = typer.Option(None, help="Fix nprobe/efSearch instead of tuning it."),
+    rerank: Optional[int] = typer.Option(None, help="Re-score k×N candidates with exact vectors (0: off)."),
 ):
     """Build a FAISS retrieval index over stored features (or --update one)."""
     from featx.index import Index, build_index
@@ -266,7 +267,7 @@ def index_cmd(
     if store is None or out is None:
         raise FeatxError("featx index needs STORE and --out INDEX_DIR (or --update INDEX_DIR)")
     index = build_index(store, layer=layer, kind=kind, metric=metric, reduce=reduce, memory_budget=memory_budget,
-                        nlist=nlist, pq_m=pq_m, nprobe=nprobe)
+                        nlist=nlist, pq_m=pq_m, nprobe=nprobe, rerank=rerank)
     index.save(out)
     console.print(f"{out}: {index.info['kind']} index ({index.info['factory']}), {index.info['metric']}, "
                   f"{index.info['ntotal']} vectors, params {index.info['params']}", highlight=False)

@@ -23,7 +23,7 @@ from featx.store import FeatureStore, check_rows_finite, library_versions, requi
 
 log = logging.getLogger(__name__)
 
-KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq", "opq-ivfpq")
+KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq", "opq-ivfpq", "ivf-sq8")
 METRICS = ("cosine", "l2", "ip")
 INDEX_FILE = "index.faiss"
 INDEX_JSON = "index.json"
@@ -77,6 +77,7 @@ def _factory(kind: str, dim: int, n: int, *, nlist: int | None, pq_m: int | None
         # "np": no polysemous training, which costs minutes and only serves Hamming filtering
         "ivfpq": (f"{prefix}IVF{nlist},PQ{m}np", {"nlist": nlist, "pq_m": m}),
         "opq-ivfpq": (f"{prefix}OPQ{m},IVF{nlist},PQ{m}np", {"nlist": nlist, "pq_m": m}),
+        "ivf-sq8": (f"{prefix}IVF{nlist},SQ8", {"nlist": nlist}),  # 1 byte per dimension, near-exact
     }
     factory, params = factories[kind]
     return Plan(kind, factory, params)
@@ -90,12 +91,16 @@ def _default_pq_m(d: int) -> int:
 
 
 def _bytes_per_vector(plan: Plan, d: int) -> float:
+    """Approximate index memory per vector (codes + id) for input dimension d."""
+    d = plan_dim(plan, d)
     if plan.kind == "flat":
         return 4 * d
     if plan.kind == "hnsw":
         return 4 * d + 32 * 2 * 4
     if plan.kind == "ivf":
         return 4 * d + 8
+    if plan.kind == "ivf-sq8":
+        return d + 8
     return plan.params["pq_m"] + 8
 
 
@@ -112,7 +117,10 @@ class Index:
     def build(cls, store: FeatureStore | str | Path, *, layer: str | None = None, kind: str = "auto",
               metric: str = "cosine", reduce: str | None = None, memory_budget: str | int | None = None,
               nlist: int | None = None, pq_m: int | None = None, nprobe: int | None = None,
-              seed: int = 0) -> "Index":
+              rerank: int | None = None, seed: int = 0) -> "Index":
+        """`rerank`: re-score the best k × rerank candidates of a compressed index with the exact
+        vectors, read from the memory-mapped store (RAM holds only the codes). None: 10 for
+        compressed layouts (PQ, PCA), 0 for the others."""
         faiss = _faiss()
         store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
         layer = store.check_layer(layer)
@@ -132,14 +140,17 @@ class Index:
         faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
         faiss.omp_set_num_threads(max(1, faiss.omp_get_max_threads()))
 
+        if rerank is not None and rerank < 0:
+            raise InputError(f"--rerank {rerank} must be 0 (off) or a positive factor")
         if kind == "auto":
-            index, plan, tuned = _auto(X, ids, d, reduce_dim, faiss_metric, budget, seed)
+            index, plan, tuned = _auto(X, ids, d, reduce_dim, faiss_metric, budget, seed, rerank)
         else:
             plan = _factory(kind, d, n, nlist=nlist, pq_m=pq_m, reduce_dim=reduce_dim)
             index = _train_and_add(plan, X, ids, d, faiss_metric, seed)
-            tuned = _tune(index, plan, X, ids, faiss_metric, seed, fixed=nprobe)
-        if budget is not None and _bytes_per_vector(plan, reduce_dim or d) * n > budget:
-            warnings.warn(f"the {plan.kind} index needs about {_bytes_per_vector(plan, reduce_dim or d) * n / 2**20:.0f} MB, "
+            factor = _rerank_factor(plan, rerank)
+            tuned = _tune(index, plan, X, ids, faiss_metric, seed, fixed=nprobe, rerank=factor)
+        if budget is not None and _bytes_per_vector(plan, d) * n > budget:
+            warnings.warn(f"the {plan.kind} index needs about {_bytes_per_vector(plan, d) * n / 2**20:.0f} MB, "
                           f"above --memory-budget {memory_budget}")
         info = {
             "format": 1, "store": str(Path(store.path).resolve()), "store_config_hash": store.config_hash,
@@ -232,6 +243,13 @@ class Index:
         """(scores, row ids): higher score = more similar (for l2, the negative squared distance)."""
         k = self._clamp_k(k)
         X = _prepare(vectors, self.info["metric"])
+        factor = int(self.info["params"].get("rerank", 0))
+        if factor and self._store is not None:
+            layer, metric = self.info["layer"], self.info["metric"]
+            return _search_reranked(self.faiss_index, X, k, factor, metric,
+                                    lambda rows: _prepare(self._store.gather(layer, rows), metric))
+        if factor:
+            warnings.warn("the store is not available: results are not re-ranked with exact vectors")
         distances, ids = self.faiss_index.search(X, k)
         return (-distances if self.info["metric"] == "l2" else distances), ids
 
@@ -378,28 +396,68 @@ def plan_dim(plan: Plan, d: int) -> int:
     return int(match.group(1)) if match else d
 
 
+def _rerank_factor(plan: Plan, requested: int | None) -> int:
+    if requested is not None:
+        return int(requested)
+    compressed = plan.kind in ("ivfpq", "opq-ivfpq") or plan.factory.startswith("PCA")
+    return 10 if compressed else 0
+
+
+def _search_reranked(faiss_index, Q: np.ndarray, k: int, factor: int, metric: str, exact_of):
+    """Candidates from the compressed index, re-scored with exact vectors; (scores, ids)."""
+    _, candidates = faiss_index.search(Q, k * factor)
+    scores_out = np.full((len(Q), k), -np.inf, dtype=np.float32)
+    ids_out = np.full((len(Q), k), -1, dtype=np.int64)
+    for start in range(0, len(Q), 256):
+        block = candidates[start:start + 256]
+        unique, inverse = np.unique(block, return_inverse=True)
+        valid = unique >= 0
+        vectors = np.zeros((len(unique), Q.shape[1]), dtype=np.float32)
+        vectors[valid] = exact_of(unique[valid])
+        gathered = vectors[inverse.reshape(block.shape)]  # (queries, candidates, d)
+        q = Q[start:start + 256, None, :]
+        scores = -((gathered - q) ** 2).sum(-1) if metric == "l2" else (gathered * q).sum(-1)
+        scores[block < 0] = -np.inf
+        order = np.argsort(-scores, axis=1)[:, :k]
+        scores_out[start:start + 256] = np.take_along_axis(scores, order, 1)
+        ids_out[start:start + 256] = np.where(np.isfinite(scores_out[start:start + 256]),
+                                              np.take_along_axis(block, order, 1), -1)
+    return scores_out, ids_out
+
+
+def _searcher(index, X: np.ndarray, ids: np.ndarray, metric: str, rerank: int):
+    """search(Q, k) -> row ids, with re-ranking from the in-memory vectors while building."""
+    if not rerank:
+        return lambda Q, k: index.search(Q, k)[1]
+    exact_of = lambda rows: X[np.searchsorted(ids, rows)]  # noqa: E731 (ids are sorted)
+    return lambda Q, k: _search_reranked(index, Q, k, rerank, metric, exact_of)[1]
+
+
 def _tune(index, plan: Plan, X: np.ndarray, ids: np.ndarray, faiss_metric, seed: int, fixed: int | None = None,
-          k: int = 10) -> dict:
+          k: int = 10, rerank: int = 0) -> dict:
     """The smallest nprobe / efSearch whose recall@k against exact search reaches the target."""
     faiss = _faiss()
+    metric = "l2" if faiss_metric == faiss.METRIC_L2 else "ip"
+    search = _searcher(index, X, ids, metric, rerank)
     space = faiss.ParameterSpace()
-    if plan.kind in ("ivf", "ivfpq", "opq-ivfpq"):
+    if plan.kind in ("ivf", "ivfpq", "opq-ivfpq", "ivf-sq8"):
         name, values = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v <= plan.params["nlist"]]
     elif plan.kind == "hnsw":
         name, values = "efSearch", [16, 32, 64, 128, 256, 512]
     else:
-        return {}
+        return {"rerank": rerank} if rerank else {}
+    extra = {"rerank": rerank} if rerank else {}
     if fixed is not None:
         space.set_index_parameter(index, name, int(fixed))
-        return {name: int(fixed)}
+        return {name: int(fixed), **extra}
     queries, truth = _ground_truth(X, ids, faiss_metric, seed, k)
     recall = 0.0
     for value in values:
         space.set_index_parameter(index, name, value)
-        recall = _recall(index, X[queries], truth, ids[queries], k)
+        recall = _recall(search, X[queries], truth, ids[queries], k)
         if recall >= TARGET_RECALL:
             break
-    return {name: value, "tuned_recall@10": round(recall, 4)}
+    return {name: value, "tuned_recall@10": round(recall, 4), **extra}
 
 
 def _ground_truth(X: np.ndarray, ids: np.ndarray, faiss_metric, seed: int, k: int):
@@ -412,9 +470,9 @@ def _ground_truth(X: np.ndarray, ids: np.ndarray, faiss_metric, seed: int, k: in
     return queries, ids[truth]
 
 
-def _recall(index, Q: np.ndarray, truth: np.ndarray, self_ids: np.ndarray, k: int) -> float:
+def _recall(search, Q: np.ndarray, truth: np.ndarray, self_ids: np.ndarray, k: int) -> float:
     """Mean |approximate top-k ∩ exact top-k| / k, the query itself left out of both."""
-    _, found = index.search(Q, k + 1)
+    found = search(Q, k + 1)
     total = 0.0
     for own, want, got in zip(self_ids, truth, found):
         want = [i for i in want if i != own][:k]
@@ -433,10 +491,11 @@ def _ann_recall(index: Index, X: np.ndarray, queries: np.ndarray, k: int) -> flo
     exact.add(data)
     Q = _prepare(X, index.info["metric"])
     _, truth = exact.search(Q, k + 1)
-    return _recall(index.faiss_index, Q, ids[truth], queries, k)
+    return _recall(lambda q, kk: index.search_vectors(q, kk)[1], Q, ids[truth], queries, k)
 
 
-def _auto(X: np.ndarray, ids: np.ndarray, d: int, reduce_dim: int | None, faiss_metric, budget: int | None, seed: int):
+def _auto(X: np.ndarray, ids: np.ndarray, d: int, reduce_dim: int | None, faiss_metric, budget: int | None, seed: int,
+          rerank: int | None = None):
     """Exact search for small collections; otherwise the most compact layout that reaches the
     recall target within the memory budget (what autofaiss does)."""
     n = len(X)
@@ -445,15 +504,23 @@ def _auto(X: np.ndarray, ids: np.ndarray, d: int, reduce_dim: int | None, faiss_
     if n <= FLAT_MAX_ROWS and (budget is None or flat_bytes <= budget):
         return _train_and_add(flat, X, ids, d, faiss_metric, seed), flat, {}
     dd = reduce_dim or d
-    candidates = [_factory("ivfpq", d, n, nlist=None, pq_m=m, reduce_dim=reduce_dim)
-                  for m in (dd // 8, dd // 4, dd // 2) if m >= 1 and dd % m == 0 and m <= 256]
-    candidates += [_factory("hnsw", d, n, nlist=None, pq_m=None, reduce_dim=reduce_dim), flat]
+    candidates = []
+    if dd % 8 == 0:
+        candidates.append(_factory("ivfpq", d, n, nlist=None, pq_m=dd // 8, reduce_dim=reduce_dim))
+    if reduce_dim is None and d >= 64:  # features are low-rank: PCA to d/4, then 1 byte per dimension
+        candidates.append(_factory("ivf-sq8", d, n, nlist=None, pq_m=None, reduce_dim=d // 4))
+    if dd % 4 == 0:
+        candidates.append(_factory("opq-ivfpq", d, n, nlist=None, pq_m=dd // 4, reduce_dim=reduce_dim))
+    candidates += [_factory("ivf-sq8", d, n, nlist=None, pq_m=None, reduce_dim=reduce_dim),
+                   _factory("hnsw", d, n, nlist=None, pq_m=None, reduce_dim=reduce_dim), flat]
     last = None
-    for plan in candidates:
-        if budget is not None and _bytes_per_vector(plan, dd) * n > budget and plan is not flat:
+    for plan in sorted(candidates, key=lambda p: _bytes_per_vector(p, d)):
+        if budget is not None and _bytes_per_vector(plan, d) * n > budget and plan is not flat:
+            continue
+        if plan.kind == "opq-ivfpq" and n <= plan_dim(plan, d):
             continue
         index = _train_and_add(plan, X, ids, d, faiss_metric, seed)
-        tuned = _tune(index, plan, X, ids, faiss_metric, seed)
+        tuned = _tune(index, plan, X, ids, faiss_metric, seed, rerank=_rerank_factor(plan, rerank))
         log.info("auto index: %s gives %s", plan.factory, tuned)
         last = (index, plan, tuned)
         if plan.kind == "flat" or tuned.get("tuned_recall@10", 0) >= TARGET_RECALL:

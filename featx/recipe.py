@@ -20,7 +20,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "train_shallow": {"layer": (str,), "classifier": (str,), "normalize": (str,), "reduce": (str,), "cv": (int,),
                       "val": (str,), "search": (bool,), "balance": (str,), "seed": (int,)},
     "index": {"layer": (str,), "kind": (str,), "metric": (str,), "reduce": (str,), "memory_budget": (str, int),
-              "nlist": (int,), "pq_m": (int,), "nprobe": (int,), "k": (int,), "sample_queries": (int,)},
+              "nlist": (int,), "pq_m": (int,), "nprobe": (int,), "rerank": (int,), "k": (int,), "sample_queries": (int,)},
     "project": {"layer": (str,), "method": (str,), "dims": (int,), "pre_pca": (int,), "color": (str,),
                 "sample": (int,), "seed": (int,), "perplexity": (float, int), "n_neighbors": (int,),
                 "min_dist": (float, int)},

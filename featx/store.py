@@ -159,6 +159,21 @@ class FeatureStore:
             return np.zeros((0, *self.manifest["layers"][layer]["shape"]), dtype=np.float32)
         return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
+    def gather(self, layer: str | None, rows: np.ndarray) -> np.ndarray:
+        """The features of some rows, read from the memory-mapped shards (no full load)."""
+        layer = self.check_layer(layer)
+        rows = np.asarray(rows, dtype=np.int64)
+        shards = self.manifest["shards"]
+        starts = np.array([s["start"] for s in shards])
+        which = np.searchsorted(starts, rows, side="right") - 1
+        out = np.empty((len(rows), *self.manifest["layers"][layer]["shape"]), dtype=np.float32)
+        for shard_index in np.unique(which):
+            shard = shards[shard_index]
+            mask = which == shard_index
+            array = np.load(self.path / shard["features"][layer]["path"], mmap_mode="r")
+            out[mask] = array[rows[mask] - shard["start"]]
+        return out
+
     def iter_shards(self, layer: str | None = None):
         """(row_start, memory-mapped array) per shard: stream large stores."""
         layer = self.check_layer(layer)

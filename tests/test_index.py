@@ -101,3 +101,14 @@ def test_auto_picks_compressed_index_for_large_collections(tmp_path, monkeypatch
     X, y = blobs(n_per_class=300, classes=4, dim=16, spread=1.0)
     index = build_index(make_feature_store(tmp_path / "s", X, y), kind="auto")
     assert index.info["kind"] != "flat" and index.info["params"]["tuned_recall@10"] >= 0.95
+
+
+def test_rerank_with_exact_vectors_restores_recall(tmp_path):
+    X, y = blobs(n_per_class=200, classes=4, dim=32, spread=1.5)
+    store = make_feature_store(tmp_path / "s", X, y, shard_size=300)  # several shards: gather across them
+    plain = build_index(store, kind="ivfpq", nlist=8, pq_m=4, rerank=0)
+    reranked = build_index(store, kind="ivfpq", nlist=8, pq_m=4, rerank=10)
+    assert reranked.info["params"]["rerank"] == 10
+    assert reranked.evaluate(10)["ann_recall@k"] > plain.evaluate(10)["ann_recall@k"]
+    assert reranked.evaluate(10)["ann_recall@k"] >= 0.95
+    np.testing.assert_array_equal(store.gather("vec", np.array([0, 299, 300, 799])), store.features()[[0, 299, 300, 799]])
