@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-HYMENOPTERA = Path(os.environ.get("FEATX_HYMENOPTERA", REPO.parent / "shared" / "datasets" / "hymenoptera"))
+HYMENOPTERA = Path(os.environ.get("FEATX_HYMENOPTERA", REPO.parent / "shared" / "datasets" / "hymenoptera")).resolve()
 DEMO = REPO / "data" / "fashion-mnist-demo"
 
 # a small, fast network for unit tests: random weights, 64 px input
