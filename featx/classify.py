@@ -9,7 +9,6 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,8 +18,9 @@ from featx import atomic
 from featx.backbones.weights import file_sha256
 from featx.errors import ConfigMismatchError, InputError, IntegrityError, StoreError
 from featx.evaluate import classification_metrics, plot_confusion, plot_learning_curve, write_report
-from featx.reduce import ProductQuantizer, make_normalizer, make_reducer
-from featx.store import FeatureStore, check_rows_finite, library_versions, require_same_config
+from featx.reduce import make_normalizer, make_reducer
+from featx.store import (FeatureStore, check_rows_finite, library_versions, require_same_config,
+                         verify_recorded_sha256)
 
 log = logging.getLogger(__name__)
 
@@ -177,12 +177,7 @@ class ShallowModel:
                              "`featx train-shallow STORE -o MODEL_DIR`")
         info = json.loads(info_file.read_text())
         model_file = folder / MODEL_FILE
-        if not model_file.is_file():
-            raise IntegrityError(f"model file '{model_file}' is missing; retrain the model")
-        actual = file_sha256(model_file)
-        if actual != info.get("skops_sha256"):
-            raise IntegrityError(f"model file '{model_file}' has sha256 {actual}, but {MODEL_JSON} records "
-                                 f"{info.get('skops_sha256')}: it was changed or damaged. Retrain, or restore it")
+        verify_recorded_sha256(model_file, info.get("skops_sha256"), MODEL_JSON, "retrain the model, or restore the file")
         untrusted = skops.io.get_untrusted_types(file=model_file)
         refused = [t for t in untrusted if not t.startswith(TRUSTED_TYPE_PREFIXES)]
         if refused:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from featx.backbones import DEFAULT_BACKBONE, Preprocess, load_backbone
 from featx.errors import InputError, WeightsError
-from featx.images import DecodeError, ImageRecord, decode_image, read_bytes, scan_inputs
+from featx.images import DecodeError, decode_image, read_bytes, scan_inputs
 from featx.layers import LayerTap, default_layer
 from featx.pooling import check_pooling, pool
 from featx.store import FeatureStore, StoreWriter

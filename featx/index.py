@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from featx import atomic
-from featx.backbones.weights import file_sha256
 from featx.errors import ConfigMismatchError, InputError, IntegrityError, StoreError
-from featx.store import FeatureStore, check_rows_finite, library_versions, require_same_config
+from featx.store import (FeatureStore, check_rows_finite, library_versions, require_same_config,
+                         verify_recorded_sha256)
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +184,7 @@ class Index:
                              "`featx index STORE -o INDEX_DIR`")
         info = json.loads((folder / INDEX_JSON).read_text())
         file = folder / INDEX_FILE
-        if not file.is_file():
-            raise IntegrityError(f"index file '{file}' is missing; rebuild with `featx index`")
-        actual = file_sha256(file)
-        if actual != info.get("sha256"):
-            raise IntegrityError(f"index file '{file}' has sha256 {actual}, but {INDEX_JSON} records "
-                                 f"{info.get('sha256')}: it was changed or truncated. Rebuild with `featx index`")
+        verify_recorded_sha256(file, info.get("sha256"), INDEX_JSON, "rebuild it with `featx index`")
         index = faiss.deserialize_index(np.fromfile(file, dtype=np.uint8))
         if index.ntotal != info["ntotal"]:
             raise IntegrityError(f"index holds {index.ntotal} vectors, {INDEX_JSON} says {info['ntotal']}; rebuild it")

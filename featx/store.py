@@ -369,6 +369,16 @@ def require_same_config(expected: dict, actual: dict, what: str) -> None:
                                   "extract the features with the same model, weights, pooling and preprocessing")
 
 
+def verify_recorded_sha256(file: Path, expected: str | None, recorded_in: str, fix: str) -> None:
+    """Refuse a file whose bytes are not the ones recorded — before any loader reads it."""
+    if not file.is_file():
+        raise IntegrityError(f"'{file}' is missing; {fix}")
+    actual = file_sha256(file)
+    if actual != expected:
+        raise IntegrityError(f"'{file}' has sha256 {actual}, but {recorded_in} records {expected}: it was changed "
+                             f"or truncated. {fix[0].upper() + fix[1:]}")
+
+
 def check_rows_finite(features: np.ndarray, where: str) -> None:
     if not np.isfinite(features).all():
         bad = int((~np.isfinite(features)).any(axis=tuple(range(1, features.ndim))).sum())

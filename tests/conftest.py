@@ -50,7 +50,6 @@ SYNTHETIC_CONFIG = {"backbone": "synthetic", "weights_id": "none", "weights_sha2
 
 def make_feature_store(path: Path, X, labels, splits=None, config=None, shard_size=None, status="ok"):
     """A store holding given vectors, for tests of the steps after extraction."""
-    import pandas as pd
 
     from featx.store import StoreWriter
     from featx.images import ImageRecord

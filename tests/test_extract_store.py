@@ -3,7 +3,6 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from featx.errors import ConfigMismatchError, InputError, StoreError
 from featx.extract import extract

@@ -4,7 +4,7 @@ import torch
 from featx.api import describe_layers
 from featx.backbones import load_backbone
 from featx.errors import InputError, UnknownNameError
-from featx.layers import LayerTap, default_layer
+from featx.layers import LayerTap
 from featx.pooling import check_pooling, pool
 
 
