@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", default="none")
+    parser.add_argument("--decode", default="auto", help="auto|pil|torch (torch = nvJPEG on CUDA)")
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS at 400 and 4,000 images")
     args = parser.parse_args()
 
@@ -95,7 +96,7 @@ def main() -> None:
     for model in args.models.split(","):
         weights = "default" if model == "efficientnet_lite0" else "random"  # speed does not depend on weights
         extractor = Extractor(model, weights=weights, batch_size=args.batch_size, workers=args.workers,
-                              device=args.device, amp=args.amp)
+                              device=args.device, amp=args.amp, decode=args.decode)
         ceiling = forward_ceiling(extractor, args.batch_size)
         featx = end_to_end(extractor, folder)
         print(f"{model:<22}{ceiling:>15.1f}{featx:>13.1f}{featx / ceiling:>8.2f}", flush=True)

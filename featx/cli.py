@@ -102,13 +102,14 @@ def extract_cmd(
     shard_size: int = typer.Option(4096, help="Rows per shard."),
     overwrite: bool = typer.Option(False, help="Replace an existing store."),
     append: bool = typer.Option(False, help="Add files whose content is new to an existing store."),
+    decode: str = typer.Option("auto", help="auto|pil|torch: torch decodes JPEGs on the device (GPU); auto = torch on CUDA"),
 ):
     """Extract features of images into a resumable feature store."""
     from featx.extract import extract
 
     store = extract(inputs, out, model=model, weights=weights, layers=layer or None, pool=pool, image_size=image_size,
                     tta=tta, batch_size=batch_size, workers=workers, device=device, amp=amp, dtype=dtype,
-                    shard_size=shard_size, overwrite=overwrite, append=append)
+                    shard_size=shard_size, overwrite=overwrite, append=append, decode=decode)
     _print_summary(store.summary(), brief=True)
 
 

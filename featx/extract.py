@@ -19,6 +19,7 @@ from featx.errors import InputError, WeightsError
 from featx.images import DecodeError, decode_image, read_bytes, scan_inputs
 from featx.layers import LayerTap, default_layer
 from featx.pooling import check_pooling, pool
+from featx.tensor_decode import decode_on, plain_jpeg, tensor_views
 from featx.store import FeatureStore, StoreWriter
 from featx.views import check_tta, image_views, normalise
 
@@ -29,7 +30,8 @@ AMP_MODES = ("none", "bf16", "fp16")
 DTYPES = ("float32", "float16")
 SHARD_BYTES = 256 << 20
 # bump when the pixels fed to the network change for the same settings: old stores are then refused
-PREPROCESS_IMPLEMENTATION = "pil-box-resize/1"  # a shard holds at most this much feature data per layer
+PREPROCESS_IMPLEMENTATION = {"pil": "pil-box-resize/1", "torch": "torchvision-decode-resize/1"}
+DECODERS = ("auto", "pil", "torch")  # a shard holds at most this much feature data per layer
 
 
 def resolve_device(device: str) -> torch.device:
@@ -53,18 +55,22 @@ def resolve_device(device: str) -> torch.device:
 class ImageViews(Dataset):
     """Item i: the file's views as uint8, or the reason it failed. Never raises for a bad file."""
 
-    def __init__(self, paths: Sequence[str], preprocess: Preprocess, tta: int):
+    def __init__(self, paths: Sequence[str], preprocess: Preprocess, tta: int, decode: str = "pil"):
         self.paths = list(paths)
         self.preprocess = preprocess
         self.tta = tta
+        self.decode = decode  # "torch": plain JPEGs travel as bytes, decoded on the extraction device
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        item = {"index": i, "views": None, "sha256": None, "status": "ok", "error": None}
+        item = {"index": i, "views": None, "jpeg": None, "sha256": None, "status": "ok", "error": None}
         try:
             data, item["sha256"] = read_bytes(self.paths[i])
+            if self.decode == "torch" and plain_jpeg(data):
+                item["jpeg"] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                return item
             image = decode_image(data, draft_size=self.preprocess.resize_size)
             item["views"] = image_views(image, self.preprocess, self.tta)
         except DecodeError as exc:
@@ -84,9 +90,11 @@ def _worker_init(_worker_id: int) -> None:
 
 
 def collate(items: list[dict]) -> dict:
+    """Views decoded in the worker are concatenated; JPEG bytes stay a list for the device decoder."""
     good = [it["views"] for it in items if it["views"] is not None]
-    return {"items": [{k: v for k, v in it.items() if k != "views"} for it in items],
-            "views": torch.cat(good) if good else None}
+    return {"items": [{k: v for k, v in it.items() if k not in ("views", "jpeg")} for it in items],
+            "views": torch.cat(good) if good else None,
+            "jpeg": [it["jpeg"] for it in items]}
 
 
 # --- extractor ---------------------------------------------------------------------------------
@@ -104,7 +112,7 @@ class Extractor:
     def __init__(self, model: str = DEFAULT_BACKBONE, *, weights: str = "default", layers: Sequence[str] | None = None,
                  pool: str = "avg", image_size: int | None = None, tta: int = 1, device: str = "auto",
                  amp: str = "none", dtype: str = "float32", batch_size: int = 32, workers: int | None = None,
-                 per_view: bool = False):
+                 per_view: bool = False, decode: str = "pil"):
         """`per_view=True` keeps the TTA views apart: features are (N, views, D) instead of the mean."""
         if amp not in AMP_MODES:
             raise InputError(f"unknown --amp '{amp}'; allowed: {', '.join(AMP_MODES)}")
@@ -118,6 +126,9 @@ class Extractor:
                              "use --amp none on CPU, where features are computed in float32")
         self.tta = check_tta(tta)
         self.amp, self.dtype, self.batch_size, self.per_view = amp, dtype, int(batch_size), per_view
+        if decode not in DECODERS:
+            raise InputError(f"unknown --decode '{decode}'; allowed: {', '.join(DECODERS)}")
+        self.decode = ("torch" if self.device.type == "cuda" else "pil") if decode == "auto" else decode
         self.workers = default_workers() if workers is None else int(workers)
         self.backbone = load_backbone(model, weights, image_size)
         self.layers = list(layers) if layers else [default_layer(self.backbone.model, model)]
@@ -146,7 +157,7 @@ class Extractor:
             "weights_sha256": self.backbone.weights_sha256,
             "layers": self.layers,
             "pool": self.pool_name,
-            "preprocess": self.backbone.preprocess.to_dict() | {"implementation": PREPROCESS_IMPLEMENTATION},
+            "preprocess": self.backbone.preprocess.to_dict() | {"implementation": PREPROCESS_IMPLEMENTATION[self.decode]},
             "tta": self.tta,
             "dtype": self.dtype,
         }
@@ -172,7 +183,7 @@ class Extractor:
         """Features of `paths`, in batches (index lists into `paths`; default: consecutive)."""
         if batches is None:
             batches = [list(range(i, min(i + self.batch_size, len(paths)))) for i in range(0, len(paths), self.batch_size)]
-        dataset = ImageViews(paths, self.backbone.preprocess, self.tta)
+        dataset = ImageViews(paths, self.backbone.preprocess, self.tta, self.decode)
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=collate,
                             worker_init_fn=_worker_init if self.device.type == "cpu" else None,
                             pin_memory=self.device.type == "cuda", persistent_workers=False,
@@ -183,9 +194,10 @@ class Extractor:
         with tqdm(total=total, desc=description, unit="img", disable=not progress, dynamic_ncols=True) as bar:
             for batch in loader:
                 items = batch["items"]
+                views = self._device_views(batch) if any(j is not None for j in batch["jpeg"]) else batch["views"]
                 ok = [k for k, it in enumerate(items) if it["status"] == "ok"]
                 features = {}
-                pooled = self._forward(batch["views"]) if batch["views"] is not None else {}
+                pooled = self._forward(views) if views is not None else {}
                 for layer in self.layers:
                     dim = pooled[layer].shape[-1] if pooled else self.pooled_dims[layer]
                     shape = (len(items), self.tta, dim) if self.per_view else (len(items), dim)
@@ -195,6 +207,28 @@ class Extractor:
                     features[layer] = array
                 bar.update(len(items))
                 yield Batch([it["index"] for it in items], items, features)
+
+    def _device_views(self, batch: dict) -> torch.Tensor | None:
+        """Decode the batch's JPEG bytes on the device and merge their views, in item order, with
+        the views the workers made; a JPEG that fails here turns its item into an error row."""
+        items, jpegs = batch["items"], batch["jpeg"]
+        positions = [k for k, blob in enumerate(jpegs) if blob is not None]
+        decoded = decode_on(self.device, [jpegs[k] for k in positions])
+        on_device = {}
+        for k, image in zip(positions, decoded):
+            if isinstance(image, DecodeError):
+                items[k]["status"], items[k]["error"] = image.code, image.message
+            else:
+                on_device[k] = tensor_views(image, self.backbone.preprocess, self.tta)
+        worker_views = batch["views"].to(self.device) if batch["views"] is not None else None
+        merged, taken = [], 0
+        for k, item in enumerate(items):
+            if k in on_device:
+                merged.append(on_device[k])
+            elif jpegs[k] is None and item["status"] == "ok":
+                merged.append(worker_views[taken * self.tta:(taken + 1) * self.tta])
+                taken += 1
+        return torch.cat(merged) if merged else None
 
     @property
     def pooled_dims(self) -> dict[str, int]:
@@ -227,6 +261,8 @@ def default_workers() -> int:
 def extractor_from_config(config: dict, **runtime) -> Extractor:
     """Rebuild the extractor a store, model or index recorded, and prove it is the same one."""
     weights = config.get("weights_source", "default")
+    implementation = config["preprocess"].get("implementation")
+    runtime.setdefault("decode", next((d for d, i in PREPROCESS_IMPLEMENTATION.items() if i == implementation), "pil"))
     extractor = Extractor(config["backbone"], weights=weights, layers=config["layers"], pool=config["pool"],
                           image_size=config["preprocess"]["crop_size"], tta=runtime.pop("tta", config.get("tta", 1)),
                           dtype=config.get("dtype", "float32"), **runtime)
@@ -243,7 +279,7 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
             layers: Sequence[str] | None = None, pool: str = "avg", image_size: int | None = None, tta: int = 1,
             batch_size: int = 32, workers: int | None = None, device: str = "auto", amp: str = "none",
             dtype: str = "float32", shard_size: int = 4096, overwrite: bool = False, append: bool = False,
-            progress: bool = True) -> FeatureStore:
+            decode: str = "auto", progress: bool = True) -> FeatureStore:
     """Extract features of `inputs` (folders, manifests, globs) into the store at `out`.
 
     Re-running the same call resumes after the last finished shard; `append=True` adds files
@@ -252,7 +288,7 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
         raise InputError(f"--shard-size {shard_size} must be at least 1")
     records = scan_inputs(inputs)
     extractor = Extractor(model, weights=weights, layers=layers, pool=pool, image_size=image_size, tta=tta,
-                          device=device, amp=amp, dtype=dtype, batch_size=batch_size, workers=workers)
+                          device=device, amp=amp, dtype=dtype, batch_size=batch_size, workers=workers, decode=decode)
     config = extractor.config | {"weights_source": _weights_source(weights)}
     writer = StoreWriter(out, config, overwrite=overwrite, append=append)
     work = writer.prepare(records, sha_of=_sha_or_none)

@@ -123,3 +123,32 @@ def test_bad_options_are_clear(image_folder, tmp_path):
 def test_open_non_store_is_clear(tmp_path):
     with pytest.raises(StoreError, match=r"not a feature store.*featx extract"):
         FeatureStore.open(tmp_path)
+
+
+def test_torch_decode_path_matches_pillow_and_keeps_bad_files(tmp_path):
+    """--decode torch (nvJPEG on CUDA; here torchvision's CPU decoder) gives the same features up to
+    resampling differences, falls back to Pillow for non-plain JPEGs, and reports broken ones."""
+    import io
+
+    from PIL import Image
+
+    folder = tmp_path / "jpegs" / "a"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        base = np.kron(rng.integers(0, 255, (12, 16, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # smooth blocks
+        Image.fromarray(base).save(folder / f"{i}.jpg", quality=95)
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (64, 64), (0, 255, 255, 0)).save(cmyk, "JPEG")
+    (folder / "cmyk.jpg").write_bytes(cmyk.getvalue())
+    good = (folder / "0.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    pil = extract(tmp_path / "jpegs", tmp_path / "pil", decode="pil", **TINY)
+    torch_ = extract(tmp_path / "jpegs", tmp_path / "torch", decode="torch", **TINY)
+    assert torch_.config["preprocess"]["implementation"] != pil.config["preprocess"]["implementation"]
+    status = dict(zip(torch_.meta["path"].str.rsplit("/", n=1).str[-1], torch_.meta["status"]))
+    assert status["cmyk.jpg"] == "ok" and status["truncated.jpg"] in ("truncated", "decode_error")
+    a, b = pil.features()[pil.ok], torch_.features()[torch_.ok]
+    assert len(a) == len(b) == 6
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.95, cosine
