@@ -112,3 +112,22 @@ def test_rerank_with_exact_vectors_restores_recall(tmp_path):
     assert reranked.evaluate(10)["ann_recall@k"] > plain.evaluate(10)["ann_recall@k"]
     assert reranked.evaluate(10)["ann_recall@k"] >= 0.95
     np.testing.assert_array_equal(store.gather("vec", np.array([0, 299, 300, 799])), store.features()[[0, 299, 300, 799]])
+
+
+def test_update_after_extract_append(tmp_path):
+    from featx.extract import extract
+    from tests.conftest import TINY, make_class_folder
+
+    images = make_class_folder(tmp_path / "images", per_class=4)
+    store = extract(images, tmp_path / "store", **TINY)
+    build_index(store).save(tmp_path / "ix")
+    make_class_folder(tmp_path / "more", per_class=2, seed=5)
+    extract([images, tmp_path / "more"], tmp_path / "store", append=True, **TINY)
+    with pytest.warns(UserWarning, match="rows added since the index was built"):
+        index = Index.load(tmp_path / "ix")
+    assert index.update() == 4
+    index.save(tmp_path / "ix")
+    reloaded = Index.load(tmp_path / "ix")
+    assert reloaded.faiss_index.ntotal == 12 and reloaded.info["rows_covered"] == 12
+    query = reloaded.store.features()[[11]]
+    assert reloaded.search_vectors(query, 1)[1][0, 0] == 11
