@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from featx.backbones import load_backbone
-from featx.layers import default_layer, layer_shapes
+from featx.layers import addressable_layers, default_layer, layer_shapes
 
 
 def describe_layers(model: str, image_size: int | None = None, weights: str = "random") -> list[dict]:
     """Every addressable layer of `model` with its output shape at the model's input size.
     Shapes do not depend on the weights, so random ones are used: this works offline."""
     backbone = load_backbone(model, weights, image_size)
-    shapes = layer_shapes(backbone.model, model, backbone.preprocess.crop_size)
-    default = default_layer(backbone.model, model)
+    addressable = addressable_layers(backbone.model)
+    shapes = layer_shapes(backbone.model, model, backbone.preprocess.crop_size, addressable)
+    default = default_layer(backbone.model, addressable)
     return [{"layer": name, "shape": list(shape), "default": name == default} for name, shape in shapes.items()]

@@ -52,6 +52,14 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def write_hashed(path: str | Path, data: bytes) -> str:
+    """Write atomically and return the sha256 of the bytes in hand (no reading the file back)."""
+    import hashlib
+
+    write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
 def write_json(path: str | Path, obj) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 

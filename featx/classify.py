@@ -16,10 +16,10 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_pre
 
 from featx import atomic
 from featx.backbones.weights import file_sha256
-from featx.errors import ConfigMismatchError, InputError, IntegrityError, StoreError
+from featx.errors import ConfigMismatchError, InputError, IntegrityError
 from featx.evaluate import classification_metrics, plot_confusion, plot_learning_curve, write_report
 from featx.reduce import make_normalizer, make_reducer
-from featx.store import (FeatureStore, check_rows_finite, library_versions, require_same_config,
+from featx.store import (FeatureStore, check_rows_finite, library_versions, read_record, require_same_config,
                          verify_recorded_sha256)
 
 log = logging.getLogger(__name__)
@@ -171,11 +171,7 @@ class ShallowModel:
         import skops.io
 
         folder = Path(folder)
-        info_file = folder / MODEL_JSON
-        if not info_file.is_file():
-            raise StoreError(f"'{folder}' is not a featx model (no {MODEL_JSON}); train one with "
-                             "`featx train-shallow STORE -o MODEL_DIR`")
-        info = json.loads(info_file.read_text())
+        info = read_record(folder, MODEL_JSON, "a featx model", "train one with `featx train-shallow STORE -o MODEL_DIR`")
         model_file = folder / MODEL_FILE
         verify_recorded_sha256(model_file, info.get("skops_sha256"), MODEL_JSON, "retrain the model, or restore the file")
         untrusted = skops.io.get_untrusted_types(file=model_file)

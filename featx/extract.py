@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 from featx.backbones import DEFAULT_BACKBONE, Preprocess, load_backbone
 from featx.errors import InputError, WeightsError
 from featx.images import DecodeError, decode_image, read_bytes, scan_inputs
-from featx.layers import LayerTap, default_layer
+from featx.layers import LayerTap, addressable_layers, default_layer
 from featx.pooling import check_pooling, pool
-from featx.tensor_decode import decode_on, plain_jpeg, tensor_views
+from featx.tensor_decode import decode_on, plain_jpeg
 from featx.store import FeatureStore, StoreWriter
 from featx.views import check_tta, image_views, normalise
 
@@ -131,22 +131,27 @@ class Extractor:
         self.decode = ("torch" if self.device.type == "cuda" else "pil") if decode == "auto" else decode
         self.workers = default_workers() if workers is None else int(workers)
         self.backbone = load_backbone(model, weights, image_size)
-        self.layers = list(layers) if layers else [default_layer(self.backbone.model, model)]
+        addressable = addressable_layers(self.backbone.model)
+        self.layers = list(layers) if layers else [default_layer(self.backbone.model, addressable)]
         if len(set(self.layers)) != len(self.layers):
             raise InputError(f"--layer given twice: {self.layers}")
         self.pool_name = pool
-        self.tap = LayerTap(self.backbone.model, self.layers, model).eval()
-        self.shapes = self._probe_shapes()
-        for layer in self.layers:
-            check_pooling(pool, layer, self.shapes[layer])
+        self.tap = LayerTap(self.backbone.model, self.layers, model, addressable).eval()
+        self.pooled_dims = self._probe_dims()
         self.tap = self.tap.to(self.device, memory_format=torch.channels_last)
         self.weights_source = weights
 
     @torch.inference_mode()
-    def _probe_shapes(self) -> dict[str, tuple[int, ...]]:
+    def _probe_dims(self) -> dict[str, int]:
+        """One dummy forward pass: checks the pooling against each layer's shape and gives the
+        length of each layer's vector."""
         size = self.backbone.preprocess.crop_size
         outputs = self.tap(torch.zeros(1, 3, size, size))
-        return {layer: tuple(outputs[layer].shape[1:]) for layer in self.layers}
+        dims = {}
+        for layer in self.layers:
+            check_pooling(self.pool_name, layer, tuple(outputs[layer].shape[1:]))
+            dims[layer] = int(pool(outputs[layer], self.pool_name).shape[-1])
+        return dims
 
     @property
     def config(self) -> dict:
@@ -199,7 +204,7 @@ class Extractor:
                 features = {}
                 pooled = self._forward(views) if views is not None else {}
                 for layer in self.layers:
-                    dim = pooled[layer].shape[-1] if pooled else self.pooled_dims[layer]
+                    dim = self.pooled_dims[layer]
                     shape = (len(items), self.tta, dim) if self.per_view else (len(items), dim)
                     array = np.full(shape, np.nan, dtype=self.dtype)
                     if ok:
@@ -219,7 +224,7 @@ class Extractor:
             if isinstance(image, DecodeError):
                 items[k]["status"], items[k]["error"] = image.code, image.message
             else:
-                on_device[k] = tensor_views(image, self.backbone.preprocess, self.tta)
+                on_device[k] = image_views(image, self.backbone.preprocess, self.tta)
         worker_views = batch["views"].to(self.device) if batch["views"] is not None else None
         merged, taken = [], 0
         for k, item in enumerate(items):
@@ -230,13 +235,6 @@ class Extractor:
                 taken += 1
         return torch.cat(merged) if merged else None
 
-    @property
-    def pooled_dims(self) -> dict[str, int]:
-        dims = {}
-        for layer, shape in self.shapes.items():
-            dims[layer] = int(pool(torch.zeros(1, *shape), self.pool_name).shape[-1])
-        return dims
-
     def features_of(self, paths: Sequence[str], progress: bool = False) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
         """All features of `paths` in memory, with a metadata row (sha256, status, error) each."""
         layers: dict[str, list[np.ndarray]] = {layer: [] for layer in self.layers}
@@ -246,8 +244,8 @@ class Extractor:
                 layers[layer].append(batch.features[layer])
             rows.extend({"path": paths[i], **{k: it[k] for k in ("sha256", "status", "error")}}
                         for i, it in zip(batch.indices, batch.meta))
-        dims = self.pooled_dims
-        empty = {l: np.zeros((0, self.tta, d) if self.per_view else (0, d), self.dtype) for l, d in dims.items()}
+        empty = {l: np.zeros((0, self.tta, d) if self.per_view else (0, d), self.dtype)
+                 for l, d in self.pooled_dims.items()}
         stacked = {l: np.concatenate(v) if v else empty[l] for l, v in layers.items()}
         return stacked, pd.DataFrame(rows, columns=["path", "sha256", "status", "error"])
 

@@ -41,6 +41,10 @@ class DecodeError(Exception):
 
 # --- sources -----------------------------------------------------------------------------------
 
+def is_glob(text: str | Path) -> bool:
+    return any(ch in str(text) for ch in "*?[")
+
+
 def scan_inputs(inputs: str | Path | list[str | Path], missing_ok: bool = False) -> list[ImageRecord]:
     """Expand folders, manifests and globs into image records, sorted by path, without duplicates.
     `missing_ok`: a path that does not exist is kept as a record (it becomes an error row)."""
@@ -49,7 +53,7 @@ def scan_inputs(inputs: str | Path | list[str | Path], missing_ok: bool = False)
         raise InputError("no inputs given; pass a folder, a CSV/Parquet manifest or a glob")
     records: dict[str, ImageRecord] = {}
     for item in items:
-        if missing_ok and not Path(item).exists() and not any(ch in str(item) for ch in "*?["):
+        if missing_ok and not Path(item).exists() and not is_glob(item):
             records.setdefault(str(Path(item).resolve()), ImageRecord(str(Path(item).resolve())))
             continue
         for record in _scan_one(str(item)):
@@ -68,7 +72,7 @@ def _scan_one(item: str) -> list[ImageRecord]:
         return read_manifest(path)
     if path.is_file():
         return [ImageRecord(str(path.resolve()))]
-    if any(ch in item for ch in "*?["):
+    if is_glob(item):
         matches = sorted(globlib.glob(item, recursive=True))
         return [ImageRecord(str(Path(m).resolve())) for m in matches
                 if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_SUFFIXES]
@@ -145,7 +149,7 @@ def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
         except Image.UnidentifiedImageError:
             raise DecodeError("not_image", "not an image file Pillow can identify")
         except Exception as exc:
-            raise DecodeError(_error_code(exc), f"cannot open image: {exc}")
+            raise DecodeError(error_code(exc), f"cannot open image: {exc}")
         try:
             if draft_size and image.format == "JPEG":
                 w, h = image.size
@@ -156,7 +160,7 @@ def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise DecodeError("bomb", f"decompression bomb refused: {exc}")
         except OSError as exc:
-            raise DecodeError(_error_code(exc), f"cannot decode image ({image.format}): {exc}")
+            raise DecodeError(error_code(exc), f"cannot decode image ({image.format}): {exc}")
         except (SyntaxError, ValueError, EOFError) as exc:
             raise DecodeError("decode_error", f"cannot decode image ({image.format}): {exc}")
         try:
@@ -166,9 +170,10 @@ def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
         return to_rgb(image)
 
 
-def _error_code(exc: Exception) -> str:
+def error_code(exc: Exception) -> str:
+    """The error code for a decoder's exception: `truncated` when the data ends early."""
     message = str(exc).lower()
-    return "truncated" if any(w in message for w in ("truncated", "broken data", "premature end")) else "decode_error"
+    return "truncated" if any(w in message for w in ("truncat", "broken data", "premature end")) else "decode_error"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

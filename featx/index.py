@@ -3,7 +3,6 @@ save/load with checksums, and evaluate. Index ids are the store's row ids."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -18,7 +17,7 @@ import pandas as pd
 
 from featx import atomic
 from featx.errors import ConfigMismatchError, InputError, IntegrityError, StoreError
-from featx.store import (FeatureStore, check_rows_finite, library_versions, require_same_config,
+from featx.store import (FeatureStore, check_rows_finite, library_versions, read_record, require_same_config,
                          verify_recorded_sha256)
 
 log = logging.getLogger(__name__)
@@ -165,11 +164,7 @@ class Index:
         faiss = _faiss()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        data = faiss.serialize_index(self.faiss_index).tobytes()
-        atomic.write_bytes(folder / INDEX_FILE, data)
-        import hashlib
-
-        self.info["sha256"] = hashlib.sha256(data).hexdigest()
+        self.info["sha256"] = atomic.write_hashed(folder / INDEX_FILE, faiss.serialize_index(self.faiss_index).tobytes())
         self.info["ntotal"] = int(self.faiss_index.ntotal)
         atomic.write_json(folder / INDEX_JSON, self.info)
         return folder
@@ -179,10 +174,7 @@ class Index:
         """Verify the checksum before FAISS reads a byte, then that ntotal matches the store."""
         faiss = _faiss()
         folder = Path(folder)
-        if not (folder / INDEX_JSON).is_file():
-            raise StoreError(f"'{folder}' is not a featx index (no {INDEX_JSON}); build one with "
-                             "`featx index STORE -o INDEX_DIR`")
-        info = json.loads((folder / INDEX_JSON).read_text())
+        info = read_record(folder, INDEX_JSON, "a featx index", "build one with `featx index STORE -o INDEX_DIR`")
         file = folder / INDEX_FILE
         verify_recorded_sha256(file, info.get("sha256"), INDEX_JSON, "rebuild it with `featx index`")
         index = faiss.deserialize_index(np.fromfile(file, dtype=np.uint8))
@@ -268,8 +260,7 @@ class Index:
 
             config = dict(self.info["extractor"], layers=[self.info["layer"]])
             extractor = extractor_from_config(config, device=device, workers=workers)
-            items = [queries] if isinstance(queries, (str, Path)) else list(queries)
-            paths = [r.path for r in scan_inputs(items, missing_ok=True)]
+            paths = [r.path for r in scan_inputs(queries, missing_ok=True)]
             features, meta = extractor.features_of(paths)
             vectors = features[self.info["layer"]]
             status = meta.rename(columns={"path": "query"})[["query", "status", "error"]]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -21,19 +22,41 @@ _PASS_THROUGH_MODULES = (nn.Dropout, nn.Identity)
 _PASS_THROUGH_FUNCTIONS = ("dropout",)
 
 
+@dataclass(frozen=True)
+class Addressable:
+    """The layers of a model: torch.fx graph nodes when it traces, else module names (hooks)."""
+
+    names: list[str]
+    traced: bool
+
+
+def addressable_layers(model: nn.Module) -> Addressable:
+    """One symbolic trace of the model (the costly part), shared by everything that names layers."""
+    try:
+        if _is_timm(model):
+            from timm.models._features_fx import get_graph_node_names
+        else:
+            from torchvision.models.feature_extraction import get_graph_node_names
+        _, eval_nodes = get_graph_node_names(model)
+        return Addressable([n for n in eval_nodes if n != "x"], traced=True)
+    except Exception as exc:  # models with data-dependent control flow do not trace
+        log.info("model does not trace with torch.fx (%s); using forward hooks", exc)
+        return Addressable([name for name, _ in model.named_modules() if name], traced=False)
+
+
 class LayerTap(nn.Module):
     """Runs the model once and returns {layer: activation} for the requested layers."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], model_name: str):
+    def __init__(self, model: nn.Module, layers: Sequence[str], model_name: str,
+                 addressable: Addressable | None = None):
         super().__init__()
         self.layers = list(layers)
         self.traced = None
         self.model = model
-        available = layer_names(model, model_name)
-        targets = {layer: resolve_layer(layer, available, model, model_name) for layer in self.layers}
-        graph = _trace(model, targets, model_name)
-        if graph is not None:
-            self.traced = graph
+        addressable = addressable or addressable_layers(model)
+        targets = {layer: resolve_layer(layer, addressable.names, model, model_name) for layer in self.layers}
+        if addressable.traced:
+            self.traced = _feature_extractor_fn(model)(model, return_nodes={node: layer for layer, node in targets.items()})
         else:
             self._captured: dict[str, torch.Tensor] = {}
             modules = dict(model.named_modules())
@@ -66,25 +89,6 @@ def _feature_extractor_fn(model: nn.Module):
     return create_feature_extractor
 
 
-def _graph_node_names(model: nn.Module) -> list[str] | None:
-    try:
-        if _is_timm(model):
-            from timm.models._features_fx import get_graph_node_names
-        else:
-            from torchvision.models.feature_extraction import get_graph_node_names
-        _, eval_nodes = get_graph_node_names(model)
-        return [n for n in eval_nodes if n != "x"]
-    except Exception as exc:  # models with data-dependent control flow do not trace
-        log.info("model does not trace with torch.fx (%s); using forward hooks", exc)
-        return None
-
-
-def _trace(model: nn.Module, targets: dict[str, str], model_name: str):
-    if _graph_node_names(model) is None:
-        return None
-    return _feature_extractor_fn(model)(model, return_nodes={node: layer for layer, node in targets.items()})
-
-
 def resolve_layer(layer: str, available: Sequence[str], model: nn.Module, model_name: str) -> str:
     """A graph node by name, or a container module (e.g. 'blocks.5'), which means its last node."""
     if layer in available:
@@ -96,13 +100,6 @@ def resolve_layer(layer: str, available: Sequence[str], model: nn.Module, model_
     raise unknown_layer_error(layer, available, model_name)
 
 
-def layer_names(model: nn.Module, model_name: str) -> list[str]:
-    nodes = _graph_node_names(model)
-    if nodes is not None:
-        return nodes
-    return [name for name, _ in model.named_modules() if name]
-
-
 def unknown_layer_error(layer: str, available: Sequence[str], model_name: str) -> UnknownNameError:
     close = difflib.get_close_matches(layer, available, n=5, cutoff=0.4)
     hint = f" Closest: {', '.join(close)}." if close else ""
@@ -110,11 +107,11 @@ def unknown_layer_error(layer: str, available: Sequence[str], model_name: str) -
                             f"Run `featx layers {model_name}` to list its layers")
 
 
-def default_layer(model: nn.Module, model_name: str) -> str:
+def default_layer(model: nn.Module, addressable: Addressable | None = None) -> str:
     """The pooled penultimate features: the input of the final linear classifier, walking back
     over dropout and identity. Models whose classifier is a convolution (SqueezeNet) use the last
     node before the classifier block."""
-    names = layer_names(model, model_name)
+    names = (addressable or addressable_layers(model)).names
     modules = dict(model.named_modules())
 
     def passes_through(name: str) -> bool:
@@ -133,10 +130,11 @@ def default_layer(model: nn.Module, model_name: str) -> str:
 
 
 @torch.inference_mode()
-def layer_shapes(model: nn.Module, model_name: str, image_size: int) -> dict[str, tuple[int, ...]]:
+def layer_shapes(model: nn.Module, model_name: str, image_size: int,
+                 addressable: Addressable | None = None) -> dict[str, tuple[int, ...]]:
     """Output shape (without batch) of every addressable layer, from one dummy forward pass."""
-    names = layer_names(model, model_name)
+    addressable = addressable or addressable_layers(model)
     x = torch.zeros(1, 3, image_size, image_size)
-    tap = LayerTap(model, names, model_name)
+    tap = LayerTap(model, addressable.names, model_name, addressable)
     outputs = tap(x)
     return {name: tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else () for name, out in outputs.items()}

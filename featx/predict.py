@@ -30,7 +30,7 @@ def predict(model: ShallowModel | str | Path, images: str | Path | Sequence[str 
     extractor = extractor_from_config(config, tta=int(tta) if per_view else recorded_tta, per_view=per_view,
                                       device=device, batch_size=batch_size, workers=workers)
     model.check_features(extractor.config | {"weights_source": config.get("weights_source")}, model.layer)
-    paths = [r.path for r in scan_inputs(images if not isinstance(images, (str, Path)) else [images], missing_ok=True)]
+    paths = [r.path for r in scan_inputs(images, missing_ok=True)]
     features, meta = extractor.features_of(paths, progress=progress)
     X = features[model.layer]
     ok = (meta["status"] == "ok").to_numpy()

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from featx.errors import InputError
+from featx.images import is_glob
 
 STEPS = ("extract", "train_shallow", "index", "project", "report")
 _PATH = "path"
@@ -111,7 +112,7 @@ def _resolve_input(value: str, base: Path, file: Path, key: str = "extract.input
     """Relative paths are relative to the recipe file, so a recipe works from any folder."""
     path = Path(str(value)).expanduser()
     path = path if path.is_absolute() else base / path
-    if not any(ch in str(value) for ch in "*?[") and not path.exists():
+    if not is_glob(value) and not path.exists():
         raise InputError(f"{file}: key '{key}': path '{value}' does not exist (resolved to '{path}'); paths are "
                          "relative to the recipe file")
     return str(path)

@@ -53,21 +53,28 @@ def _now() -> str:
 def _save_npy(path: Path, array: np.ndarray) -> str:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
-    data = buffer.getvalue()
-    atomic.write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
+    return atomic.write_hashed(path, buffer.getvalue())
 
 
 def _save_parquet(path: Path, frame: pd.DataFrame) -> str:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
-    data = buffer.getvalue()
-    atomic.write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
+    return atomic.write_hashed(path, buffer.getvalue())
 
 
 def _layer_dir(layer: str) -> str:
     return layer.replace("/", "_")
+
+
+def read_record(folder: Path, name: str, what: str, fix: str) -> dict:
+    """The JSON record that makes `folder` a featx store, model or index, or a clear error."""
+    file = Path(folder) / name
+    if not file.is_file():
+        raise StoreError(f"'{folder}' is not {what} (no {name}); {fix}")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"'{file}' is not valid JSON ({exc}); {fix}") from exc
 
 
 class FeatureStore:
@@ -81,14 +88,7 @@ class FeatureStore:
     @classmethod
     def open(cls, path: str | Path) -> "FeatureStore":
         path = Path(path)
-        manifest_file = path / MANIFEST
-        if not manifest_file.is_file():
-            raise StoreError(f"'{path}' is not a feature store (no {MANIFEST}); create one with "
-                             "`featx extract IMAGES -o STORE`")
-        try:
-            manifest = json.loads(manifest_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"'{manifest_file}' is not valid JSON ({exc}); re-run the extraction") from exc
+        manifest = read_record(path, MANIFEST, "a feature store", "create one with `featx extract IMAGES -o STORE`")
         if manifest.get("schema_version") != SCHEMA_VERSION:
             raise StoreError(f"store '{path}' has schema version {manifest.get('schema_version')}; this featx "
                              f"reads version {SCHEMA_VERSION}. Re-extract with this version")
@@ -278,17 +278,18 @@ class StoreWriter:
                 "or pass --overwrite to replace it")
         plan = pd.read_parquet(self.path / PLAN)
         same = plan[["path", "label", "split"]].astype(object).equals(new_plan[["path", "label", "split"]].astype(object))
-        if same or (not self.append and set(new_plan["path"]) <= set(plan["path"])):
+        added = len(set(new_plan["path"]) - set(plan["path"]))
+        if same or (not self.append and not added):
             return PendingWork(plan, self.manifest["n_rows"])
         if not self.append:
-            added = len(set(new_plan["path"]) - set(plan["path"]))
             raise StoreError(f"store '{self.path}' was started with other inputs ({added} new files); pass "
                              "--append to add the new files, or --overwrite to start again")
         # --append: keep every planned row; add files whose content is not in the store yet
         known = set(self._known_hashes(plan, sha_of))
+        planned = set(plan["path"])
         additions = []
         for record in new_plan.itertuples():
-            if record.path in set(plan["path"]):
+            if record.path in planned:
                 continue
             digest = sha_of(record.path)
             if digest is None or digest not in known:

@@ -8,15 +8,10 @@ import io
 import warnings
 
 import torch
-import torchvision.transforms.v2.functional as F
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms import InterpolationMode
 
-from featx.backbones.preprocess import Preprocess
-from featx.images import DecodeError
-
-_CORNER_SHIFT_MARGIN = 1.14
+from featx.images import DecodeError, error_code
 
 
 def plain_jpeg(data: bytes) -> bool:
@@ -45,26 +40,5 @@ def decode_on(device: torch.device, blobs: list[torch.Tensor]) -> list[torch.Ten
             try:
                 results.append(decode_jpeg(blob, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
             except Exception as exc:
-                message = str(exc).lower()
-                code = "truncated" if "truncat" in message or "premature" in message else "decode_error"
-                results.append(DecodeError(code, f"cannot decode JPEG on {device}: {exc}"))
+                results.append(DecodeError(error_code(exc), f"cannot decode JPEG on {device}: {exc}"))
         return results
-
-
-def tensor_views(image: torch.Tensor, pre: Preprocess, tta: int = 1) -> torch.Tensor:
-    """The views of `views.image_views`, computed on a (3, H, W) uint8 tensor where it lies."""
-    interpolation = InterpolationMode(pre.interpolation)
-    resized = F.resize(image, [pre.resize_size], interpolation=interpolation, antialias=True)
-    center = F.center_crop(resized, [pre.crop_size, pre.crop_size])
-    views = [center]
-    if tta >= 2:
-        views.append(center.flip(-1))
-    if tta >= 3:
-        c = pre.crop_size
-        if min(resized.shape[-2:]) < c * _CORNER_SHIFT_MARGIN:
-            resized = F.resize(image, [int(c * _CORNER_SHIFT_MARGIN)], interpolation=interpolation, antialias=True)
-        h, w = resized.shape[-2:]
-        corners = [F.crop(resized, top, left, c, c) for top, left in ((0, 0), (h - c, w - c), (0, w - c), (h - c, 0))]
-        views.extend(corners)
-        views.extend(crop.flip(-1) for crop in corners)
-    return torch.stack(views[:tta])

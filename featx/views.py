@@ -23,21 +23,27 @@ def check_tta(tta: int) -> int:
     return int(tta)
 
 
-def image_views(image: Image.Image, pre: Preprocess, tta: int = 1) -> torch.Tensor:
-    """(tta, 3, crop, crop) uint8: center crop, its flip, then corner crops and their flips."""
-    center = center_crop_resized(image, pre)
+def image_views(image: Image.Image | torch.Tensor, pre: Preprocess, tta: int = 1) -> torch.Tensor:
+    """(tta, 3, crop, crop) uint8: center crop, its flip, then corner crops and their flips.
+    `image` is a PIL image (decoded in a worker) or a (3, H, W) uint8 tensor (decoded on the device)."""
+    on_tensor = isinstance(image, torch.Tensor)
+    as_tensor = (lambda x: x) if on_tensor else F.pil_to_tensor
+    interpolation = InterpolationMode(pre.interpolation)
+    c = pre.crop_size
+    if on_tensor:
+        center = F.center_crop(F.resize(image, [pre.resize_size], interpolation=interpolation, antialias=True), [c, c])
+    else:
+        center = center_crop_resized(image, pre)
     views = [center]
     if tta >= 2:
         views.append(center.flip(-1))
     if tta >= 3:
-        interpolation = InterpolationMode(pre.interpolation)
-        resized = F.resize(image, pre.resize_size, interpolation=interpolation)
-        if min(resized.size) < pre.crop_size * _MIN_SHIFT_MARGIN:
-            resized = F.resize(image, int(pre.crop_size * _MIN_SHIFT_MARGIN), interpolation=interpolation)
-        w, h = resized.size
-        c = pre.crop_size
+        resized = F.resize(image, [pre.resize_size], interpolation=interpolation, antialias=True)
+        if min(F.get_dimensions(resized)[1:]) < c * _MIN_SHIFT_MARGIN:
+            resized = F.resize(image, [int(c * _MIN_SHIFT_MARGIN)], interpolation=interpolation, antialias=True)
+        _, h, w = F.get_dimensions(resized)
         offsets = {"top_left": (0, 0), "bottom_right": (h - c, w - c), "top_right": (0, w - c), "bottom_left": (h - c, 0)}
-        corners = [F.pil_to_tensor(F.crop(resized, *offsets[name], c, c)) for name in _CORNERS]
+        corners = [as_tensor(F.crop(resized, *offsets[name], c, c)) for name in _CORNERS]
         views.extend(corners)
         views.extend(crop.flip(-1) for crop in corners)
     return torch.stack(views[:tta])
