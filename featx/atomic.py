@@ -64,6 +64,15 @@ def write_json(path: str | Path, obj) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
+def write_sealed_json(path: str | Path, record: dict) -> dict:
+    """Write a featx record with the checksum of its own content (see `featx.artifacts.seal`)."""
+    from featx.artifacts import seal
+
+    sealed = seal(record)
+    write_json(path, sealed)
+    return sealed
+
+
 def remove_stale_temporaries(folder: str | Path) -> None:
     """Temporary files left by a killed run are garbage: nothing refers to them."""
     for tmp in Path(folder).rglob(TMP_PREFIX + "*"):
@@ -80,6 +89,7 @@ def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; artifacts are meant to be shared
     try:
         yield tmp
         for file in tmp.rglob("*"):

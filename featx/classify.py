@@ -15,12 +15,12 @@ import pandas as pd
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
 
 from featx import atomic
-from featx.backbones.weights import file_sha256
-from featx.errors import ConfigMismatchError, InputError, IntegrityError
+from featx.artifacts import check_output, seal
+from featx.errors import ConfigMismatchError, InputError, IntegrityError, StaleArtifactError
 from featx.evaluate import classification_metrics, plot_confusion, plot_learning_curve, write_report
 from featx.reduce import make_normalizer, make_reducer
-from featx.store import (FeatureStore, check_rows_finite, library_versions, read_record, require_same_config,
-                         verify_recorded_sha256)
+from featx.store import (FeatureStore, check_rows_finite, file_sha256, library_versions, read_record,
+                         require_same_config, verify_recorded_sha256)
 
 log = logging.getLogger(__name__)
 
@@ -146,19 +146,31 @@ class ShallowModel:
             raise ConfigMismatchError(f"this model was trained on layer '{self.layer}', not '{layer}'; "
                                       f"extract features with --layer {self.layer}")
 
+    def check_source(self, store: FeatureStore) -> None:
+        """Refuse a store whose rows, contents, labels or splits changed since this model was trained."""
+        expected = self.options.get("store_fingerprint")
+        if expected is not None and store.fingerprint != expected:
+            raise StaleArtifactError(
+                f"store '{store.path}' changed since this model was trained on it (fingerprint {expected}, now "
+                f"{store.fingerprint}; last re-run: {store.summary()['last_changes'] or 'unknown'}); re-train: "
+                f"`featx train-shallow {store.path} -o MODEL_DIR`")
+
     def save(self, folder: str | Path) -> Path:
         """Write the bundle to a temporary folder and swap it in: all or nothing."""
         import skops.io
 
         folder = Path(folder)
+        check_output(folder, "model", inputs=[self.options.get("store")])
         with atomic.atomic_directory(folder) as tmp:
             skops.io.dump(self.pipeline, tmp / MODEL_FILE)
             info = {"format": BUNDLE_FORMAT, "extractor": self.extractor_config, "layer": self.layer,
                     "classes": self.classes, "options": self.options, "versions": library_versions(),
                     "metrics": {k: self.report.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1",
                                                                 "n_train", "n_eval", "evaluation")},
-                    "skops_sha256": file_sha256(tmp / MODEL_FILE)}
-            (tmp / MODEL_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n")
+                    "skops_sha256": file_sha256(tmp / MODEL_FILE),
+                    "source": {"store": self.options.get("store"),
+                               "fingerprint": self.options.get("store_fingerprint")}}
+            (tmp / MODEL_JSON).write_text(json.dumps(seal(info), indent=2, default=str) + "\n")
             if self.report.get("_report_files"):
                 report_tmp = tmp / "report"
                 report_tmp.mkdir()
@@ -233,7 +245,10 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = None,
     layer = store.check_layer(layer)
     data = labelled_features(store, layer)
     options = {"classifier": classifier, "normalize": normalize, "reduce": reduce, "cv": cv, "search": search,
-               "balance": balance, "seed": seed, "store": str(store.path), "layer": layer}
+               "balance": balance, "seed": seed, "store": str(Path(store.path).resolve()), "layer": layer,
+               "store_fingerprint": store.fingerprint}
+    if out is not None:  # refuse a bad output folder before the work, not after
+        check_output(out, "model", inputs=[store.path])
 
     if val is not None:
         val_store = val if isinstance(val, FeatureStore) else FeatureStore.open(val)

@@ -100,8 +100,9 @@ def extract_cmd(
     amp: str = typer.Option("none", help="none|bf16|fp16 (CUDA only)"),
     dtype: str = typer.Option("float32", help="float32|float16 for stored features"),
     shard_size: int = typer.Option(4096, help="Rows per shard."),
-    overwrite: bool = typer.Option(False, help="Replace an existing store."),
-    append: bool = typer.Option(False, help="Add files whose content is new to an existing store."),
+    overwrite: bool = typer.Option(False, help="Replace an existing featx store (never anything else)."),
+    append: bool = typer.Option(False, help="Add the inputs; keep store rows absent from them while their files exist."),
+    frozen: bool = typer.Option(False, help="Refuse (exit 2) if the inputs differ from the store in any way."),
     decode: str = typer.Option("auto", help="auto|pil|torch: torch decodes JPEGs on the device (GPU); auto = torch on CUDA"),
 ):
     """Extract features of images into a resumable feature store."""
@@ -109,7 +110,8 @@ def extract_cmd(
 
     store = extract(inputs, out, model=model, weights=weights, layers=layer or None, pool=pool, image_size=image_size,
                     tta=tta, batch_size=batch_size, workers=workers, device=device, amp=amp, dtype=dtype,
-                    shard_size=shard_size, overwrite=overwrite, append=append, decode=decode)
+                    shard_size=shard_size, overwrite=overwrite, append=append, frozen=frozen, decode=decode)
+    console.print(f"inputs vs store: {store.manifest['last_run']['line']}", highlight=False)
     _print_summary(store.summary(), brief=True)
 
 
@@ -128,15 +130,21 @@ def _print_summary(summary: dict, brief: bool = False) -> None:
 
 
 @command("info")
-def info_cmd(store: Path, as_json: bool = typer.Option(False, "--json")):
-    """Summarise a feature store: config, counts per class and split, errors."""
-    from featx.store import FeatureStore
+def info_cmd(artifact: Path = typer.Argument(..., help="A feature store, model or index folder."),
+             as_json: bool = typer.Option(False, "--json")):
+    """Summarise a store (config, counts, errors, fingerprint) or a model / index (its source store,
+    the fingerprint it was built on, and whether the store still matches)."""
+    from featx.api import describe_artifact
 
-    summary = FeatureStore.open(store).summary()
+    summary = describe_artifact(artifact)
     if as_json:
         console.print_json(json.dumps(summary, default=str))
-    else:
+    elif summary["kind"] == "store":
         _print_summary(summary)
+        console.print(f"fingerprint: {summary['fingerprint']}; last re-run: {summary['last_changes']}", highlight=False)
+    else:
+        for key, value in summary.items():
+            console.print(f"{key}: {value}", highlight=False)
 
 
 @command("verify")
@@ -260,13 +268,18 @@ def index_cmd(
     from featx.index import Index, build_index
 
     if update is not None:
-        index = Index.load(update)
-        added = index.update()
+        index = Index.load(update, allow_stale=True)
+        result = index.update()
         index.save(update)
-        console.print(f"added {added} rows; {update} now holds {index.info['ntotal']} vectors")
+        what = {"unchanged": "the store is unchanged", "added": f"added {result['rows']} rows",
+                "rebuilt": "rebuilt (rows of the store were removed, moved or re-extracted)"}[result["mode"]]
+        console.print(f"{what}; {update} now holds {index.info['ntotal']} vectors")
         return
     if store is None or out is None:
         raise FeatxError("featx index needs STORE and --out INDEX_DIR (or --update INDEX_DIR)")
+    from featx.artifacts import check_output
+
+    check_output(out, "index", inputs=[store])  # before the work, not after
     index = build_index(store, layer=layer, kind=kind, metric=metric, reduce=reduce, memory_budget=memory_budget,
                         nlist=nlist, pq_m=pq_m, nprobe=nprobe, rerank=rerank)
     index.save(out)
@@ -334,8 +347,10 @@ def project_cmd(
     """Project features to 2-D/3-D with UMAP, t-SNE or PCA: a PNG, an interactive page, coordinates."""
     import warnings
 
+    from featx.artifacts import check_output
     from featx.project import project, write_projection
 
+    check_output(out, "projection", inputs=[store])  # before the work, not after
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         coords = project(store, method=method, layer=layer, dims=dims, pre_pca=pre_pca, sample=sample, seed=seed,

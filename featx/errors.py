@@ -31,3 +31,19 @@ class IntegrityError(StoreError):
 
 class InputError(FeatxError, ValueError):
     """An option value or an input is invalid."""
+
+
+class StoreLockedError(StoreError):
+    """Another process is writing the store."""
+
+
+class StaleArtifactError(StoreError):
+    """A model or index no longer matches the store it was built from."""
+
+
+class OutputFolderError(InputError):
+    """An output folder holds something featx did not make, or lies inside an input."""
+
+
+class InputsChangedError(InputError):
+    """`--frozen`: the inputs differ from what the store holds."""

@@ -277,40 +277,53 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
             layers: Sequence[str] | None = None, pool: str = "avg", image_size: int | None = None, tta: int = 1,
             batch_size: int = 32, workers: int | None = None, device: str = "auto", amp: str = "none",
             dtype: str = "float32", shard_size: int = 4096, overwrite: bool = False, append: bool = False,
-            decode: str = "auto", progress: bool = True) -> FeatureStore:
+            frozen: bool = False, decode: str = "auto", progress: bool = True) -> FeatureStore:
     """Extract features of `inputs` (folders, manifests, globs) into the store at `out`.
 
-    Re-running the same call resumes after the last finished shard; `append=True` adds files
-    whose content is new; another config into an existing store is refused unless `overwrite`."""
+    The inputs are the truth: re-running reconciles the store with them (new, changed, relabelled,
+    moved and removed files; `store.manifest["last_run"]` says what changed) and resumes an
+    interrupted run. `append=True` keeps rows whose files are absent from `inputs` but still exist;
+    `frozen=True` refuses any difference. Another config into an existing store is refused
+    unless `overwrite`."""
     if int(shard_size) < 1:
         raise InputError(f"--shard-size {shard_size} must be at least 1")
+    if frozen and (overwrite or append):
+        raise InputError("--frozen cannot be combined with --overwrite or --append: it refuses any change")
     records = scan_inputs(inputs)
     extractor = Extractor(model, weights=weights, layers=layers, pool=pool, image_size=image_size, tta=tta,
                           device=device, amp=amp, dtype=dtype, batch_size=batch_size, workers=workers, decode=decode)
     config = extractor.config | {"weights_source": _weights_source(weights)}
-    writer = StoreWriter(out, config, overwrite=overwrite, append=append)
-    work = writer.prepare(records, sha_of=_sha_or_none)
-    plan = work.plan
     rows_per_shard = _rows_per_shard(int(shard_size), extractor)
-    shards = [(s, min(s + rows_per_shard, len(plan))) for s in range(work.start_row, len(plan), rows_per_shard)]
-    if work.start_row:
-        log.info("resuming store %s at row %d of %d", out, work.start_row, len(plan))
-    batches = [list(range(b, min(b + extractor.batch_size, stop))) for start, stop in shards
-               for b in range(start, stop, extractor.batch_size)]
-    paths = plan["path"].tolist()
-    plan_rows = plan[["row_id", "path", "label", "split"]].to_dict("records")
-    shard_of_row = {start: stop for start, stop in shards}
-    current_start, buffered, meta_rows = work.start_row, {l: [] for l in extractor.layers}, []
-    for batch in extractor.run(paths, batches, progress=progress):
-        for layer in extractor.layers:
-            buffered[layer].append(batch.features[layer])
-        meta_rows.extend({**plan_rows[i],
-                          **{k: it[k] for k in ("sha256", "status", "error")}} for i, it in zip(batch.indices, batch.meta))
-        if batch.indices[-1] + 1 == shard_of_row[current_start]:
-            writer.commit_shard(current_start, {l: np.concatenate(v) for l, v in buffered.items()},
-                                pd.DataFrame(meta_rows))
-            current_start, buffered, meta_rows = batch.indices[-1] + 1, {l: [] for l in extractor.layers}, []
-    store = writer.finalize(len(plan))
+    with StoreWriter(out, config, overwrite=overwrite, append=append, frozen=frozen,
+                     rows_per_shard=rows_per_shard) as writer:
+        work = writer.prepare(records)
+        log.info("store %s: %s", out, work.changes.line())
+        shards = [(s, min(s + rows_per_shard, stop)) for start, stop in work.missing
+                  for s in range(start, stop, rows_per_shard)]
+        if shards and len(work.plan) and shards[0][0]:
+            log.info("resuming store %s: %d of %d rows left", out, sum(b - a for a, b in shards), len(work.plan))
+        batches = [list(range(b, min(b + extractor.batch_size, stop))) for start, stop in shards
+                   for b in range(start, stop, extractor.batch_size)]
+        paths = work.plan["path"].tolist()
+        plan_rows = work.plan[["row_id", "path"]].to_dict("records")
+        shard_stop = dict(shards)
+        pending: dict[int, dict] = {}  # shard start -> buffered features and metadata
+        current = None
+        for batch in extractor.run(paths, batches, progress=progress):
+            first = batch.indices[0]
+            if first in shard_stop:  # batches never cross a shard boundary
+                current = first
+                pending[current] = {"features": {l: [] for l in extractor.layers}, "meta": []}
+            buffer = pending[current]
+            for layer in extractor.layers:
+                buffer["features"][layer].append(batch.features[layer])
+            buffer["meta"].extend({**plan_rows[i], **{k: it[k] for k in ("sha256", "status", "error")}}
+                                  for i, it in zip(batch.indices, batch.meta))
+            if batch.indices[-1] + 1 == shard_stop[current]:
+                done = pending.pop(current)
+                writer.commit_shard(current, {l: np.concatenate(v) for l, v in done["features"].items()},
+                                    pd.DataFrame(done["meta"]))
+        store = writer.finalize()
     summary = store.summary()
     log.info("store %s: %d images, %d ok, %d failed", out, summary["rows"], summary["ok"], summary["failed"])
     return store
@@ -318,13 +331,6 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
 
 def _weights_source(weights: str) -> str:
     return weights if weights in ("default", "random") else str(Path(weights).expanduser().resolve())
-
-
-def _sha_or_none(path: str) -> str | None:
-    try:
-        return read_bytes(path)[1]
-    except DecodeError:
-        return None
 
 
 def _rows_per_shard(shard_size: int, extractor: Extractor) -> int:

@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 
 from featx import atomic
-from featx.errors import ConfigMismatchError, InputError, IntegrityError, StoreError
-from featx.store import (FeatureStore, check_rows_finite, library_versions, read_record, require_same_config,
+from featx.artifacts import check_output
+from featx.errors import ConfigMismatchError, InputError, IntegrityError, StaleArtifactError, StoreError
+from featx.store import (FeatureStore, check_rows_finite, content_fingerprint, library_versions, read_record,
+                          require_same_config,
                          verify_recorded_sha256)
 
 log = logging.getLogger(__name__)
@@ -152,29 +154,39 @@ class Index:
             warnings.warn(f"the {plan.kind} index needs about {_bytes_per_vector(plan, d) * n / 2**20:.0f} MB, "
                           f"above --memory-budget {memory_budget}")
         info = {
-            "format": 1, "store": str(Path(store.path).resolve()), "store_config_hash": store.config_hash,
+            "format": 2, "store": str(Path(store.path).resolve()), "store_config_hash": store.config_hash,
+            "store_fingerprint": store.fingerprint, "content_fingerprint": store.content_fingerprint,
             "extractor": store.config, "layer": layer, "kind": plan.kind, "factory": plan.factory,
             "metric": metric, "reduce": reduce, "params": {**plan.params, **tuned}, "ntotal": int(index.ntotal),
             "rows_covered": len(store), "dim": d, "versions": library_versions(),
+            "build_options": {"kind": kind, "metric": metric, "reduce": reduce, "memory_budget": memory_budget,
+                              "nlist": nlist, "pq_m": pq_m, "nprobe": nprobe, "rerank": rerank, "seed": seed},
         }
         return cls(index, info, store)
 
     # --- persistence ---
     def save(self, folder: str | Path) -> Path:
+        """The FAISS file first, then the sealed index.json that names its sha256 (the commit point)."""
         faiss = _faiss()
         folder = Path(folder)
+        check_output(folder, "index", inputs=[self.info.get("store")])
         folder.mkdir(parents=True, exist_ok=True)
         self.info["sha256"] = atomic.write_hashed(folder / INDEX_FILE, faiss.serialize_index(self.faiss_index).tobytes())
         self.info["ntotal"] = int(self.faiss_index.ntotal)
-        atomic.write_json(folder / INDEX_JSON, self.info)
+        self.info = atomic.write_sealed_json(folder / INDEX_JSON, self.info)
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, store: FeatureStore | str | Path | None = None) -> "Index":
-        """Verify the checksum before FAISS reads a byte, then that ntotal matches the store."""
+    def load(cls, folder: str | Path, store: FeatureStore | str | Path | None = None, *,
+             allow_stale: bool = False) -> "Index":
+        """Verify index.json's seal and the index file's checksum before FAISS reads a byte, then
+        that the store still holds the rows (ids and contents) the index was built from."""
         faiss = _faiss()
         folder = Path(folder)
-        info = read_record(folder, INDEX_JSON, "a featx index", "build one with `featx index STORE -o INDEX_DIR`")
+        info = read_record(folder, INDEX_JSON, "a featx index", "rebuild it with `featx index STORE -o INDEX_DIR`")
+        if info.get("metric") not in METRICS:
+            raise IntegrityError(f"index '{folder}' records metric {info.get('metric')!r}; allowed: "
+                                 f"{', '.join(METRICS)}. Rebuild it with `featx index`")
         file = folder / INDEX_FILE
         verify_recorded_sha256(file, info.get("sha256"), INDEX_JSON, "rebuild it with `featx index`")
         index = faiss.deserialize_index(np.fromfile(file, dtype=np.uint8))
@@ -186,13 +198,12 @@ class Index:
             store = FeatureStore.open(store)
         if store is not None:
             require_same_config(info["extractor"], store.config, f"index '{folder}'")
-            expected = int(store.ok[: info["rows_covered"]].sum())
-            if expected != index.ntotal:
-                raise IntegrityError(f"index '{folder}' holds {index.ntotal} vectors but store '{store.path}' has "
-                                     f"{expected} indexable rows in the range it covers; rebuild the index")
-            if len(store) > info["rows_covered"]:
-                warnings.warn(f"store '{store.path}' has {len(store) - info['rows_covered']} rows added since the "
-                              f"index was built; run `featx index --update {folder}`")
+            if not allow_stale and store.content_fingerprint != info.get("content_fingerprint"):
+                raise StaleArtifactError(
+                    f"store '{store.path}' changed since index '{folder}' was built (rows or contents differ: "
+                    f"fingerprint {info.get('content_fingerprint')} -> {store.content_fingerprint}; last re-run: "
+                    f"{store.summary()['last_changes'] or 'unknown'}), so its row ids would point at other images. "
+                    f"Run `featx index --update {folder}`")
         return cls(index, info, store)
 
     @property
@@ -202,20 +213,32 @@ class Index:
                              "pass it with --store")
         return self._store
 
-    def update(self) -> int:
-        """Add the store's rows appended since the index was built; returns how many were added."""
+    def update(self) -> dict:
+        """Bring the index up to date with its store: add appended rows when the indexed ones are
+        untouched, else rebuild with the same options. Returns {"mode": ..., "rows": ...}."""
         store = FeatureStore.open(self.store.path)
         if store.config_hash != self.info["store_config_hash"]:
-            raise ConfigMismatchError(f"store '{store.path}' now holds features of another extractor; rebuild the index")
+            raise ConfigMismatchError(f"store '{store.path}' now holds features of another extractor; rebuild the "
+                                      f"index with `featx index {store.path} -o INDEX_DIR`")
         start = self.info["rows_covered"]
-        new_ids = np.flatnonzero(store.ok[start:]).astype(np.int64) + start
-        if len(new_ids):
-            X = _prepare(store.features(self.info["layer"])[new_ids], self.info["metric"])
-            check_rows_finite(X, f"new rows of store '{store.path}'")
-            self.faiss_index.add_with_ids(X, new_ids)
-        self.info["rows_covered"] = len(store)
+        if store.content_fingerprint == self.info.get("content_fingerprint"):
+            mode, rows = "unchanged", 0
+        elif len(store) >= start and content_fingerprint(store.meta.iloc[:start], store.config_hash) == \
+                self.info.get("content_fingerprint"):
+            new_ids = np.flatnonzero(store.ok[start:]).astype(np.int64) + start
+            if len(new_ids):
+                X = _prepare(store.features(self.info["layer"])[new_ids], self.info["metric"])
+                check_rows_finite(X, f"new rows of store '{store.path}'")
+                self.faiss_index.add_with_ids(X, new_ids)
+            mode, rows = "added", len(new_ids)
+        else:  # rows were removed, moved or re-extracted: ids changed, so the index is rebuilt
+            rebuilt = Index.build(store, layer=self.info["layer"], **self.info.get("build_options", {}))
+            self.faiss_index, self.info = rebuilt.faiss_index, rebuilt.info
+            mode, rows = "rebuilt", int(rebuilt.faiss_index.ntotal)
+        self.info.update({"rows_covered": len(store), "store_fingerprint": store.fingerprint,
+                          "content_fingerprint": store.content_fingerprint})
         self._store = store
-        return len(new_ids)
+        return {"mode": mode, "rows": rows}
 
     # --- searching ---
     def _clamp_k(self, k: int) -> int:
@@ -260,6 +283,7 @@ class Index:
 
             config = dict(self.info["extractor"], layers=[self.info["layer"]])
             extractor = extractor_from_config(config, device=device, workers=workers)
+            require_same_config(self.info["extractor"], extractor.config, f"index built on '{self.info['store']}'")
             paths = [r.path for r in scan_inputs(queries, missing_ok=True)]
             features, meta = extractor.features_of(paths)
             vectors = features[self.info["layer"]]
@@ -287,8 +311,10 @@ class Index:
 
     # --- quality ---
     def evaluate(self, k: int = 10, max_queries: int = 10_000, seed: int = 0) -> dict:
-        """Leave-one-out retrieval over the labelled store; for approximate indexes also the ANN
-        recall@k against exact search, and queries/s."""
+        """Leave-one-out retrieval over the labelled store. A query's exact duplicates (same file
+        content) and, when the inputs gave groups, the rows of its own group are not counted as
+        neighbours: finding a copy of the query, or another image of the same patient, is not
+        retrieval. For approximate indexes also the ANN recall@k against exact search, and queries/s."""
         store = self.store
         meta = store.meta
         labelled = np.flatnonzero(store.ok & meta["label"].notna().to_numpy())
@@ -298,28 +324,61 @@ class Index:
         rng = np.random.default_rng(seed)
         queries = np.sort(rng.choice(labelled, size=min(max_queries, len(labelled)), replace=False))
         X = np.asarray(store.features(self.info["layer"])[queries])
+        excluded = _excluded_neighbours(meta, store.ok)
+        extra = 1 + max((len(excluded.get(q, ())) for q in queries), default=0)
         start = time.perf_counter()
-        _, ids = self.search_vectors(X, min(k + 1, self.faiss_index.ntotal))
+        _, ids = self.search_vectors(X, min(k + extra, self.faiss_index.ntotal))
         qps = len(queries) / (time.perf_counter() - start)
         labels = meta["label"].to_numpy(dtype=object)
         counts = pd.Series(labels[store.ok]).value_counts()
-        p1, pk, ap, rk = [], [], [], []
+        p1, pk, ap, rk, hit = [], [], [], [], []
         for q, row_ids in zip(queries, ids):
-            neighbours = [i for i in row_ids if i >= 0 and i != q][:k]
+            skip = excluded.get(q, set()) | {q}
+            neighbours = [i for i in row_ids if i >= 0 and i not in skip][:k]
             relevant = np.array([labels[i] == labels[q] for i in neighbours], dtype=float)
-            total_relevant = counts.get(labels[q], 1) - 1
-            p1.append(relevant[0] if len(relevant) else 0.0)
-            pk.append(relevant.sum() / k)
-            hits = np.cumsum(relevant)
-            precision_at = hits / np.arange(1, len(relevant) + 1)
-            ap.append(float((precision_at * relevant).sum() / max(1, min(k, total_relevant))))
-            rk.append(relevant.sum() / max(1, total_relevant))
+            same_label_skipped = sum(1 for i in skip if i != q and labels[i] == labels[q])
+            total_relevant = counts.get(labels[q], 1) - 1 - same_label_skipped
+            scores = retrieval_scores(relevant, k, total_relevant)
+            p1.append(scores["precision@1"])
+            pk.append(scores["precision@k"])
+            ap.append(scores["ap@k"])
+            rk.append(scores["recall@k"])
+            hit.append(scores["hit_rate@k"])
         result = {"k": k, "queries": int(len(queries)), "precision@1": float(np.mean(p1)),
                   "precision@k": float(np.mean(pk)), "map@k": float(np.mean(ap)), "recall@k": float(np.mean(rk)),
-                  "queries_per_s": float(qps), "kind": self.info["kind"]}
+                  "hit_rate@k": float(np.mean(hit)), "queries_per_s": float(qps), "kind": self.info["kind"],
+                  "excluded": "exact duplicates" + (" and same-group rows" if store.groups is not None else "")}
         if self.info["kind"] != "flat":
             result["ann_recall@k"] = _ann_recall(self, X, queries, k)
         return result
+
+
+def retrieval_scores(relevant: np.ndarray, k: int, total_relevant: int) -> dict:
+    """Scores of one ranked list: `relevant[i]` is 1 when the i-th neighbour has the query's label.
+    AP@k divides by min(k, relevant items that exist); hit_rate@k is 1 when any of the k is relevant."""
+    relevant = np.asarray(relevant, dtype=float)[:k]
+    hits = np.cumsum(relevant)
+    precision_at = hits / np.arange(1, len(relevant) + 1) if len(relevant) else np.zeros(0)
+    return {"precision@1": float(relevant[0]) if len(relevant) else 0.0,
+            "precision@k": float(relevant.sum() / k),
+            "ap@k": float((precision_at * relevant).sum() / max(1, min(k, total_relevant))),
+            "recall@k": float(relevant.sum() / max(1, total_relevant)),
+            "hit_rate@k": float(relevant.any())}
+
+
+def _excluded_neighbours(meta: pd.DataFrame, ok: np.ndarray) -> dict[int, set]:
+    """Row -> the other rows that must not count as its neighbours: same content, same group."""
+    excluded: dict[int, set] = {}
+    for column in ("sha256", "group"):
+        if column not in meta:
+            continue
+        values = meta[column].where(pd.Series(ok, index=meta.index))
+        for _, rows in values.dropna().groupby(values.dropna()).groups.items():
+            if len(rows) > 1:
+                members = set(int(r) for r in rows)
+                for r in members:
+                    excluded.setdefault(r, set()).update(members - {r})
+    return excluded
 
 
 def _parse_reduce(reduce: str | None, d: int, n: int) -> int | None:

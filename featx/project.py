@@ -43,7 +43,8 @@ def project(store: FeatureStore | str | Path, *, method: str = "umap", layer: st
     check_rows_finite(X, f"store '{store.path}' layer '{layer}'")
     reduced = _pre_pca(X, pre_pca, seed) if method != "pca" else X
     settings = {"method": method, "layer": layer, "dims": dims, "seed": seed, "rows": int(len(rows)),
-                "skipped_failed_rows": skipped, "backbone": store.config.get("backbone")}
+                "skipped_failed_rows": skipped, "backbone": store.config.get("backbone"),
+                "store": str(Path(store.path).resolve()), "store_fingerprint": store.fingerprint}
     if method == "pca":
         from sklearn.decomposition import PCA
 
@@ -176,7 +177,10 @@ def write_projection(coords: pd.DataFrame, out: str | Path, *, color: str = "lab
     from featx import atomic
     from featx.projection_page import render_projection_page
 
+    from featx.artifacts import check_output
+
     out = Path(out)
+    check_output(out, "projection", inputs=[coords.attrs.get("info", {}).get("store")])
     out.mkdir(parents=True, exist_ok=True)
     files = {"coords": out / "coords.parquet", "png": out / "projection.png", "html": out / "projection.html",
              "json": out / "projection.json"}
@@ -186,5 +190,6 @@ def write_projection(coords: pd.DataFrame, out: str | Path, *, color: str = "lab
     with atomic.atomic_path(files["png"]) as tmp:
         plot_projection(coords, tmp, color=color)
     atomic.write_bytes(files["html"], render_projection_page(coords, color=_color_column(color)).encode())
-    atomic.write_json(files["json"], {"info": coords.attrs.get("info", {}), "quality": coords.attrs.get("quality", {})})
+    atomic.write_sealed_json(files["json"], {"info": coords.attrs.get("info", {}),
+                                             "quality": coords.attrs.get("quality", {})})
     return files

@@ -68,7 +68,9 @@ class Runner:
         store_done = (self.paths["store"] / "manifest.json").is_file() and \
             json.loads((self.paths["store"] / "manifest.json").read_text()).get("complete")
         self._step("extract", extract_key, bool(store_done), self._extract)
-        manifest_hash = hashlib.sha256((self.paths["store"] / "manifest.json").read_bytes()).hexdigest()[:16]
+        from featx.store import FeatureStore
+
+        manifest_hash = FeatureStore.open(self.paths["store"]).fingerprint  # rows, contents, labels, config
         produced = {"store": self.paths["store"]}
         if "train_shallow" in steps:
             key = _key(steps["train_shallow"], manifest_hash)
@@ -95,8 +97,9 @@ class Runner:
 
         options = dict(self.recipe.steps["extract"])
         inputs = options.pop("inputs")
-        try:
-            extract(inputs, self.paths["store"], append=True, **options)
+        try:  # the recipe's inputs are the truth: the store is reconciled with them
+            store = extract(inputs, self.paths["store"], **options)
+            self.say(f"[extract] inputs vs store: {store.manifest['last_run']['line']}")
         except ConfigMismatchError:
             self.say("[extract] the recipe's extractor changed: replacing the store")
             extract(inputs, self.paths["store"], overwrite=True, **options)

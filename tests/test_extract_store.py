@@ -56,7 +56,7 @@ def test_resume_after_crash_equals_clean_run(image_folder, tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         extract(image_folder, tmp_path / "resumed", shard_size=4, **TINY)
     partial = FeatureStore.open(tmp_path / "resumed")
-    assert len(partial) == 8 and not partial.complete
+    assert partial.missing_ranges() == [(8, 12)] and not partial.complete
     monkeypatch.setattr(StoreWriter, "commit_shard", original_commit)
     resumed = extract(image_folder, tmp_path / "resumed", shard_size=4, **TINY)
     assert resumed.meta[["path", "label", "status"]].equals(clean.meta[["path", "label", "status"]])
@@ -78,18 +78,25 @@ def test_other_config_is_refused_unless_overwrite(image_folder, tmp_path):
     assert extract(image_folder, tmp_path / "s", pool="max", overwrite=True, **TINY).config["pool"] == "max"
 
 
-def test_append_adds_only_new_content(image_folder, tmp_path):
+def test_new_inputs_are_added_and_append_keeps_absent_rows(image_folder, tmp_path):
     store = extract(image_folder, tmp_path / "s", **TINY)
     before = store.features().copy()
     extra = tmp_path / "more"
     make_class_folder(extra, per_class=2, seed=99)
-    shutil.copy(image_folder / "cats" / "cats_00.png", extra / "cats" / "duplicate.png")  # same bytes as a stored file
-    with pytest.raises(StoreError, match="--append"):
-        extract([image_folder, extra], tmp_path / "s", **TINY)
-    appended = extract([image_folder, extra], tmp_path / "s", append=True, **TINY)
-    assert len(appended) == 16  # 12 + 4 new, the duplicate skipped
-    np.testing.assert_array_equal(appended.features()[:12], before)
-    assert appended.verify() == []
+    shutil.copy(image_folder / "cats" / "cats_00.png", extra / "cats" / "duplicate.png")  # a real second copy
+    grown = extract([image_folder, extra], tmp_path / "s", **TINY)
+    assert grown.manifest["last_run"]["line"] == "5 new"
+    assert len(grown) == 17 and grown.verify() == []
+    grown_features = grown.features().copy()
+    np.testing.assert_array_equal(grown.features()[:12], before)  # the old rows were not re-extracted
+    # --append: the given inputs are added, rows absent from them stay while their files exist
+    kept = extract([extra], tmp_path / "s", append=True, **TINY)
+    assert len(kept) == 17 and kept.manifest["last_run"]["line"] == "no changes"
+    # without --append the inputs are the truth: the folder's rows are removed and compacted away
+    only_extra = extract([extra], tmp_path / "s", **TINY)
+    assert only_extra.manifest["last_run"]["line"] == "12 removed"
+    assert len(only_extra) == 5 and list(only_extra.meta["row_id"]) == list(range(5))
+    np.testing.assert_array_equal(only_extra.features(), grown_features[12:])
 
 
 def test_verify_detects_corruption(image_folder, tmp_path):
@@ -116,7 +123,7 @@ def test_bad_options_are_clear(image_folder, tmp_path):
         extract(image_folder, tmp_path / "x", device="tpu", **TINY)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "other.txt").write_text("x")
-    with pytest.raises(StoreError, match="not empty and is not a feature store"):
+    with pytest.raises(InputError, match=r"not empty and is not a featx store \(found 1 entry: other.txt\)"):
         extract(image_folder, tmp_path / "full", **TINY)
 
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from featx.errors import ConfigMismatchError, InputError, IntegrityError, StoreError
+from featx.errors import StaleArtifactError, ConfigMismatchError, InputError, IntegrityError, StoreError
 from featx.index import Index, build_index, parse_size
 from tests.conftest import SYNTHETIC_CONFIG, blobs, make_feature_store
 
@@ -65,7 +65,7 @@ def test_update_adds_appended_rows(tmp_path):
     grown = make_feature_store(tmp_path / "s2", X, y)
     index = Index.load(tmp_path / "ix", store=None)
     index._store = grown
-    assert index.update() == 40 and index.faiss_index.ntotal == 100
+    assert index.update() == {"mode": "added", "rows": 40} and index.faiss_index.ntotal == 100
     assert index.search_vectors(X[[90]], 1)[1][0, 0] == 90
 
 
@@ -123,9 +123,10 @@ def test_update_after_extract_append(tmp_path):
     build_index(store).save(tmp_path / "ix")
     make_class_folder(tmp_path / "more", per_class=2, seed=5)
     extract([images, tmp_path / "more"], tmp_path / "store", append=True, **TINY)
-    with pytest.warns(UserWarning, match="rows added since the index was built"):
-        index = Index.load(tmp_path / "ix")
-    assert index.update() == 4
+    with pytest.raises(StaleArtifactError, match=r"changed since index .* last re-run: 4 new.*featx index --update"):
+        Index.load(tmp_path / "ix")
+    index = Index.load(tmp_path / "ix", allow_stale=True)
+    assert index.update() == {"mode": "added", "rows": 4}
     index.save(tmp_path / "ix")
     reloaded = Index.load(tmp_path / "ix")
     assert reloaded.faiss_index.ntotal == 12 and reloaded.info["rows_covered"] == 12
