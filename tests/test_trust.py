@@ -278,6 +278,32 @@ def test_retrieval_evaluation_ignores_duplicates_and_same_group(tmp_path):
     assert result["hit_rate@k"] == pytest.approx(relevant.any(axis=1).mean())
 
 
+@pytest.mark.slow
+def test_kill_minus_9_at_20_random_points_then_resume_equals_clean_run(tmp_path):
+    images = make_class_folder(tmp_path / "images", per_class=30, seed=11)
+    cli = [sys.executable, "-m", "featx.cli", "extract", str(images), "--model", "resnet18", "--weights", "random",
+           "--image-size", "64", "--workers", "1", "--batch-size", "4", "--shard-size", "8"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    started = time.time()
+    subprocess.run([*cli, "-o", str(tmp_path / "clean")], env=env, check=True, capture_output=True)
+    clean_seconds = time.time() - started
+    rng = np.random.default_rng(20)
+    out = tmp_path / "killed"
+    for delay in rng.uniform(0.3, clean_seconds, size=20):
+        process = subprocess.Popen([*cli, "-o", str(out)], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(delay)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    subprocess.run([*cli, "-o", str(out)], env=env, check=True, capture_output=True)
+    clean, resumed = FeatureStore.open(tmp_path / "clean"), FeatureStore.open(out)
+    assert resumed.complete and resumed.verify() == []
+    assert resumed.meta[["row_id", "path", "label", "sha256", "status"]].equals(
+        clean.meta[["row_id", "path", "label", "sha256", "status"]])  # 0 lost, 0 duplicated
+    np.testing.assert_array_equal(resumed.features(), clean.features())
+    assert not list(out.rglob(".tmp-*"))
+
+
 @dataclass(frozen=True)
 class _Record:
     path: str
