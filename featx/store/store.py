@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from featx import atomic
+from featx.atomic import file_sha256
 from featx.artifacts import check_output, read_record, seal
 from featx.errors import ConfigMismatchError, InputError, InputsChangedError, IntegrityError, StoreError
 from featx.store.lock import LOCK_FILE, StoreLock
@@ -60,14 +61,6 @@ def library_versions() -> dict:
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _save_npy(path: Path, array: np.ndarray) -> str:
