@@ -3,7 +3,6 @@ safetensors), checksums are recorded, and mismatches are explained."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
