@@ -32,6 +32,10 @@ META_COLUMNS = ["row_id", "path", "label", "split", "sha256", "status", "error"]
 def config_hash(config: dict) -> str:
     """Identity of the features: where the weights file lies does not matter, its sha256 does."""
     identity = {k: v for k, v in config.items() if k != "weights_source"}
+    # layer formats only change the features of channels-last layers: stores of the others made
+    # before formats were recorded keep their identity
+    if all(f != "NHWC" for f in (identity.get("layer_formats") or {}).values()):
+        identity.pop("layer_formats", None)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -333,7 +337,8 @@ class StoreWriter:
             relative = f"features/{_layer_dir(layer)}/{name}.npy"
             sha = _save_npy(self.path / relative, array)
             entry["features"][layer] = {"path": relative, "sha256": sha, "shape": list(array.shape)}
-            recorded = self.manifest["layers"].setdefault(layer, {"shape": list(array.shape[1:]), "dtype": str(array.dtype)})
+            recorded = self.manifest["layers"].setdefault(layer, {"shape": list(array.shape[1:]), "dtype": str(array.dtype),
+                                                                  "format": (self.config.get("layer_formats") or {}).get(layer)})
             if recorded["shape"] != list(array.shape[1:]):
                 raise StoreError(f"internal: layer {layer} changed shape {recorded['shape']} -> {array.shape[1:]}")
         relative = f"meta/{name}.parquet"
