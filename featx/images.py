@@ -269,15 +269,23 @@ def _decode(data: bytes, draft_size: int | None) -> Image.Image:
             raise DecodeError("bomb", f"decompression bomb refused: {exc}")
         except OSError as exc:
             raise DecodeError(error_code(exc), f"cannot decode image ({image.format}): {exc}")
-        except (SyntaxError, ValueError, EOFError) as exc:
-            raise DecodeError("decode_error", f"cannot decode image ({image.format}): {exc}")
+        except DecodeError:  # the time limit
+            raise
+        except Exception as exc:  # a hostile file can make a plugin raise anything (TypeError, ...)
+            raise DecodeError("decode_error", f"cannot decode image ({image.format}): {type(exc).__name__}: {exc}")
         try:
             image = ImageOps.exif_transpose(image)
         except DecodeError:
             raise
         except Exception:  # a broken EXIF block must not lose the pixels
             pass
-        return to_rgb(image)
+        try:
+            return to_rgb(image)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError("decode_error", f"cannot convert image ({image.format}, mode {image.mode}) to RGB: "
+                              f"{type(exc).__name__}: {exc}")
 
 
 def error_code(exc: Exception) -> str:
