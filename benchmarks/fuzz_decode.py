@@ -43,6 +43,11 @@ def worker(list_file: str, out_file: str, time_limit: float) -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # libtiff writes its complaints to stderr
     preprocess = Preprocess(256, 224, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # the default's
     paths = Path(list_file).read_text().splitlines()
+    warm = Path(out_file).with_suffix(".warm.png")  # the first decode loads Pillow's plugins: not timed either
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(warm)
+    decode_outcome(warm, preprocess)
     with open(out_file, "a", buffering=1) as out:
         out.write("ready\n")
         for path in paths:

@@ -27,6 +27,21 @@ def test_several_layers_come_from_one_forward_pass():
     out = tap(torch.zeros(2, 3, 64, 64))
     assert set(out) == {"layer2", "layer4.1.relu_1", "flatten"}
     assert out["layer2"].shape == (2, 128, 8, 8) and out["flatten"].shape == (2, 512)
+    assert len(calls) == 1  # the stem ran once for all three layers
+
+
+def test_hooked_layers_come_from_one_forward_pass_too():
+    # models that do not trace with torch.fx are read with forward hooks: still one pass
+    from featx.layers import Addressable
+
+    model = load_backbone("resnet18", "random").model
+    calls = []
+    model.conv1.register_forward_hook(lambda *a: calls.append(1))
+    names = [name for name, _ in model.named_modules() if name]
+    tap = LayerTap(model, ["layer2", "layer4.1", "avgpool"], "resnet18", Addressable(names, traced=False))
+    out = tap(torch.zeros(2, 3, 64, 64))
+    assert len(calls) == 1 and set(out) == {"layer2", "layer4.1", "avgpool"}
+    assert out["avgpool"].shape == (2, 512, 1, 1)
 
 
 def test_unknown_layer_lists_close_names_and_the_lister():
