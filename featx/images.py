@@ -81,20 +81,21 @@ def scan_inputs(inputs: str | Path | list[str | Path], missing_ok: bool = False)
 
 
 def _add(records: dict[str, tuple[ImageRecord, str]], record: ImageRecord, where: str) -> None:
+    """One record per file. A second listing may fill in what the first left empty (a folder and a
+    file inside it given together); two different values are refused, naming both places."""
     if record.path not in records:
         records[record.path] = (record, where)
         return
     first, first_where = records[record.path]
+    merged = {}
     for field in ("label", "split", "group"):
         a, b = getattr(first, field), getattr(record, field)
-        if a != b:
+        if a is not None and b is not None and a != b:
             raise InputError(f"'{record.path}' is listed twice with different {field}s: {field} "
-                             f"{_shown(a)} at {first_where} and {field} {_shown(b)} at {where}; "
+                             f"'{a}' at {first_where} and {field} '{b}' at {where}; "
                              "keep one row per image (paths are compared after resolving '..' and symlinks)")
-
-
-def _shown(value: str | None) -> str:
-    return "(empty)" if value is None else f"'{value}'"
+        merged[field] = a if a is not None else b
+    records[record.path] = (ImageRecord(record.path, **merged), first_where)
 
 
 def _scan_one(item: str) -> list[tuple[ImageRecord, str]]:

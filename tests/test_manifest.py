@@ -238,3 +238,10 @@ def test_cli_bad_manifest_exits_2_with_the_line(imgs):
     result = CliRunner().invoke(app, ["extract", str(manifest), "-o", str(imgs / "s"), "--model", "resnet18",
                                       "--weights", "random", "--image-size", "64", "--workers", "0"])
     assert result.exit_code == 2 and "line 2 is not UTF-8" in result.output
+
+
+def test_a_folder_and_a_file_inside_it_give_one_row_with_the_label(imgs):
+    (imgs / "folder" / "ant").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(imgs / "folder" / "ant" / "x.png")
+    records = scan_inputs([imgs / "folder" / "ant" / "x.png", imgs / "folder"])
+    assert [(os.path.basename(r.path), r.label) for r in records] == [("x.png", "ant")]
