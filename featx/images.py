@@ -178,19 +178,21 @@ def read_bytes(path: str) -> tuple[bytes, str]:
             raise DecodeError("not_a_file", f"{path} is {kind}; only regular image files are read")
         if info.st_size > MAX_FILE_BYTES:
             raise DecodeError("too_large", f"file is {info.st_size:,} bytes, above the limit of {MAX_FILE_BYTES:,}: {path}")
-        deadline = time.monotonic() + FILE_TIME_LIMIT_S
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(fd, _READ_CHUNK)
-            except OSError as exc:
-                raise DecodeError("unreadable", f"cannot read {path}: {exc.strerror}") from None
-            if not chunk:
-                break
-            chunks.append(chunk)
-            if time.monotonic() > deadline:
-                raise DecodeError("timeout", f"reading {path} took more than {FILE_TIME_LIMIT_S:g} s; "
-                                  "check the storage it lives on (FEATX_FILE_TIME_LIMIT sets the limit)")
+        # the signal interrupts a read stuck in the kernel (main thread); the deadline covers the rest
+        with time_limit(FILE_TIME_LIMIT_S, f"reading {path}"):
+            deadline = time.monotonic() + FILE_TIME_LIMIT_S
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(fd, _READ_CHUNK)
+                except OSError as exc:
+                    raise DecodeError("unreadable", f"cannot read {path}: {exc.strerror}") from None
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise DecodeError("timeout", f"reading {path} took more than {FILE_TIME_LIMIT_S:g} s; "
+                                      "check the storage it lives on (FEATX_FILE_TIME_LIMIT sets the limit)")
     finally:
         os.close(fd)
     data = b"".join(chunks)

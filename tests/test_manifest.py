@@ -245,3 +245,16 @@ def test_a_folder_and_a_file_inside_it_give_one_row_with_the_label(imgs):
     Image.new("RGB", (8, 8)).save(imgs / "folder" / "ant" / "x.png")
     records = scan_inputs([imgs / "folder" / "ant" / "x.png", imgs / "folder"])
     assert [(os.path.basename(r.path), r.label) for r in records] == [("x.png", "ant")]
+
+
+def test_a_read_stuck_in_the_kernel_is_interrupted(imgs, monkeypatch):
+    import time
+
+    import featx.images as images
+
+    monkeypatch.setattr(images, "FILE_TIME_LIMIT_S", 0.2)
+    monkeypatch.setattr(images.os, "read", lambda fd, n: time.sleep(5))  # one read that never returns in time
+    start = time.perf_counter()
+    with pytest.raises(DecodeError) as info:
+        read_bytes(str(imgs / "imgs" / "a.png"))
+    assert info.value.code == "timeout" and time.perf_counter() - start < 2
