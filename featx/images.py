@@ -69,7 +69,7 @@ def scan_inputs(inputs: str | Path | list[str | Path], missing_ok: bool = False)
     records: dict[str, tuple[ImageRecord, str]] = {}
     for item in items:
         if missing_ok and not os.path.lexists(item) and not is_glob(item):
-            found = [(ImageRecord(os.path.abspath(item)), f"input '{item}'")]
+            found = [(ImageRecord(_entry_path(Path(item))), f"input '{item}'")]
         else:
             found = _scan_one(str(item))
         for record, where in found:
