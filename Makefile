@@ -4,10 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DATA := data/fashion-mnist-demo/.complete
-FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+DEMO_ARCHIVE := data/fashion-mnist-demo.tar.gz
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-slow test-all bench clean
+.PHONY: demo test test-slow test-all bench bench-fuzz bench-projection clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,10 +16,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The demo images are built from Debian's dataset-fashion-mnist (MIT), not committed.
-$(DEMO_DATA): data/make_demo_set.py | $(STAMP)
-	test -f $(FASHION_MNIST) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
-	$(BIN)/python data/make_demo_set.py
+# The 1,000 demo images are committed as one archive (MIT, data/LICENSE.fashion-mnist): unpacking
+# needs only Python's standard library: no root, no apt-get, any OS.
+$(DEMO_DATA): $(DEMO_ARCHIVE) data/unpack_demo_set.py
+	$(PYTHON) data/unpack_demo_set.py
+	touch $(DEMO_DATA)
+
+# Only benchmarks that need all 70,000 Fashion-MNIST images install Debian's package.
+$(FASHION_MNIST):
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 demo: $(STAMP) $(DEMO_DATA)
 	$(BIN)/featx run pipelines/demo.yaml
@@ -34,6 +40,12 @@ test-all: $(STAMP) $(DEMO_DATA)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/extract_throughput.py
+
+bench-fuzz: $(STAMP)
+	$(BIN)/python benchmarks/fuzz_decode.py
+
+bench-projection: $(STAMP) $(FASHION_MNIST)
+	$(BIN)/python benchmarks/projection.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info data/fashion-mnist-demo

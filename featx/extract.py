@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 from featx.backbones import DEFAULT_BACKBONE, Preprocess, load_backbone
 from featx.errors import InputError, WeightsError
 from featx.images import DecodeError, decode_image, read_bytes, scan_inputs
-from featx.layers import LayerTap, addressable_layers, default_layer
-from featx.pooling import check_pooling, pool
+from featx.layers import LayerTap, addressable_layers, default_layer, output_formats
+from featx.pooling import check_pool_name, check_pool_with_tta, check_pooling, pool
 from featx.tensor_decode import decode_on, plain_jpeg
 from featx.store import FeatureStore, StoreWriter
 from featx.views import check_tta, image_views, normalise
@@ -125,6 +125,8 @@ class Extractor:
             raise InputError(f"--amp {amp} needs a CUDA device (this run uses {self.device.type}); "
                              "use --amp none on CPU, where features are computed in float32")
         self.tta = check_tta(tta)
+        check_pool_name(pool)
+        check_pool_with_tta(pool, self.tta)
         self.amp, self.dtype, self.batch_size, self.per_view = amp, dtype, int(batch_size), per_view
         if decode not in DECODERS:
             raise InputError(f"unknown --decode '{decode}'; allowed: {', '.join(DECODERS)}")
@@ -143,14 +145,15 @@ class Extractor:
 
     @torch.inference_mode()
     def _probe_dims(self) -> dict[str, int]:
-        """One dummy forward pass: checks the pooling against each layer's shape and gives the
-        length of each layer's vector."""
+        """One dummy forward pass: each layer's output format (channels-first or -last), the
+        pooling checked against each layer's shape, and the length of each layer's vector."""
         size = self.backbone.preprocess.crop_size
         outputs = self.tap(torch.zeros(1, 3, size, size))
+        self.layer_formats = output_formats(self.tap, {l: outputs[l] for l in self.layers}, size)
         dims = {}
         for layer in self.layers:
             check_pooling(self.pool_name, layer, tuple(outputs[layer].shape[1:]))
-            dims[layer] = int(pool(outputs[layer], self.pool_name).shape[-1])
+            dims[layer] = int(pool(outputs[layer], self.pool_name, self.layer_formats[layer]).shape[-1])
         return dims
 
     @property
@@ -165,6 +168,7 @@ class Extractor:
             "preprocess": self.backbone.preprocess.to_dict() | {"implementation": PREPROCESS_IMPLEMENTATION[self.decode]},
             "tta": self.tta,
             "dtype": self.dtype,
+            "layer_formats": dict(self.layer_formats),
         }
 
     @torch.inference_mode()
@@ -178,7 +182,7 @@ class Extractor:
             outputs = self.tap(x)
         pooled = {}
         for layer in self.layers:
-            vectors = pool(outputs[layer], self.pool_name).float()
+            vectors = pool(outputs[layer], self.pool_name, self.layer_formats[layer]).float()
             views = vectors.view(-1, self.tta, vectors.shape[-1])
             pooled[layer] = views if self.per_view else views.mean(1)
         return pooled

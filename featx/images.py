@@ -5,9 +5,16 @@ which the extractor turns into one metadata row, and the run goes on."""
 
 from __future__ import annotations
 
+import errno
 import glob as globlib
 import hashlib
 import io
+import os
+import signal
+import stat
+import threading
+import time
+from contextlib import contextmanager
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +28,14 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".we
 SPLIT_NAMES = ("train", "val", "test")
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 
-# stable error codes recorded in meta.parquet `status`
-ERROR_CODES = ("missing", "empty", "truncated", "not_image", "bomb", "unsupported", "decode_error")
+# stable error codes recorded in meta.parquet `status` (README: "Error codes")
+ERROR_CODES = ("missing", "empty", "truncated", "not_image", "bomb", "unsupported", "decode_error",
+               "not_a_file", "broken_link", "symlink_loop", "unreadable", "too_large", "timeout")
+# each file's read and decode must finish within this many seconds (a stuck network mount, a
+# decoder caught by a hostile file): the file becomes a `timeout` error row and the run goes on
+FILE_TIME_LIMIT_S = float(os.environ.get("FEATX_FILE_TIME_LIMIT", "60"))
+MAX_FILE_BYTES = 1 << 30  # larger files are refused (`too_large`) before they are read
+_READ_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,7 @@ class ImageRecord:
     path: str
     label: str | None = None
     split: str | None = None
+    group: str | None = None  # patient, part, acquisition run: rows that must stay on one side of a split
 
 
 class DecodeError(Exception):
@@ -46,38 +60,75 @@ def is_glob(text: str | Path) -> bool:
 
 
 def scan_inputs(inputs: str | Path | list[str | Path], missing_ok: bool = False) -> list[ImageRecord]:
-    """Expand folders, manifests and globs into image records, sorted by path, without duplicates.
+    """Expand folders, manifests and globs into image records, sorted by path, one per file.
+    The same file from two places must agree on label, split and group, else InputError.
     `missing_ok`: a path that does not exist is kept as a record (it becomes an error row)."""
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not items:
         raise InputError("no inputs given; pass a folder, a CSV/Parquet manifest or a glob")
-    records: dict[str, ImageRecord] = {}
+    records: dict[str, tuple[ImageRecord, str]] = {}
     for item in items:
-        if missing_ok and not Path(item).exists() and not is_glob(item):
-            records.setdefault(str(Path(item).resolve()), ImageRecord(str(Path(item).resolve())))
-            continue
-        for record in _scan_one(str(item)):
-            records.setdefault(record.path, record)
+        if missing_ok and not os.path.lexists(item) and not is_glob(item):
+            found = [(ImageRecord(_entry_path(Path(item))), f"input '{item}'")]
+        else:
+            found = _scan_one(str(item))
+        for record, where in found:
+            _add(records, record, where)
     if not records:
         raise InputError(f"no image files found in {', '.join(map(str, items))}; allowed suffixes: "
                          f"{', '.join(sorted(IMAGE_SUFFIXES))}")
-    return sorted(records.values(), key=lambda r: r.path)
+    return sorted((record for record, _ in records.values()), key=lambda r: r.path)
 
 
-def _scan_one(item: str) -> list[ImageRecord]:
+def _add(records: dict[str, tuple[ImageRecord, str]], record: ImageRecord, where: str) -> None:
+    """One record per file. A second listing may fill in what the first left empty (a folder and a
+    file inside it given together); two different values are refused, naming both places."""
+    if record.path not in records:
+        records[record.path] = (record, where)
+        return
+    first, first_where = records[record.path]
+    merged = {}
+    for field in ("label", "split", "group"):
+        a, b = getattr(first, field), getattr(record, field)
+        if a is not None and b is not None and a != b:
+            raise InputError(f"'{record.path}' is listed twice with different {field}s: {field} "
+                             f"'{a}' at {first_where} and {field} '{b}' at {where}; "
+                             "keep one row per image (paths are compared after resolving '..' and symlinks)")
+        merged[field] = a if a is not None else b
+    records[record.path] = (ImageRecord(record.path, **merged), first_where)
+
+
+def _scan_one(item: str) -> list[tuple[ImageRecord, str]]:
     path = Path(item)
     if path.is_dir():
-        return scan_folder(path)
+        return [(r, f"folder {path}") for r in scan_folder(path)]
     if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
-        return read_manifest(path)
+        from featx.manifest import read_manifest_rows
+
+        where = "line" if path.suffix.lower() == ".csv" else "row"
+        return [(ImageRecord(row.path, row.label, row.split, row.group), f"{path.name} {where} {row.line}")
+                for row in read_manifest_rows(path)]
     if path.is_file():
-        return [ImageRecord(str(path.resolve()))]
+        return [(ImageRecord(str(path.resolve())), f"input '{item}'")]
+    if os.path.lexists(path):  # a FIFO, a dangling link, a link loop: an error row, never a hang
+        return [(ImageRecord(_entry_path(path)), f"input '{item}'")]
     if is_glob(item):
         matches = sorted(globlib.glob(item, recursive=True))
-        return [ImageRecord(str(Path(m).resolve())) for m in matches
-                if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_SUFFIXES]
+        return [(ImageRecord(_entry_path(Path(m))), f"glob '{item}'") for m in matches if _is_image_entry(Path(m))]
     raise InputError(f"input '{item}' does not exist; pass a folder, a .csv/.parquet manifest, an image "
                      "file or a glob such as 'images/**/*.jpg'")
+
+
+def _is_image_entry(path: Path) -> bool:
+    """An entry named like an image: a regular file, or anything else that must become an error
+    row rather than vanish (a FIFO, a dangling link, a link loop, a folder named x.jpg)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and os.path.lexists(path)
+
+
+def _entry_path(path: Path) -> str:
+    from featx.manifest import normalise_path
+
+    return normalise_path(str(path), Path.cwd())
 
 
 def scan_folder(root: Path) -> list[ImageRecord]:
@@ -92,54 +143,112 @@ def scan_folder(root: Path) -> list[ImageRecord]:
 
 def _scan_labelled(root: Path) -> list[ImageRecord]:
     records = []
-    for file in sorted(root.rglob("*")):
-        if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        relative = file.relative_to(root)
-        label = relative.parts[0] if len(relative.parts) > 1 else None
-        records.append(ImageRecord(str(file), label))
+    # os.walk does not follow links to folders, so a link loop cannot make the scan run forever
+    for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        for name in sorted(files + [d for d in subfolders if Path(d).suffix.lower() in IMAGE_SUFFIXES]):
+            file = Path(folder) / name
+            if not _is_image_entry(file):
+                continue
+            relative = file.relative_to(root)
+            label = relative.parts[0] if len(relative.parts) > 1 else None
+            records.append(ImageRecord(_entry_path(file), label))
     return records
 
 
 def read_manifest(path: Path) -> list[ImageRecord]:
-    import pandas as pd
-
-    table = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
-    if "path" not in table.columns:
-        raise InputError(f"manifest '{path}' has columns {list(table.columns)}; it needs a 'path' column "
-                         "(optional: 'label', 'split')")
-    base = path.resolve().parent
-
-    def optional(row, column):
-        value = row.get(column)
-        return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
-
-    records = []
-    for row in table.to_dict("records"):
-        file = Path(str(row["path"]))
-        records.append(ImageRecord(str(file if file.is_absolute() else (base / file).resolve()),
-                                   optional(row, "label"), optional(row, "split")))
-    return records
+    """The records of a CSV/Parquet manifest (see featx.manifest for the format and its checks)."""
+    return [record for record, _ in _scan_one(str(path))]
 
 
 # --- decoding ----------------------------------------------------------------------------------
 
 def read_bytes(path: str) -> tuple[bytes, str]:
-    """The file's bytes and their sha256; DecodeError for a missing or empty file."""
+    """The file's bytes and their sha256. Only regular files are read, each within
+    FILE_TIME_LIMIT_S; anything else is a DecodeError with its code (never a hang)."""
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DecodeError("missing", f"file not found: {path}")
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat below then refuses it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise DecodeError("missing", f"cannot read {path}: {exc}")
+        raise _open_error(path, exc) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (FIFO, socket or device)"
+            raise DecodeError("not_a_file", f"{path} is {kind}; only regular image files are read")
+        if info.st_size > MAX_FILE_BYTES:
+            raise DecodeError("too_large", f"file is {info.st_size:,} bytes, above the limit of {MAX_FILE_BYTES:,}: {path}")
+        # the signal interrupts a read stuck in the kernel (main thread); the deadline covers the rest
+        with time_limit(FILE_TIME_LIMIT_S, f"reading {path}"):
+            deadline = time.monotonic() + FILE_TIME_LIMIT_S
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(fd, _READ_CHUNK)
+                except OSError as exc:
+                    raise DecodeError("unreadable", f"cannot read {path}: {exc.strerror}") from None
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise DecodeError("timeout", f"reading {path} took more than {FILE_TIME_LIMIT_S:g} s; "
+                                      "check the storage it lives on (FEATX_FILE_TIME_LIMIT sets the limit)")
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
     if not data:
         raise DecodeError("empty", f"file is empty (0 bytes): {path}")
     return data, hashlib.sha256(data).hexdigest()
 
 
+def _open_error(path: str, exc: OSError) -> DecodeError:
+    if exc.errno == errno.ELOOP:
+        return DecodeError("symlink_loop", f"symbolic link loop: {path}; point the link at a real file")
+    if exc.errno == errno.ENOENT:
+        if os.path.islink(path):
+            return DecodeError("broken_link", f"symbolic link to a missing file: {path} -> {os.readlink(path)}")
+        return DecodeError("missing", f"file not found: {path}")
+    if exc.errno == errno.EACCES:
+        return DecodeError("unreadable", f"permission denied: {path}")
+    return DecodeError("unreadable", f"cannot open {path}: {exc.strerror}")
+
+
+@contextmanager
+def time_limit(seconds: float, what: str):
+    """DecodeError('timeout') when the block runs longer than `seconds`. Uses SIGALRM, so it only
+    acts in a process's main thread (DataLoader workers, the CLI); elsewhere the block runs without
+    a limit. A timer someone else set (pytest-timeout) is put back afterwards, less the time spent."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    outer = signal.getitimer(signal.ITIMER_REAL)[0]
+    if outer and outer <= seconds:  # the outer timer fires first anyway
+        yield
+        return
+
+    def expire(_signum, _frame):
+        raise DecodeError("timeout", f"{what} took more than {seconds:g} s (FEATX_FILE_TIME_LIMIT sets the limit)")
+
+    started = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer:
+            signal.setitimer(signal.ITIMER_REAL, max(1e-3, outer - (time.monotonic() - started)))
+
+
 def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
     """Decode bytes to an RGB image, safely. `draft_size` lets JPEG decode at a reduced scale
     whose shorter side stays ≥ draft_size (much faster; the resize that follows is the same)."""
+    with time_limit(FILE_TIME_LIMIT_S, "decoding"):
+        return _decode(data, draft_size)
+
+
+def _decode(data: bytes, draft_size: int | None) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -148,6 +257,8 @@ def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
             raise DecodeError("bomb", f"decompression bomb refused: {exc}")
         except Image.UnidentifiedImageError:
             raise DecodeError("not_image", "not an image file Pillow can identify")
+        except DecodeError:  # the time limit
+            raise
         except Exception as exc:
             raise DecodeError(error_code(exc), f"cannot open image: {exc}")
         try:
@@ -161,13 +272,23 @@ def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
             raise DecodeError("bomb", f"decompression bomb refused: {exc}")
         except OSError as exc:
             raise DecodeError(error_code(exc), f"cannot decode image ({image.format}): {exc}")
-        except (SyntaxError, ValueError, EOFError) as exc:
-            raise DecodeError("decode_error", f"cannot decode image ({image.format}): {exc}")
+        except DecodeError:  # the time limit
+            raise
+        except Exception as exc:  # a hostile file can make a plugin raise anything (TypeError, ...)
+            raise DecodeError("decode_error", f"cannot decode image ({image.format}): {type(exc).__name__}: {exc}")
         try:
             image = ImageOps.exif_transpose(image)
+        except DecodeError:
+            raise
         except Exception:  # a broken EXIF block must not lose the pixels
             pass
-        return to_rgb(image)
+        try:
+            return to_rgb(image)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError("decode_error", f"cannot convert image ({image.format}, mode {image.mode}) to RGB: "
+                              f"{type(exc).__name__}: {exc}")
 
 
 def error_code(exc: Exception) -> str:

@@ -138,3 +138,48 @@ def layer_shapes(model: nn.Module, model_name: str, image_size: int,
     tap = LayerTap(model, addressable.names, model_name, addressable)
     outputs = tap(x)
     return {name: tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else () for name, out in outputs.items()}
+
+
+# --- output formats ------------------------------------------------------------------------------
+
+FORMATS = ("NCHW", "NHWC", "NLC", "NC")  # channels-first maps, channels-last maps, tokens, vectors
+
+
+def output_format(shape: tuple[int, ...], shape_at_other_size: tuple[int, ...] | None = None) -> str:
+    """The layout of one activation (`shape` without batch) from a square input: in a map the two
+    spatial sides are equal, so (C, S, S) is channels-first and (S, S, C) channels-last (timm's
+    ConvNeXt and Swin emit NHWC inside their blocks). When all three sides are equal the shape from
+    a second input size decides: the side that did not change is the channels."""
+    if len(shape) <= 1:
+        return "NC"
+    if len(shape) == 2:
+        return "NLC"
+    if len(shape) != 3:
+        return "NCHW"
+    a, b, c = shape
+    if b == c and a != b:
+        return "NCHW"
+    if a == b and b != c:
+        return "NHWC"
+    if shape_at_other_size is not None and len(shape_at_other_size) == 3:
+        if shape_at_other_size[0] == a and shape_at_other_size[2] != c:
+            return "NCHW"
+        if shape_at_other_size[2] == c and shape_at_other_size[0] != a:
+            return "NHWC"
+    return "NCHW"
+
+
+@torch.inference_mode()
+def output_formats(tap: LayerTap, outputs: dict[str, torch.Tensor], size: int) -> dict[str, str]:
+    """The layout of each tapped layer, given its outputs for a (1, 3, size, size) input; a second,
+    larger input is run only when a shape cannot tell (C == H == W)."""
+    shapes = {layer: tuple(out.shape[1:]) for layer, out in outputs.items()}
+    unclear = [l for l, s in shapes.items() if len(s) == 3 and s[0] == s[1] == s[2]]
+    other: dict[str, tuple[int, ...]] = {}
+    if unclear:
+        try:
+            other = {l: tuple(o.shape[1:]) for l, o in tap(torch.zeros(1, 3, size + 32, size + 32)).items()}
+        except Exception as exc:  # models with a fixed input size: assume channels-first, and say so
+            log.warning("cannot tell the layout of %s (shape %s); assuming channels-first (%s)",
+                        ", ".join(unclear), shapes[unclear[0]], exc)
+    return {layer: output_format(shape, other.get(layer)) for layer, shape in shapes.items()}

@@ -11,11 +11,14 @@ FLATTEN_LIMIT = 65_536  # values per image and layer; above it `flatten` is refu
 GEM_P = 3.0
 
 
-def pool(activation: torch.Tensor, how: str) -> torch.Tensor:
-    """(N, C, H, W) maps -> (N, D); (N, L, C) token sequences are averaged over tokens for every
-    pooling but `flatten`; (N, D) vectors pass through."""
+def pool(activation: torch.Tensor, how: str, layout: str = "NCHW") -> torch.Tensor:
+    """(N, C, H, W) maps -> (N, D); `layout="NHWC"`: channels-last maps (N, H, W, C), pooled over
+    H and W all the same; (N, L, C) token sequences are averaged over tokens for every pooling but
+    `flatten`; (N, D) vectors pass through."""
     if activation.ndim == 2:
         return activation
+    if layout == "NHWC" and activation.ndim == 4:
+        activation = activation.permute(0, 3, 1, 2)
     if how == "flatten":
         return activation.flatten(1)
     if activation.ndim == 3:  # transformer tokens (N, L, C)
@@ -33,8 +36,10 @@ def pool(activation: torch.Tensor, how: str) -> torch.Tensor:
     raise InputError(f"unknown pooling '{how}'; allowed: {', '.join(POOLINGS)}")
 
 
-def pooled_dim(shape: tuple[int, ...], how: str) -> int:
+def pooled_dim(shape: tuple[int, ...], how: str, layout: str = "NCHW") -> int:
     """Vector length that `pool` gives for one activation of `shape` (without batch)."""
+    if layout == "NHWC" and len(shape) == 3:
+        shape = (shape[2], shape[0], shape[1])
     if len(shape) <= 1:
         return int(shape[0]) if shape else 1
     total = 1
@@ -47,9 +52,23 @@ def pooled_dim(shape: tuple[int, ...], how: str) -> int:
     return int(shape[-1]) if len(shape) == 2 else int(shape[0])
 
 
-def check_pooling(how: str, layer: str, shape: tuple[int, ...]) -> None:
+def check_pool_name(how: str) -> str:
     if how not in POOLINGS:
         raise InputError(f"unknown pooling '{how}'; allowed: {', '.join(POOLINGS)}")
+    return how
+
+
+def check_pool_with_tta(how: str, tta: int) -> None:
+    """Flattened maps keep positions, and TTA's flipped and shifted views move them: their mean
+    would mix unrelated positions, so the two are refused together."""
+    if how == "flatten" and int(tta) > 1:
+        raise InputError(f"--pool flatten cannot be combined with --tta {tta}: the views are flipped and shifted, "
+                         "so averaging flattened maps mixes different positions; use --tta 1 with flatten, "
+                         "or --pool avg|max|avgmax|gem with TTA")
+
+
+def check_pooling(how: str, layer: str, shape: tuple[int, ...]) -> None:
+    check_pool_name(how)
     if how == "flatten" and pooled_dim(shape, how) > FLATTEN_LIMIT:
         raise InputError(f"--pool flatten on layer '{layer}' of shape {tuple(shape)} gives "
                          f"{pooled_dim(shape, how):,} values per image, above the limit of {FLATTEN_LIMIT:,}; "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from featx.errors import InputError
+from featx.errors import FeatxError, InputError
 from featx.images import is_glob
 
 STEPS = ("extract", "train_shallow", "index", "project", "report")
@@ -100,6 +100,7 @@ def load_recipe(file: str | Path, overrides: list[str] | None = None) -> Recipe:
     inputs = steps["extract"].get("inputs")
     if not inputs:
         raise InputError(f"{file}: key 'extract.inputs' is missing; give the image folders, manifests or globs")
+    _check_values(steps, file)
     steps["extract"]["inputs"] = [_resolve_input(i, base, file) for i in ([inputs] if isinstance(inputs, str) else inputs)]
     if steps.get("train_shallow", {}).get("val"):
         steps["train_shallow"]["val"] = _resolve_input(steps["train_shallow"]["val"], base, file, key="train_shallow.val")
@@ -116,3 +117,57 @@ def _resolve_input(value: str, base: Path, file: Path, key: str = "extract.input
         raise InputError(f"{file}: key '{key}': path '{value}' does not exist (resolved to '{path}'); paths are "
                          "relative to the recipe file")
     return str(path)
+
+
+# options whose values come from a fixed list: checked when the recipe loads, so a typo in the
+# last step fails in a second, not after an hour of extraction
+def _choices() -> dict[tuple[str, str], tuple]:
+    from featx.classify import BALANCES, CLASSIFIERS
+    from featx.extract import AMP_MODES, DECODERS, DEVICES, DTYPES
+    from featx.index import KINDS, METRICS
+    from featx.pooling import POOLINGS
+    from featx.project import COLORS, METHODS
+    from featx.reduce import NORMALIZERS
+
+    return {("extract", "pool"): POOLINGS, ("extract", "device"): DEVICES, ("extract", "amp"): AMP_MODES,
+            ("extract", "dtype"): DTYPES, ("extract", "decode"): DECODERS,
+            ("train_shallow", "classifier"): CLASSIFIERS, ("train_shallow", "normalize"): NORMALIZERS,
+            ("train_shallow", "balance"): BALANCES, ("index", "kind"): KINDS, ("index", "metric"): METRICS,
+            ("project", "method"): METHODS, ("project", "color"): COLORS}
+
+
+_REDUCE_FORMS = {"train_shallow": (r"none|pca:(\d+|0?\.\d+)(:whiten)?|pq:\d+", "none, pca:K, pca:FRACTION, pca:K:whiten, pq:M"),
+                 "index": (r"none|pca:\d+", "none, pca:K")}
+_MINIMUM = {("extract", "batch_size"): 1, ("extract", "shard_size"): 1, ("extract", "image_size"): 1,
+            ("train_shallow", "cv"): 2, ("index", "k"): 1, ("index", "nlist"): 1, ("index", "pq_m"): 1,
+            ("index", "nprobe"): 1, ("index", "sample_queries"): 1, ("project", "sample"): 1,
+            ("project", "n_neighbors"): 2}
+
+
+def _check_values(steps: dict[str, dict], file: Path) -> None:
+    import re
+
+    from featx.backbones import resolve_family
+    from featx.pooling import check_pool_with_tta
+    from featx.views import check_tta
+
+    for (step, key), allowed in _choices().items():
+        value = steps.get(step, {}).get(key)
+        if value is not None and value not in allowed:
+            raise InputError(f"{file}: key '{step}.{key}' is '{value}'; allowed: {', '.join(allowed)}")
+    for step, (pattern, forms) in _REDUCE_FORMS.items():
+        value = steps.get(step, {}).get("reduce")
+        if value is not None and not re.fullmatch(pattern, value):
+            raise InputError(f"{file}: key '{step}.reduce' is '{value}'; allowed forms: {forms}")
+    for (step, key), minimum in _MINIMUM.items():
+        value = steps.get(step, {}).get(key)
+        if value is not None and value < minimum:
+            raise InputError(f"{file}: key '{step}.{key}' is {value}; it must be at least {minimum}")
+    extract = steps.get("extract", {})
+    try:
+        if "model" in extract:
+            resolve_family(extract["model"])
+        tta = check_tta(extract.get("tta", 1))
+        check_pool_with_tta(extract.get("pool", "avg"), tta)
+    except FeatxError as exc:
+        raise InputError(f"{file}: {exc}") from None

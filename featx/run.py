@@ -31,8 +31,12 @@ def _input_signature(inputs: list[str]) -> str:
 
     digest = hashlib.sha256()
     for record in scan_inputs(inputs):
-        stat = Path(record.path).stat()
-        digest.update(f"{record.path}|{record.label}|{record.split}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        try:
+            stat = Path(record.path).stat()
+            state = f"{stat.st_size}|{stat.st_mtime_ns}"
+        except OSError as exc:  # missing, dangling link, loop: the extract step makes it an error row
+            state = f"unreadable:{exc.errno}"
+        digest.update(f"{record.path}|{record.label}|{record.split}|{record.group}|{state}\n".encode())
     return digest.hexdigest()[:16]
 
 

@@ -112,6 +112,19 @@ def test_tta_views_are_averaged(image_folder, tmp_path):
     one = extract(image_folder, tmp_path / "a", **TINY).features()
     two = extract(image_folder, tmp_path / "b", tta=2, **TINY).features()
     assert one.shape == two.shape and not np.allclose(one, two)
+    # the stored vector is the mean of the per-view vectors, and view 0 is the plain center crop
+    from featx.extract import Extractor
+
+    options = {k: v for k, v in TINY.items() if k not in ("model", "progress")}
+    paths = FeatureStore.open(tmp_path / "b").paths.tolist()
+    views, _ = Extractor(TINY["model"], tta=2, per_view=True, **options).features_of(paths)
+    views = views["flatten"]
+    assert views.shape == (len(paths), 2, two.shape[1]) and not np.allclose(views[:, 0], views[:, 1])
+    np.testing.assert_allclose(two, views.mean(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one, views[:, 0], rtol=1e-5, atol=1e-6)
+    flipped, _ = Extractor(TINY["model"], tta=1, **options).features_of([_mirror(p, tmp_path) for p in paths[:2]])
+    # view 1 is the mirror image (up to resampling rounding: mirroring before the crop is not bit-identical)
+    assert np.abs(flipped["flatten"] - views[:2, 1]).max() < np.abs(views[:2, 0] - views[:2, 1]).max() / 10
     with pytest.raises(InputError, match=r"--tta 11 is out of range"):
         extract(image_folder, tmp_path / "c", tta=11, **TINY)
 
@@ -159,3 +172,11 @@ def test_torch_decode_path_matches_pillow_and_keeps_bad_files(tmp_path):
     assert len(a) == len(b) == 6
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() > 0.95, cosine
+
+
+def _mirror(path: str, folder) -> str:
+    from PIL import Image, ImageOps
+
+    out = folder / ("mirror-" + path.rsplit("/", 1)[-1])
+    ImageOps.mirror(Image.open(path)).save(out)
+    return str(out)

@@ -128,3 +128,19 @@ def test_glob_and_bad_input_messages(tmp_path):
     (tmp_path / "bad.csv").write_text("file\nx.png\n")
     with pytest.raises(InputError, match="needs a 'path' column"):
         scan_inputs(tmp_path / "bad.csv")
+
+
+def test_decoder_type_error_is_a_decode_error(tmp_path):
+    # found by benchmarks/fuzz_decode.py: a bit flip in a 16-bit TIFF's tags made Pillow's load()
+    # raise TypeError ('IFDRational' object cannot be interpreted as an integer)
+    import warnings
+
+    from tests.fuzz_corpus import cases, materialise
+
+    case = cases(10_000, seed=0)[4042]
+    assert case.detail == "tiff-16bit+flip"
+    data = materialise(case, tmp_path, seed=0).read_bytes()
+    with warnings.catch_warnings(), pytest.raises(DecodeError) as info:
+        warnings.simplefilter("ignore")
+        decode_image(data)
+    assert info.value.code == "decode_error" and "TypeError" in info.value.message

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from featx.errors import StaleArtifactError, ConfigMismatchError, InputError, IntegrityError, StoreError
-from featx.index import Index, build_index, parse_size
+from featx.errors import ConfigMismatchError, InputError, IntegrityError, StaleArtifactError, StoreError
+from featx.index import TARGET_RECALL, Index, build_index, parse_size
 from tests.conftest import SYNTHETIC_CONFIG, blobs, make_feature_store
 
 
@@ -29,9 +29,10 @@ def test_approximate_kinds_reach_recall_target(blob_store, kind):
     index = build_index(blob_store, kind=kind, nlist=8, pq_m=8)
     metrics = index.evaluate(k=10)
     assert metrics["precision@1"] > 0.9
-    assert "ann_recall@k" in metrics and metrics["ann_recall@k"] > 0.5
-    if kind in ("hnsw", "ivf"):
-        assert index.info["params"]["tuned_recall@10"] >= 0.95
+    # every kind is tuned (nprobe/efSearch, exact re-ranking for PQ) to the recall target, and the
+    # recall measured on all queries holds it too
+    assert index.info["params"]["tuned_recall@10"] >= TARGET_RECALL
+    assert metrics["ann_recall@k"] >= TARGET_RECALL
 
 
 def test_evaluate_keys_and_values(blob_store):

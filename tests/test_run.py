@@ -73,6 +73,40 @@ def test_shipped_recipes_validate(name):
     if name == "hymenoptera.yaml" and not (REPO.parent / "shared" / "datasets" / "hymenoptera").is_dir():
         pytest.skip("../shared/datasets/hymenoptera is absent")
     if name != "hymenoptera.yaml" and not DEMO.is_dir():
-        pytest.skip("data/fashion-mnist-demo is not built; `make test` builds it (data/make_demo_set.py)")
+        pytest.skip("data/fashion-mnist-demo is not unpacked; `make test` unpacks it (data/unpack_demo_set.py)")
     recipe = load_recipe(path)
     assert recipe.steps["extract"]["inputs"] and "report" in recipe.steps
+
+
+@pytest.mark.parametrize("body,match", [
+    ("train_shallow:\n  classifier: svm\n", r"key 'train_shallow.classifier' is 'svm'; allowed: linear-svm"),
+    ("index:\n  kind: hnws\n", r"key 'index.kind' is 'hnws'; allowed: auto, flat, hnsw"),
+    ("index:\n  metric: bosine\n", r"key 'index.metric' is 'bosine'; allowed: cosine"),
+    ("project:\n  method: umapp\n", r"key 'project.method' is 'umapp'; allowed: umap"),
+    ("train_shallow:\n  reduce: pca64\n", r"key 'train_shallow.reduce' is 'pca64'; allowed forms: none, pca:K"),
+    ("train_shallow:\n  cv: 1\n", r"key 'train_shallow.cv' is 1; it must be at least 2"),
+])
+def test_recipe_values_are_checked_when_loading(tmp_path, body, match):
+    (tmp_path / "images").mkdir()
+    path = write_recipe(tmp_path, "extract:\n  inputs: [images]\n  pool: avg\n" + body)
+    with pytest.raises(InputError, match=match):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("extract,match", [
+    ("  pool: mean\n", r"key 'extract.pool' is 'mean'; allowed: avg, max"),
+    ("  pool: flatten\n  tta: 2\n", r"--pool flatten cannot be combined with --tta 2"),
+    ("  tta: 0\n", r"--tta 0 is out of range"),
+    ("  model: resnet-18\n", r"unknown model 'resnet-18'"),
+])
+def test_recipe_extract_values_fail_before_extraction(tmp_path, extract, match, monkeypatch):
+    import importlib
+
+    extract_module = importlib.import_module("featx.extract")
+
+    make_class_folder(tmp_path / "images", per_class=2)
+    path = write_recipe(tmp_path, "output: out\nextract:\n  inputs: [images]\n" + extract)
+    monkeypatch.setattr(extract_module, "extract", lambda *a, **k: pytest.fail("extraction started"))
+    with pytest.raises(InputError, match=match):
+        run_recipe(path, say=lambda m: None)
+    assert not (tmp_path / "out").exists()

@@ -488,7 +488,8 @@ class StoreWriter:
             relative = f"features/{_layer_dir(layer)}/{name}.npy"
             sha = _save_npy(self.path / relative, array)
             entry["features"][layer] = {"path": relative, "sha256": sha, "shape": list(array.shape)}
-            recorded = self.manifest["layers"].setdefault(layer, {"shape": list(array.shape[1:]), "dtype": str(array.dtype)})
+            recorded = self.manifest["layers"].setdefault(layer, {"shape": list(array.shape[1:]), "dtype": str(array.dtype),
+                                                                  "format": (self.config.get("layer_formats") or {}).get(layer)})
             if recorded["shape"] != list(array.shape[1:]):
                 raise StoreError(f"internal: layer {layer} changed shape {recorded['shape']} -> {array.shape[1:]}")
         relative = f"meta/{name}.parquet"
