@@ -136,7 +136,8 @@ class Extractor:
         if len(set(self.layers)) != len(self.layers):
             raise InputError(f"--layer given twice: {self.layers}")
         self.pool_name = pool
-        self.tap = LayerTap(self.backbone.model, self.layers, model, addressable).eval()
+        self.tap = LayerTap(self.backbone.model, self.layers, model, addressable,
+                            image_size=self.backbone.preprocess.crop_size).eval()
         self.pooled_dims = self._probe_dims()
         self.tap = self.tap.to(self.device, memory_format=torch.channels_last)
         self.weights_source = weights
