@@ -95,7 +95,8 @@ def extract_cmd(
     image_size: Optional[int] = typer.Option(None, help="Override the weights' crop size."),
     tta: int = typer.Option(1, help="Average N deterministic views (1..10)."),
     batch_size: int = typer.Option(32),
-    workers: Optional[int] = typer.Option(None, help="Decoding worker processes; default: cores - 1."),
+    workers: Optional[int] = typer.Option(None, help="Decoding worker processes; default: CPU: decode and forward take "
+                                          "turns on every core; GPU: cores - 1 processes. 0 = in this process."),
     device: str = typer.Option("auto", help="auto|cpu|cuda|mps"),
     amp: str = typer.Option("none", help="none|bf16|fp16 (CUDA only)"),
     dtype: str = typer.Option("float32", help="float32|float16 for stored features"),
@@ -103,13 +104,16 @@ def extract_cmd(
     overwrite: bool = typer.Option(False, help="Replace an existing store."),
     append: bool = typer.Option(False, help="Add files whose content is new to an existing store."),
     decode: str = typer.Option("auto", help="auto|pil|torch: torch decodes JPEGs on the device (GPU); auto = torch on CUDA"),
+    resize: str = typer.Option("crop", help="crop|full|pad: crop = shorter side resized, centre-cropped (the weights' "
+                               "recipe); full = whole image squashed; pad = letterboxed (keeps the borders)"),
 ):
     """Extract features of images into a resumable feature store."""
     from featx.extract import extract
 
     store = extract(inputs, out, model=model, weights=weights, layers=layer or None, pool=pool, image_size=image_size,
                     tta=tta, batch_size=batch_size, workers=workers, device=device, amp=amp, dtype=dtype,
-                    shard_size=shard_size, overwrite=overwrite, append=append, decode=decode)
+                    shard_size=shard_size, overwrite=overwrite, append=append, decode=decode,
+                    resize=resize)
     _print_summary(store.summary(), brief=True)
 
 
