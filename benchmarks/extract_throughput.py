@@ -33,7 +33,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
+HYMENOPTERA = next((p for p in [Path(os.environ.get("FEATX_HYMENOPTERA", "/nonexistent")),
+                                 *(up / "shared" / "datasets" / "hymenoptera" for up in REPO.parents[:2])]
+                    if p.is_dir()), REPO.parent / "shared" / "datasets" / "hymenoptera")
 LARGE_SIZE = (4000, 3000)  # 12 MP
 MODELS = "efficientnet_lite0,mobilenet_v3_large,squeezenet1_1,resnet50"
 
@@ -41,7 +43,8 @@ MODELS = "efficientnet_lite0,mobilenet_v3_large,squeezenet1_1,resnet50"
 def sources() -> list[Path]:
     found = sorted(HYMENOPTERA.rglob("*.jpg"))
     if not found:
-        sys.exit(f"no JPEG files under {HYMENOPTERA}; this benchmark needs ../shared/datasets/hymenoptera")
+        sys.exit(f"no JPEG files under {HYMENOPTERA}; this benchmark needs ../shared/datasets/hymenoptera "
+                 "(or set FEATX_HYMENOPTERA)")
     return found
 
 

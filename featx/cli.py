@@ -98,7 +98,7 @@ def extract_cmd(
     workers: Optional[int] = typer.Option(None, help="Decoding worker processes; default: CPU: decode and forward take "
                                           "turns on every core; GPU: cores - 1 processes. 0 = in this process."),
     device: str = typer.Option("auto", help="auto|cpu|cuda|mps"),
-    amp: str = typer.Option("none", help="none|bf16|fp16 (CUDA only)"),
+    amp: str = typer.Option("none", help="none|bf16|fp16: mixed precision on CUDA; bf16 also on CPUs with native bfloat16 (AVX512-BF16/AMX)"),
     dtype: str = typer.Option("float32", help="float32|float16 for stored features"),
     shard_size: int = typer.Option(4096, help="Rows per shard."),
     overwrite: bool = typer.Option(False, help="Replace an existing store."),

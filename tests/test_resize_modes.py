@@ -1,12 +1,13 @@
 """The resize mode travels with the features: recorded in the store, reused by predict and search,
 and old stores (no mode recorded) read as crop. Also: how the cores are shared while extracting."""
 
-
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from featx.classify import train_shallow
+from featx.errors import InputError
 from featx.extract import Extractor, decode_plan, extract, extractor_from_config
 from featx.predict import predict
 from tests.conftest import TINY, make_class_folder
@@ -70,3 +71,20 @@ def test_decode_plan_shares_the_cores():
     assert decode_plan(cuda, None, cores=2).processes == 1
     assert decode_plan(cpu, 3, cores=2).processes == 3  # an explicit --workers is obeyed
     assert decode_plan(cpu, 0, cores=2).processes == 0
+
+
+def test_bf16_on_a_cpu_gives_nearly_the_float32_features(tmp_path, monkeypatch):
+    import featx.extract as fx
+
+    images = make_class_folder(tmp_path / "images", per_class=3)
+    options = {k: v for k, v in TINY.items() if k != "progress"}
+    if not fx.cpu_bf16_supported(torch.device("cpu")):
+        with pytest.raises(InputError, match="--amp bf16 needs a CUDA device, or --amp bf16 a CPU with native"):
+            Extractor(**options, device="cpu", amp="bf16")
+        monkeypatch.setattr(fx, "cpu_bf16_supported", lambda device: True)  # the autocast path still runs
+    paths = sorted(str(p) for p in images.rglob("*.png"))
+    exact, _ = Extractor(**options, device="cpu").features_of(paths)
+    half, _ = Extractor(**options, device="cpu", amp="bf16").features_of(paths)
+    a, b = exact["flatten"], half["flatten"]
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.99 and not np.array_equal(a, b)  # bf16 really ran, and stayed close
