@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from featx.backbones import DEFAULT_BACKBONE, Preprocess, load_backbone
+from featx.backbones.preprocess import check_resize
 from featx.errors import InputError, WeightsError
 from featx.images import DecodeError, decode_image, read_bytes, scan_inputs
 from featx.layers import LayerTap, addressable_layers, default_layer
@@ -142,6 +143,7 @@ class Extractor:
                              f"(AVX512-BF16 or AMX; this run uses {self.device.type}{'' if self.device.type != 'cpu' else ', without it'}); "
                              "use --amp none, where features are computed in float32")
         self.tta = check_tta(tta)
+        check_resize(resize)
         self.amp, self.dtype, self.batch_size, self.per_view = amp, dtype, int(batch_size), per_view
         if decode not in DECODERS:
             raise InputError(f"unknown --decode '{decode}'; allowed: {', '.join(DECODERS)}")

@@ -37,10 +37,14 @@ class Preprocess:
         return replace(self, crop_size=int(image_size), resize_size=int(math.floor(image_size * ratio)))
 
     def with_resize(self, mode: str) -> "Preprocess":
-        if mode not in RESIZE_MODES:
-            raise InputError(f"unknown --resize '{mode}'; allowed: {', '.join(RESIZE_MODES)} (crop: shorter side "
-                             "resized then centre-cropped; full: whole image squashed; pad: letterboxed)")
-        return replace(self, resize=mode)
+        return replace(self, resize=check_resize(mode))
+
+
+def check_resize(mode: str) -> str:
+    if mode not in RESIZE_MODES:
+        raise InputError(f"unknown --resize '{mode}'; allowed: {', '.join(RESIZE_MODES)} (crop: shorter side "
+                         "resized then centre-cropped; full: whole image squashed; pad: letterboxed)")
+    return mode
 
 
 def from_torchvision_weights(weights) -> Preprocess:
