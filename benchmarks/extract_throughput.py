@@ -1,16 +1,28 @@
-"""Extraction throughput: featx end-to-end (JPEG files -> feature store) against the ceiling,
-a pure forward pass of the same tapped network on random tensors, measured side by side.
+"""Extraction throughput against the machine's limit, measured side by side in one run.
 
-    python benchmarks/extract_throughput.py [--models efficientnet_lite0,...] [--images 800]
-                                            [--rss] [--device cpu|cuda] [--amp none|bf16]
+    python benchmarks/extract_throughput.py --quick            # a short run (~5-10 min on 2 idle cores)
+    python benchmarks/extract_throughput.py                    # the full run
+    python benchmarks/extract_throughput.py --device cuda --amp bf16 --decode torch --models resnet50
 
-Prints one row per model: ceiling img/s, end-to-end img/s and their ratio; with --rss, the peak
-RSS of a whole extraction of 400 and 4,000 images (streaming: it should not grow)."""
+Per model and image set (small: hymenoptera photos; large: the same photos upscaled to ~12 MP,
+generated once into --cache) it prints:
+  native   forward img/s of the plain model (channels_last, same input, same threads)
+  tapped   forward img/s of featx's tapped network (pruned, BatchNorm folded)
+  decode   cost of decoding + preprocessing one image on ONE core (ms, CPU time)
+  limit    what the machine allows: on the CPU, where decoding and the forward pass share the
+           cores, 1 / (1/forward + decode/cores); with an accelerator, min(forward, decode rate)
+  featx    `Extractor.run` end to end in this process (JPEG files -> vectors), after a warm-up
+  CLI      `featx extract` as a user runs it: a fresh process, start-up and store writing included
+and the ratios tapped/native, featx/limit and CLI/featx. Native and tapped forward are measured in
+interleaved rounds and the median is reported, which keeps them comparable on a busy machine.
+`--layers` adds a tapped/native sweep over layers spread through each network's depth."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,49 +33,143 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
+HYMENOPTERA = next((p for p in [Path(os.environ.get("FEATX_HYMENOPTERA", "/nonexistent")),
+                                 *(up / "shared" / "datasets" / "hymenoptera" for up in REPO.parents[:2])]
+                    if p.is_dir()), REPO.parent / "shared" / "datasets" / "hymenoptera")
+LARGE_SIZE = (4000, 3000)  # 12 MP
+MODELS = "efficientnet_lite0,mobilenet_v3_large,squeezenet1_1,resnet50"
 
 
-def repeated_jpegs(folder: Path, count: int) -> Path:
-    """`count` JPEG files made of the hymenoptera photos, linked under distinct names."""
-    sources = sorted(HYMENOPTERA.rglob("*.jpg"))
-    if not sources:
-        sys.exit(f"no JPEG files under {HYMENOPTERA}; this benchmark needs ../shared/datasets/hymenoptera")
+def sources() -> list[Path]:
+    found = sorted(HYMENOPTERA.rglob("*.jpg"))
+    if not found:
+        sys.exit(f"no JPEG files under {HYMENOPTERA}; this benchmark needs ../shared/datasets/hymenoptera "
+                 "(or set FEATX_HYMENOPTERA)")
+    return found
+
+
+def large_jpegs(cache: Path, distinct: int) -> list[Path]:
+    """`distinct` hymenoptera photos upscaled to 12 MP (made once, kept in `cache`)."""
+    from PIL import Image
+
+    folder = cache / f"large-{LARGE_SIZE[0]}x{LARGE_SIZE[1]}"
     folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    for i, source in enumerate(sources()[:distinct]):
+        target = folder / f"{i:04d}.jpg"
+        if not target.exists():
+            with Image.open(source) as image:
+                upscaled = image.convert("RGB").resize(LARGE_SIZE, Image.BICUBIC)
+            partial = target.with_suffix(".part")
+            upscaled.save(partial, "JPEG", quality=90)
+            partial.rename(target)
+        made.append(target)
+    return made
+
+
+def linked(folder: Path, files: list[Path], count: int) -> list[str]:
+    """`count` files named distinctly, linking to `files` round-robin (distinct paths, no copies)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
     for i in range(count):
         link = folder / f"{i:06d}.jpg"
         if not link.exists():
-            link.symlink_to(sources[i % len(sources)])
-    return folder
+            link.symlink_to(files[i % len(files)])
+        paths.append(str(link))
+    return paths
 
 
-def forward_ceiling(extractor, batch_size: int, seconds: float = 8.0) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def forward_rates(extractor, native: torch.nn.Module, rounds: int, seconds: float) -> tuple[float, float]:
+    """img/s of the native model and of the tapped network on the same float input, interleaved."""
     size = extractor.backbone.preprocess.crop_size
-    x = torch.randint(0, 255, (batch_size, 3, size, size), dtype=torch.uint8)
-    extractor._forward(x)  # warm-up
-    if extractor.device.type == "cuda":
-        torch.cuda.synchronize()
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        extractor._forward(x)
-        done += batch_size
-    if extractor.device.type == "cuda":
-        torch.cuda.synchronize()
-    return done / (time.perf_counter() - start)
+    device, batch = extractor.device, extractor.batch_size
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if extractor.amp == "bf16" else torch.float16)
+                if extractor.amp != "none" else torch.autocast("cpu", enabled=False))
+
+    def rate(network) -> float:
+        done, start = 0, time.perf_counter()
+        while True:
+            network(x)
+            done += batch
+            if time.perf_counter() - start >= seconds / rounds:
+                break
+        _sync(device)
+        return done / (time.perf_counter() - start)
+
+    from featx.extract import _torch_threads, decode_plan
+
+    with torch.inference_mode(), autocast, _torch_threads(decode_plan(device, extractor.workers).torch_threads):
+        native(x), extractor.tap(x)  # warm-up
+        _sync(device)
+        pairs = [(rate(native), rate(extractor.tap)) for _ in range(rounds)]
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
 
 
-def end_to_end(extractor, folder: Path) -> float:
-    from featx.images import scan_inputs
+def decode_cost(extractor, paths: list[str], count: int) -> float:
+    """Seconds of ONE core to read, decode and preprocess one image (CPU time of this thread, so
+    other load on the machine does not inflate it). With --decode torch on an accelerator, the
+    wall time per image of the batched device decoder instead."""
+    from featx.extract import ImageViews, collate
 
-    paths = [r.path for r in scan_inputs(folder)]
-    warm = list(extractor.run(paths[: extractor.batch_size], progress=False))  # start-up is not throughput
-    del warm
+    dataset = ImageViews(paths[:count], extractor.backbone.preprocess, extractor.tta, extractor.decode)
+    dataset[0]
+    if extractor.decode == "torch" and extractor.device.type != "cpu":
+        batches = [list(range(i, min(i + extractor.batch_size, count))) for i in range(0, count, extractor.batch_size)]
+        read = [collate([dataset[i] for i in batch]) for batch in batches]  # file reading is the workers' job
+        start = time.perf_counter()
+        for batch in read:
+            extractor._device_views(batch)
+        _sync(extractor.device)
+        return (time.perf_counter() - start) / count
+    if extractor.decode == "torch":  # torchvision's decoder on the CPU
+        start = time.thread_time()
+        for i in range(count):
+            item = dataset[i]
+            if item["jpeg"] is not None:
+                extractor._device_views(collate([item]))
+        return (time.thread_time() - start) / count
+    start = time.thread_time()
+    for i in range(count):
+        dataset[i]
+    return (time.thread_time() - start) / count
+
+
+def in_process(extractor, paths: list[str]) -> float:
+    list(extractor.run(paths[: extractor.batch_size], progress=False))  # warm-up: start-up is not throughput
+    _sync(extractor.device)
     start = time.perf_counter()
     rows = sum(len(b.indices) for b in extractor.run(paths, progress=False))
+    _sync(extractor.device)
     return rows / (time.perf_counter() - start)
 
 
+def cli(folder: Path, model: str, weights: str, args, count: int) -> float:
+    out = Path(tempfile.mkdtemp(prefix="featx-bench-store-"))
+    command = [sys.executable, "-m", "featx.cli", "extract", str(folder), "-o", str(out / "store"), "--model", model,
+               "--weights", weights, "--device", args.device, "--amp", args.amp, "--decode", args.decode,
+               "--batch-size", str(args.batch_size)] + (["--workers", str(args.workers)] if args.workers is not None else [])
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(out, ignore_errors=True)
+    if done.returncode:
+        print(f"    CLI failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+        return float("nan")
+    return count / elapsed
+
+
 def peak_rss_mb(folder: Path, model: str, weights: str) -> float:
+    """Peak RSS of a whole extraction in a fresh process (main + largest worker): streaming means
+    it should not grow with the number of images."""
+    import json
+
     code = (
         "import resource, tempfile, json; from featx.extract import extract\n"
         f"extract({str(folder)!r}, tempfile.mkdtemp(), model={model!r}, weights={weights!r}, progress=False)\n"
@@ -75,35 +181,92 @@ def peak_rss_mb(folder: Path, model: str, weights: str) -> float:
     return (main + workers) / 1024
 
 
+def layer_sweep(extractor_args: dict, model: str, rounds: int, seconds: float, count: int = 6) -> None:
+    from featx.api import describe_layers
+    from featx.extract import Extractor
+
+    names = [row["layer"] for row in describe_layers(model)]
+    picks = sorted({names[round(i * (len(names) - 1) / (count - 1))] for i in range(count)}, key=names.index)
+    for layer in picks:
+        extractor = Extractor(model, layers=[layer], **extractor_args)
+        native, tapped = forward_rates(extractor, _native(extractor), rounds, seconds)
+        print(f"    layer {layer:<34} native {native:8.1f}  tapped {tapped:8.1f}  ratio {tapped / native:5.2f}", flush=True)
+
+
+def _native(extractor) -> torch.nn.Module:
+    return extractor.backbone.model.to(extractor.device, memory_format=torch.channels_last).eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="efficientnet_lite0,mobilenet_v3_large,resnet50")
-    parser.add_argument("--images", type=int, default=800)
+    parser.add_argument("--models", default=MODELS)
+    parser.add_argument("--quick", action="store_true", help="fewer images and shorter timings (a few minutes)")
+    parser.add_argument("--images", type=int, default=None, help="small JPEGs per run (default 1200; quick 300)")
+    parser.add_argument("--large-images", type=int, default=None, help="12 MP JPEGs per run (default 240; quick 48)")
+    parser.add_argument("--sets", default="small,large", help="small,large or one of them")
+    parser.add_argument("--no-cli", action="store_true", help="skip the CLI runs")
+    parser.add_argument("--layers", action="store_true", help="also sweep tapped/native over 6 layers per model")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=None, help="default: featx's own plan for this machine")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", default="none")
     parser.add_argument("--decode", default="auto", help="auto|pil|torch (torch = nvJPEG on CUDA)")
+    parser.add_argument("--resize", default="crop")
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS at 400 and 4,000 images")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "featx-bench")
     args = parser.parse_args()
+    count = {"small": args.images or (300 if args.quick else 1200),
+             "large": args.large_images or (48 if args.quick else 240)}
+    rounds, seconds = (3, 3.0) if args.quick else (7, 10.0)
+    decode_samples = {"small": 40 if args.quick else 150, "large": 8 if args.quick else 30}
 
-    from featx.extract import Extractor
+    import logging
 
+    logging.basicConfig(level=logging.WARNING)
+    from featx.extract import Extractor, decode_plan, resolve_device, usable_cores
+
+    device = resolve_device(args.device)
+    cores = usable_cores()
+    plan = decode_plan(device, args.workers)
     tmp = Path(tempfile.mkdtemp(prefix="featx-bench-"))
-    folder = repeated_jpegs(tmp / "jpegs", args.images)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.images} JPEGs, batch {args.batch_size}")
-    print(f"{'model':<22}{'ceiling img/s':>15}{'featx img/s':>13}{'ratio':>8}")
+    sets = {}
+    for name in args.sets.split(","):
+        files = sources() if name == "small" else large_jpegs(args.cache, 24 if args.quick else 48)
+        sets[name] = (tmp / name, linked(tmp / name, files, count[name]))
+    print(f"torch {torch.__version__} on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{cores} cores'}),"
+          f" batch {args.batch_size}, amp {args.amp}, decode {args.decode}, resize {args.resize}; decode plan {plan}")
+    print(f"images: " + ", ".join(f"{n} = {count[n]} JPEGs" for n in sets)
+          + (f" (large: {LARGE_SIZE[0]}x{LARGE_SIZE[1]}, cached in {args.cache})" if "large" in sets else ""))
+    header = (f"{'model':<20}{'set':<7}{'native':>8}{'tapped':>8}{'tap/nat':>8}{'dec ms':>8}{'limit':>8}"
+              f"{'featx':>8}{'f/limit':>8}{'CLI':>8}{'CLI/f':>7}")
+    print(header + "\n" + "-" * len(header), flush=True)
     for model in args.models.split(","):
         weights = "default" if model == "efficientnet_lite0" else "random"  # speed does not depend on weights
-        extractor = Extractor(model, weights=weights, batch_size=args.batch_size, workers=args.workers,
-                              device=args.device, amp=args.amp, decode=args.decode)
-        ceiling = forward_ceiling(extractor, args.batch_size)
-        featx = end_to_end(extractor, folder)
-        print(f"{model:<22}{ceiling:>15.1f}{featx:>13.1f}{featx / ceiling:>8.2f}", flush=True)
+        options = dict(weights=weights, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                       amp=args.amp, decode=args.decode, resize=args.resize)
+        extractor = Extractor(model, **options)
+        native, tapped = forward_rates(extractor, _native(extractor), rounds, seconds)
+        for name, (folder, paths) in sets.items():
+            decode = decode_cost(extractor, paths, decode_samples[name])
+            if device.type == "cpu":
+                limit = 1 / (1 / native + decode / cores)
+            else:
+                limit = min(native, (1 / decode) * (1 if extractor.decode == "torch" else plan.processes))
+            featx = in_process(extractor, paths)
+            by_cli = float("nan") if args.no_cli else cli(folder, model, weights, args, len(paths))
+            print(f"{model:<20}{name:<7}{native:>8.1f}{tapped:>8.1f}{tapped / native:>8.2f}{decode * 1000:>8.2f}"
+                  f"{limit:>8.1f}{featx:>8.1f}{featx / limit:>8.2f}{by_cli:>8.1f}{by_cli / featx:>7.2f}", flush=True)
+        if args.layers:
+            layer_sweep({k: v for k, v in options.items()}, model, rounds, seconds / 2)
+        del extractor
     if args.rss:
-        for count in (400, 4000):
-            rss = peak_rss_mb(repeated_jpegs(tmp / f"rss{count}", count), "efficientnet_lite0", "default")
-            print(f"peak RSS, efficientnet_lite0, {count:>5} images: {rss:,.0f} MB (main + largest worker)", flush=True)
+        for n in (400, 4000):
+            folder = tmp / f"rss{n}"
+            linked(folder, sources(), n)
+            print(f"peak RSS, efficientnet_lite0, {n:>5} images: {peak_rss_mb(folder, 'efficientnet_lite0', 'default'):,.0f} MB"
+                  " (main + largest worker)", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print("img/s unless noted; 'dec ms' is one core's CPU time per image; limit and ratios as in the docstring")
 
 
 if __name__ == "__main__":

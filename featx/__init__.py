@@ -2,17 +2,31 @@
 
 __version__ = "0.1.0"
 
-from featx.api import describe_layers  # noqa: E402
-from featx.backbones import list_backbones, load_backbone  # noqa: E402
-from featx.errors import FeatxError  # noqa: E402
-from featx.extract import Extractor, extract  # noqa: E402
-from featx.store import FeatureStore  # noqa: E402
-from featx.classify import ShallowModel, train_shallow  # noqa: E402
-from featx.predict import predict  # noqa: E402
-from featx.index import Index, build_index  # noqa: E402
-from featx.project import plot_projection, project, write_projection  # noqa: E402
+import importlib
+
+# names are imported on first use, so `featx extract` does not pay for scikit-learn, FAISS and
+# UMAP/numba at start-up (seconds of CPU on a small machine)
+_EXPORTS = {
+    "describe_layers": "featx.api", "list_backbones": "featx.backbones", "load_backbone": "featx.backbones",
+    "FeatxError": "featx.errors", "Extractor": "featx.extract", "extract": "featx.extract",
+    "FeatureStore": "featx.store", "ShallowModel": "featx.classify", "train_shallow": "featx.classify",
+    "predict": "featx.predict", "Index": "featx.index", "build_index": "featx.index",
+    "project": "featx.project", "plot_projection": "featx.project", "write_projection": "featx.project",
+}
 
 __all__ = ["__version__", "FeatxError", "FeatureStore", "Extractor", "extract", "describe_layers",
            "list_backbones", "load_backbone",
            "ShallowModel", "train_shallow", "predict", "Index", "build_index",
            "project", "plot_projection", "write_projection"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'featx' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

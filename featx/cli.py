@@ -95,22 +95,26 @@ def extract_cmd(
     image_size: Optional[int] = typer.Option(None, help="Override the weights' crop size."),
     tta: int = typer.Option(1, help="Average N deterministic views (1..10)."),
     batch_size: int = typer.Option(32),
-    workers: Optional[int] = typer.Option(None, help="Decoding worker processes; default: cores - 1."),
+    workers: Optional[int] = typer.Option(None, help="Decoding worker processes; default: CPU: decode and forward take "
+                                          "turns on every core; GPU: cores - 1 processes. 0 = in this process."),
     device: str = typer.Option("auto", help="auto|cpu|cuda|mps"),
-    amp: str = typer.Option("none", help="none|bf16|fp16 (CUDA only)"),
+    amp: str = typer.Option("none", help="none|bf16|fp16: mixed precision on CUDA; bf16 also on CPUs with native bfloat16 (AVX512-BF16/AMX)"),
     dtype: str = typer.Option("float32", help="float32|float16 for stored features"),
     shard_size: int = typer.Option(4096, help="Rows per shard."),
     overwrite: bool = typer.Option(False, help="Replace an existing featx store (never anything else)."),
     append: bool = typer.Option(False, help="Add the inputs; keep store rows absent from them while their files exist."),
     frozen: bool = typer.Option(False, help="Refuse (exit 2) if the inputs differ from the store in any way."),
     decode: str = typer.Option("auto", help="auto|pil|torch: torch decodes JPEGs on the device (GPU); auto = torch on CUDA"),
+    resize: str = typer.Option("crop", help="crop|full|pad: crop = shorter side resized, centre-cropped (the weights' "
+                               "recipe); full = whole image squashed; pad = letterboxed (keeps the borders)"),
 ):
     """Extract features of images into a resumable feature store."""
     from featx.extract import extract
 
     store = extract(inputs, out, model=model, weights=weights, layers=layer or None, pool=pool, image_size=image_size,
                     tta=tta, batch_size=batch_size, workers=workers, device=device, amp=amp, dtype=dtype,
-                    shard_size=shard_size, overwrite=overwrite, append=append, frozen=frozen, decode=decode)
+                    shard_size=shard_size, overwrite=overwrite, append=append, frozen=frozen, decode=decode,
+                    resize=resize)
     console.print(f"inputs vs store: {store.manifest['last_run']['line']}", highlight=False)
     _print_summary(store.summary(), brief=True)
 

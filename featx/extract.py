@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -15,23 +17,35 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from featx.backbones import DEFAULT_BACKBONE, Preprocess, load_backbone
+from featx.backbones.preprocess import check_resize
 from featx.errors import InputError, WeightsError
 from featx.images import DecodeError, decode_image, read_bytes, scan_inputs
 from featx.layers import LayerTap, addressable_layers, default_layer, output_formats
 from featx.pooling import check_pool_name, check_pool_with_tta, check_pooling, pool
 from featx.tensor_decode import decode_on, plain_jpeg
 from featx.store import FeatureStore, StoreWriter
-from featx.views import check_tta, image_views, normalise
+from featx.views import PIXEL_TOLERANCE, check_tta, draft_request, image_views, normalise
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AMP_MODES = ("none", "bf16", "fp16")
 DTYPES = ("float32", "float16")
-SHARD_BYTES = 256 << 20
-# bump when the pixels fed to the network change for the same settings: old stores are then refused
-PREPROCESS_IMPLEMENTATION = {"pil": "pil-box-resize/1", "torch": "torchvision-decode-resize/1"}
-DECODERS = ("auto", "pil", "torch")  # a shard holds at most this much feature data per layer
+SHARD_BYTES = 256 << 20  # a shard holds at most this much feature data per layer
+# bump when the pixels fed to the network change for the same settings: old stores are then refused.
+# /2: JPEG draft scale for every resize mode, Pillow reduce-then-resample, 16-bit stretched by its own range
+PREPROCESS_IMPLEMENTATION = {"pil": "pil-draft-reduce/2", "torch": "torchvision-decode-resize/2"}
+DECODERS = ("auto", "pil", "torch")
+
+
+def cpu_bf16_supported(device: torch.device) -> bool:
+    """bfloat16 autocast pays on a CPU only with native bf16 instructions (oneDNN); emulated it is slower."""
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
 
 
 def resolve_device(device: str) -> torch.device:
@@ -71,7 +85,7 @@ class ImageViews(Dataset):
             if self.decode == "torch" and plain_jpeg(data):
                 item["jpeg"] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
                 return item
-            image = decode_image(data, draft_size=self.preprocess.resize_size)
+            image = decode_image(data, draft_size=partial(draft_request, pre=self.preprocess, tta=self.tta))
             item["views"] = image_views(image, self.preprocess, self.tta)
         except DecodeError as exc:
             item["status"], item["error"] = exc.code, exc.message
@@ -112,8 +126,11 @@ class Extractor:
     def __init__(self, model: str = DEFAULT_BACKBONE, *, weights: str = "default", layers: Sequence[str] | None = None,
                  pool: str = "avg", image_size: int | None = None, tta: int = 1, device: str = "auto",
                  amp: str = "none", dtype: str = "float32", batch_size: int = 32, workers: int | None = None,
-                 per_view: bool = False, decode: str = "pil"):
-        """`per_view=True` keeps the TTA views apart: features are (N, views, D) instead of the mean."""
+                 per_view: bool = False, decode: str = "pil", resize: str = "crop"):
+        """`per_view=True` keeps the TTA views apart: features are (N, views, D) instead of the mean.
+        `resize`: crop | full | pad (see `featx.views`). `workers`: None picks the fastest plan for
+        the device and core count (`decode_plan`); 0 decodes in this process; N > 0 uses N
+        DataLoader worker processes."""
         if amp not in AMP_MODES:
             raise InputError(f"unknown --amp '{amp}'; allowed: {', '.join(AMP_MODES)}")
         if dtype not in DTYPES:
@@ -121,24 +138,30 @@ class Extractor:
         if int(batch_size) < 1:
             raise InputError(f"--batch-size {batch_size} must be at least 1")
         self.device = resolve_device(device)
-        if amp != "none" and self.device.type != "cuda":
-            raise InputError(f"--amp {amp} needs a CUDA device (this run uses {self.device.type}); "
-                             "use --amp none on CPU, where features are computed in float32")
+        if amp != "none" and self.device.type != "cuda" and not (amp == "bf16" and cpu_bf16_supported(self.device)):
+            raise InputError(f"--amp {amp} needs a CUDA device, or --amp bf16 a CPU with native bfloat16 "
+                             f"(AVX512-BF16 or AMX; this run uses {self.device.type}{'' if self.device.type != 'cpu' else ', without it'}); "
+                             "use --amp none, where features are computed in float32")
         self.tta = check_tta(tta)
         check_pool_name(pool)
         check_pool_with_tta(pool, self.tta)
+        check_resize(resize)
         self.amp, self.dtype, self.batch_size, self.per_view = amp, dtype, int(batch_size), per_view
         if decode not in DECODERS:
             raise InputError(f"unknown --decode '{decode}'; allowed: {', '.join(DECODERS)}")
         self.decode = ("torch" if self.device.type == "cuda" else "pil") if decode == "auto" else decode
-        self.workers = default_workers() if workers is None else int(workers)
+        self.workers = None if workers is None else int(workers)
+        if self.workers is not None and self.workers < 0:
+            raise InputError(f"--workers {workers} must be 0 (decode in this process) or more")
         self.backbone = load_backbone(model, weights, image_size)
+        self.backbone.preprocess = self.backbone.preprocess.with_resize(resize)
         addressable = addressable_layers(self.backbone.model)
         self.layers = list(layers) if layers else [default_layer(self.backbone.model, addressable)]
         if len(set(self.layers)) != len(self.layers):
             raise InputError(f"--layer given twice: {self.layers}")
         self.pool_name = pool
-        self.tap = LayerTap(self.backbone.model, self.layers, model, addressable).eval()
+        self.tap = LayerTap(self.backbone.model, self.layers, model, addressable,
+                            image_size=self.backbone.preprocess.crop_size).eval()
         self.pooled_dims = self._probe_dims()
         self.tap = self.tap.to(self.device, memory_format=torch.channels_last)
         self.weights_source = weights
@@ -165,7 +188,8 @@ class Extractor:
             "weights_sha256": self.backbone.weights_sha256,
             "layers": self.layers,
             "pool": self.pool_name,
-            "preprocess": self.backbone.preprocess.to_dict() | {"implementation": PREPROCESS_IMPLEMENTATION[self.decode]},
+            "preprocess": self.backbone.preprocess.to_dict() | {"implementation": PREPROCESS_IMPLEMENTATION[self.decode],
+                                                                "pixel_tolerance": PIXEL_TOLERANCE},
             "tta": self.tta,
             "dtype": self.dtype,
             "layer_formats": dict(self.layer_formats),
@@ -176,7 +200,7 @@ class Extractor:
         x = views.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         x = normalise(x, self.backbone.preprocess)
         if self.amp != "none":
-            with torch.autocast("cuda", dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16):
                 outputs = self.tap(x)
         else:
             outputs = self.tap(x)
@@ -193,15 +217,13 @@ class Extractor:
         if batches is None:
             batches = [list(range(i, min(i + self.batch_size, len(paths)))) for i in range(0, len(paths), self.batch_size)]
         dataset = ImageViews(paths, self.backbone.preprocess, self.tta, self.decode)
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=collate,
-                            worker_init_fn=_worker_init if self.device.type == "cpu" else None,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False,
-                            prefetch_factor=4 if self.workers else None)
+        plan = decode_plan(self.device, self.workers)
         total = sum(len(b) for b in batches)
         from tqdm.auto import tqdm
 
-        with tqdm(total=total, desc=description, unit="img", disable=not progress, dynamic_ncols=True) as bar:
-            for batch in loader:
+        with tqdm(total=total, desc=description, unit="img", disable=not progress, dynamic_ncols=True) as bar, \
+                _torch_threads(plan.torch_threads):
+            for batch in self._loader(dataset, batches, plan):
                 items = batch["items"]
                 views = self._device_views(batch) if any(j is not None for j in batch["jpeg"]) else batch["views"]
                 ok = [k for k, it in enumerate(items) if it["status"] == "ok"]
@@ -216,6 +238,18 @@ class Extractor:
                     features[layer] = array
                 bar.update(len(items))
                 yield Batch([it["index"] for it in items], items, features)
+
+    def _loader(self, dataset: ImageViews, batches: Sequence[Sequence[int]], plan: "DecodePlan") -> Iterator[dict]:
+        if plan.processes:
+            yield from DataLoader(dataset, batch_sampler=batches, num_workers=plan.processes, collate_fn=collate,
+                                  worker_init_fn=_worker_init if self.device.type == "cpu" else None,
+                                  pin_memory=self.device.type == "cuda", persistent_workers=False, prefetch_factor=4)
+            return
+        # decode a batch with every core, then run the forward pass with every core: on a small CPU
+        # the two never fight over a core, which is what keeps throughput near the limit
+        with ThreadPoolExecutor(plan.threads, thread_name_prefix="featx-decode") as pool:
+            for batch in batches:
+                yield collate(list(pool.map(dataset.__getitem__, batch)))
 
     def _device_views(self, batch: dict) -> torch.Tensor | None:
         """Decode the batch's JPEG bytes on the device and merge their views, in item order, with
@@ -254,17 +288,55 @@ class Extractor:
         return stacked, pd.DataFrame(rows, columns=["path", "sha256", "status", "error"])
 
 
-def default_workers() -> int:
-    """Decoding workers: the cores left after the forward pass, at least 1, at most 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cores - 1))
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    processes: int  # DataLoader worker processes; 0: decode in this process
+    threads: int  # decoding threads in this process (Pillow releases the GIL while decoding)
+    torch_threads: int | None  # intra-op threads for the forward pass; None: leave torch's setting
+
+
+def decode_plan(device: torch.device, workers: int | None, cores: int | None = None) -> DecodePlan:
+    """How to share the cores between decoding and the forward pass.
+
+    On the CPU, decoding and the forward pass take turns, each on every core: a decoder that runs
+    beside the forward pass steals a core from one of torch's threads and stalls all the others
+    at the next barrier, so overlapping them loses more than it gains (measured in
+    benchmarks/extract_throughput.py). With an accelerator the CPU only decodes: worker processes
+    on the cores left. An explicit `workers` is obeyed: N > 0 worker processes, 0 = one thread."""
+    cores = cores or usable_cores()
+    if workers is not None:
+        return DecodePlan(processes=workers, threads=1, torch_threads=None)
+    if device.type == "cpu":
+        return DecodePlan(processes=0, threads=cores, torch_threads=cores)
+    return DecodePlan(processes=max(1, min(8, cores - 1)), threads=1, torch_threads=None)  # cores left, 1..8
+
+
+class _torch_threads:
+    """Set torch's intra-op thread count for a block, and restore it after."""
+
+    def __init__(self, count: int | None):
+        self.count, self.before = count, None
+
+    def __enter__(self):
+        if self.count:
+            self.before = torch.get_num_threads()
+            torch.set_num_threads(self.count)
+
+    def __exit__(self, *exc):
+        if self.before:
+            torch.set_num_threads(self.before)
 
 
 def extractor_from_config(config: dict, **runtime) -> Extractor:
     """Rebuild the extractor a store, model or index recorded, and prove it is the same one."""
     weights = config.get("weights_source", "default")
-    implementation = config["preprocess"].get("implementation")
-    runtime.setdefault("decode", next((d for d, i in PREPROCESS_IMPLEMENTATION.items() if i == implementation), "pil"))
+    implementation = str(config["preprocess"].get("implementation", ""))
+    runtime.setdefault("decode", "torch" if implementation.startswith("torchvision") else "pil")
+    runtime.setdefault("resize", config["preprocess"].get("resize", "crop"))  # stores before --resize cropped
     extractor = Extractor(config["backbone"], weights=weights, layers=config["layers"], pool=config["pool"],
                           image_size=config["preprocess"]["crop_size"], tta=runtime.pop("tta", config.get("tta", 1)),
                           dtype=config.get("dtype", "float32"), **runtime)
@@ -281,7 +353,7 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
             layers: Sequence[str] | None = None, pool: str = "avg", image_size: int | None = None, tta: int = 1,
             batch_size: int = 32, workers: int | None = None, device: str = "auto", amp: str = "none",
             dtype: str = "float32", shard_size: int = 4096, overwrite: bool = False, append: bool = False,
-            frozen: bool = False, decode: str = "auto", progress: bool = True) -> FeatureStore:
+            frozen: bool = False, decode: str = "auto", resize: str = "crop", progress: bool = True) -> FeatureStore:
     """Extract features of `inputs` (folders, manifests, globs) into the store at `out`.
 
     The inputs are the truth: re-running reconciles the store with them (new, changed, relabelled,
@@ -295,7 +367,8 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
         raise InputError("--frozen cannot be combined with --overwrite or --append: it refuses any change")
     records = scan_inputs(inputs)
     extractor = Extractor(model, weights=weights, layers=layers, pool=pool, image_size=image_size, tta=tta,
-                          device=device, amp=amp, dtype=dtype, batch_size=batch_size, workers=workers, decode=decode)
+                          device=device, amp=amp, dtype=dtype, batch_size=batch_size, workers=workers, decode=decode,
+                          resize=resize)
     config = extractor.config | {"weights_source": _weights_source(weights)}
     rows_per_shard = _rows_per_shard(int(shard_size), extractor)
     with StoreWriter(out, config, overwrite=overwrite, append=append, frozen=frozen,

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -241,14 +242,16 @@ def time_limit(seconds: float, what: str):
             signal.setitimer(signal.ITIMER_REAL, max(1e-3, outer - (time.monotonic() - started)))
 
 
-def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
-    """Decode bytes to an RGB image, safely. `draft_size` lets JPEG decode at a reduced scale
-    whose shorter side stays ≥ draft_size (much faster; the resize that follows is the same)."""
+def decode_image(data: bytes, draft_size: int | Callable[[tuple[int, int]], tuple[int, int]] | None = None
+                 ) -> Image.Image:
+    """Decode bytes to an RGB image, safely. `draft_size` lets a JPEG decode at a reduced DCT scale
+    (much faster for big photos): an int keeps the shorter side ≥ draft_size; a function maps the
+    stored (width, height) to the smallest size that must still be covered."""
     with time_limit(FILE_TIME_LIMIT_S, "decoding"):
         return _decode(data, draft_size)
 
 
-def _decode(data: bytes, draft_size: int | None) -> Image.Image:
+def _decode(data: bytes, draft_size) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -264,8 +267,12 @@ def _decode(data: bytes, draft_size: int | None) -> Image.Image:
         try:
             if draft_size and image.format == "JPEG":
                 w, h = image.size
-                scale = draft_size / min(w, h)
-                image.draft("RGB", (int(np.ceil(w * scale)), int(np.ceil(h * scale))))
+                if callable(draft_size):
+                    request = draft_size((w, h))
+                else:
+                    scale = draft_size / min(w, h)
+                    request = (int(np.ceil(w * scale)), int(np.ceil(h * scale)))
+                image.draft("RGB", request)
             image.seek(0)  # animated images: the first frame
             image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -297,17 +304,26 @@ def error_code(exc: Exception) -> str:
     return "truncated" if any(w in message for w in ("truncat", "broken data", "premature end")) else "decode_error"
 
 
+def stretch_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Map the image's own range min..max linearly onto 0..255. A constant image has no range:
+    it keeps its level within its type's range (16-bit / 257; 32-bit and float clipped to 0..255)."""
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(values.min()), float(values.max())
+    if high > low:
+        return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
+    level = low / 257.0 if mode.startswith("I;16") else low
+    return np.full(values.shape, np.clip(np.rint(level), 0, 255), np.uint8)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB from any mode: alpha composited on white, 16-bit scaled (not clipped), CMYK converted."""
+    """RGB from any mode: alpha composited on white, 16-bit and float greyscale stretched from the
+    image's own min..max to 0..255 (a 12-bit sensor's 0..4095 keeps its full contrast, nothing is
+    clipped), CMYK converted."""
     mode = image.mode
     if mode == "RGB":
         return image
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        if mode.startswith("I;16") or (mode == "I" and values.max(initial=0) > 255):
-            values = values / 257.0  # 0..65535 -> 0..255
-        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
+        return Image.fromarray(stretch_to_uint8(np.asarray(image), mode), "L").convert("RGB")
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         mode = image.mode

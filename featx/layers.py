@@ -45,19 +45,26 @@ def addressable_layers(model: nn.Module) -> Addressable:
 
 
 class LayerTap(nn.Module):
-    """Runs the model once and returns {layer: activation} for the requested layers."""
+    """Runs the model once and returns {layer: activation} for the requested layers.
+
+    A traced model runs as a lean copy of its graph (pruned after the last tapped layer, conv+BN
+    folded, see `featx.lean_graph`), kept only if its outputs on a seeded probe image equal the
+    plain graph's within `FOLD_TOLERANCE`; `lean=False` keeps the plain graph."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str], model_name: str,
-                 addressable: Addressable | None = None):
+                 addressable: Addressable | None = None, *, lean: bool = True, image_size: int = 224):
         super().__init__()
         self.layers = list(layers)
         self.traced = None
-        self.model = model
+        self.folded = 0
         addressable = addressable or addressable_layers(model)
         targets = {layer: resolve_layer(layer, addressable.names, model, model_name) for layer in self.layers}
         if addressable.traced:
-            self.traced = _feature_extractor_fn(model)(model, return_nodes={node: layer for layer, node in targets.items()})
+            traced = _feature_extractor_fn(model)(model, return_nodes={node: layer for layer, node in targets.items()})
+            self.traced = _leaner(traced.eval(), model_name, image_size) if lean else traced
+            self.folded = getattr(self.traced, "folded", 0)
         else:
+            self.model = model
             self._captured: dict[str, torch.Tensor] = {}
             modules = dict(model.named_modules())
             for layer in self.layers:
@@ -75,6 +82,28 @@ class LayerTap(nn.Module):
         self._captured = {}
         self.model(x)
         return {layer: self._captured[layer] for layer in self.layers}
+
+
+def _leaner(traced: nn.Module, model_name: str, image_size: int) -> nn.Module:
+    """The lean copy of `traced` if it gives the same features, else `traced` itself."""
+    from featx.lean_graph import FOLD_TOLERANCE, lean_copy, max_relative_difference
+
+    try:
+        lean, folded = lean_copy(traced)
+    except Exception as exc:  # an unusual graph: the plain one still works
+        log.info("no lean graph for %s (%s); using the plain one", model_name, exc)
+        return traced
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(1, 3, image_size, image_size, generator=generator)
+    with torch.inference_mode():
+        difference = max_relative_difference(traced(probe), lean(probe))
+    if difference > FOLD_TOLERANCE:
+        log.warning("folding BatchNorm changes %s's features by %.2g (> %g); using the unfolded graph",
+                    model_name, difference, FOLD_TOLERANCE)
+        return traced
+    log.debug("%s: %d BatchNorm layers folded (max relative difference %.2g)", model_name, folded, difference)
+    lean.folded = folded
+    return lean
 
 
 def _is_timm(model: nn.Module) -> bool:
@@ -135,7 +164,7 @@ def layer_shapes(model: nn.Module, model_name: str, image_size: int,
     """Output shape (without batch) of every addressable layer, from one dummy forward pass."""
     addressable = addressable or addressable_layers(model)
     x = torch.zeros(1, 3, image_size, image_size)
-    tap = LayerTap(model, addressable.names, model_name, addressable)
+    tap = LayerTap(model, addressable.names, model_name, addressable, lean=False)
     outputs = tap(x)
     return {name: tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else () for name, out in outputs.items()}
 

@@ -17,7 +17,8 @@ _PATH = "path"
 SCHEMA: dict[str, dict[str, tuple]] = {
     "extract": {"inputs": (list, str), "model": (str,), "weights": (str,), "layers": (list,), "pool": (str,),
                 "image_size": (int,), "tta": (int,), "batch_size": (int,), "workers": (int,), "device": (str,),
-                "amp": (str,), "dtype": (str,), "shard_size": (int,), "decode": (str,)},
+                "amp": (str,), "dtype": (str,), "shard_size": (int,), "decode": (str,),
+                "resize": (str,)},
     "train_shallow": {"layer": (str,), "classifier": (str,), "normalize": (str,), "reduce": (str,), "cv": (int,),
                       "val": (str,), "search": (bool,), "balance": (str,), "seed": (int,)},
     "index": {"layer": (str,), "kind": (str,), "metric": (str,), "reduce": (str,), "memory_budget": (str, int),

@@ -53,3 +53,14 @@ def test_train_shallow_and_predict_commands(tmp_path):
     assert lines[0].startswith("path,status,error,predicted,score") and len(lines) == 7
     bad = runner.invoke(app, ["train-shallow", str(tmp_path / "s"), "-o", str(tmp_path / "m2"), "--reduce", "pca:x"])
     assert bad.exit_code == 2 and "is not a number" in bad.output and not (tmp_path / "m2").exists()
+
+
+def test_extract_resize_mode_from_the_command_line(tmp_path):
+    images = make_class_folder(tmp_path / "imgs", per_class=1)
+    bad = runner.invoke(app, ["extract", str(images), "-o", str(tmp_path / "s"), *TINY_ARGS, "--resize", "stretch"])
+    assert bad.exit_code == 2 and "unknown --resize 'stretch'; allowed: crop, full, pad" in bad.output
+    good = runner.invoke(app, ["extract", str(images), "-o", str(tmp_path / "s"), *TINY_ARGS, "--resize", "pad"])
+    assert good.exit_code == 0, good.output
+    import json
+
+    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["config"]["preprocess"]["resize"] == "pad"

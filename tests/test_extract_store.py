@@ -130,8 +130,8 @@ def test_tta_views_are_averaged(image_folder, tmp_path):
 
 
 def test_bad_options_are_clear(image_folder, tmp_path):
-    with pytest.raises(InputError, match="--amp bf16 needs a CUDA device"):
-        extract(image_folder, tmp_path / "x", amp="bf16", device="cpu", **TINY)
+    with pytest.raises(InputError, match="--amp fp16 needs a CUDA device"):
+        extract(image_folder, tmp_path / "x", amp="fp16", device="cpu", **TINY)
     with pytest.raises(InputError, match="unknown --device 'tpu'"):
         extract(image_folder, tmp_path / "x", device="tpu", **TINY)
     (tmp_path / "full").mkdir()

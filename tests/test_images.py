@@ -144,3 +144,13 @@ def test_decoder_type_error_is_a_decode_error(tmp_path):
         warnings.simplefilter("ignore")
         decode_image(data)
     assert info.value.code == "decode_error" and "TypeError" in info.value.message
+
+
+def test_16bit_greyscale_is_stretched_by_its_own_range():
+    # a 12-bit sensor's gradient, 1000..4000 out of 0..65535: dividing by 257 would leave it at 4..16
+    gradient = np.tile(np.linspace(1000, 4000, 64).astype(np.uint16), (8, 1))
+    image = np.asarray(decode_image(encode(Image.fromarray(gradient), "PNG")))
+    assert image.shape == (8, 64, 3)
+    assert image[..., 0].min() == 0 and image[..., 0].max() == 255
+    assert np.all(np.diff(image[0, :, 0].astype(int)) >= 0)  # order kept
+    assert np.array_equal(image[..., 0], image[..., 2])  # still grey

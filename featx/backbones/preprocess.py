@@ -6,6 +6,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+from featx.errors import InputError
+
+# how the image becomes the square network input: "crop" resizes the shorter side and centre-crops
+# (the weights' own recipe), "full" squashes the whole image, "pad" letterboxes it (nothing lost)
+RESIZE_MODES = ("crop", "full", "pad")
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -14,6 +20,7 @@ class Preprocess:
     interpolation: str  # "bilinear" | "bicubic" | "nearest"
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    resize: str = "crop"  # one of RESIZE_MODES
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -21,12 +28,23 @@ class Preprocess:
     @classmethod
     def from_dict(cls, data: dict) -> "Preprocess":
         return cls(int(data["resize_size"]), int(data["crop_size"]), str(data["interpolation"]),
-                   tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"]))
+                   tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"]),
+                   str(data.get("resize", "crop")))  # stores made before --resize existed cropped
 
     def with_image_size(self, image_size: int) -> "Preprocess":
         """Scale to another crop size, keeping the weights' resize/crop ratio."""
         ratio = self.resize_size / self.crop_size
         return replace(self, crop_size=int(image_size), resize_size=int(math.floor(image_size * ratio)))
+
+    def with_resize(self, mode: str) -> "Preprocess":
+        return replace(self, resize=check_resize(mode))
+
+
+def check_resize(mode: str) -> str:
+    if mode not in RESIZE_MODES:
+        raise InputError(f"unknown --resize '{mode}'; allowed: {', '.join(RESIZE_MODES)} (crop: shorter side "
+                         "resized then centre-cropped; full: whole image squashed; pad: letterboxed)")
+    return mode
 
 
 def from_torchvision_weights(weights) -> Preprocess:
