@@ -23,7 +23,7 @@ class QueueFull(Exception):
     """More images wait for the network than the queue holds: the client should retry later."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity, not tensor comparison
 class _Pending:
     views: torch.Tensor  # (n * tta, 3, H, W) uint8
     n: int  # images
@@ -91,10 +91,17 @@ class MicroBatcher:
         if self._queued + n > self.max_queue:
             raise QueueFull(f"{self._queued} images are waiting for the network (limit {self.max_queue})")
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(views, n, future))
+        item = _Pending(views, n, future)
+        self._pending.append(item)
         self._queued += n
         self._arrived.set()
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:  # timed out or the client left: free its place in the queue now
+            if item in self._pending:
+                self._pending.remove(item)
+                self._queued -= n
+            raise
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
