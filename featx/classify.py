@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
 
 from featx import atomic
-from featx.backbones.weights import file_sha256
+from featx.atomic import file_sha256
 from featx.errors import ConfigMismatchError, InputError, IntegrityError
 from featx.evaluate import classification_metrics, plot_confusion, plot_learning_curve, write_report
 from featx.reduce import make_normalizer, make_reducer

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from featx import atomic
-from featx.backbones.weights import file_sha256
+from featx.atomic import file_sha256
 from featx.errors import ConfigMismatchError, InputError, IntegrityError, StoreError
 from featx.images import ImageRecord
 

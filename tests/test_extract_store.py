@@ -152,3 +152,19 @@ def test_torch_decode_path_matches_pillow_and_keeps_bad_files(tmp_path):
     assert len(a) == len(b) == 6
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() > 0.95, cosine
+
+
+def test_atomic_writes_never_change_the_process_umask(tmp_path, monkeypatch):
+    """Setting the umask, even for an instant, races with other threads creating files (the
+    service writes job stores while serving); writes must only read it."""
+    import os
+
+    from featx import atomic
+
+    def forbidden(_mask):
+        raise AssertionError("os.umask called during a write")
+
+    monkeypatch.setattr(os, "umask", forbidden)
+    atomic.write_bytes(tmp_path / "x.bin", b"data")
+    assert (tmp_path / "x.bin").read_bytes() == b"data"
+    assert (tmp_path / "x.bin").stat().st_mode & 0o777 == 0o666 & ~atomic._umask()

@@ -9,17 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from featx.atomic import file_sha256  # noqa: F401  (re-exported: its old home)
 from featx.errors import WeightsError
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-
-
-def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
