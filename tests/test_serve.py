@@ -363,3 +363,40 @@ def test_cli_serve_refuses_an_open_bind_without_token(artifacts):
     assert result.exit_code == 2 and "--token-file" in result.output
     result = CliRunner().invoke(app, ["serve", "--model", "m=/no/such/dir"])
     assert result.exit_code == 2 and "no such folder" in result.output
+
+
+@pytest.mark.slow  # a whole server process (torch import): ~30 s on a busy machine
+def test_featx_serve_process_reloads_on_sighup(artifacts):
+    """The real command: starts on loopback, answers, and SIGHUP swaps in a new generation."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from serve_fixtures import free_port
+
+    port = free_port()
+    repo = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, "-m", "featx.cli", "serve", "--model", f"m={artifacts.model}",
+                               "--port", str(port), "--device", "cpu"], cwd=repo,
+                              env={**os.environ, "PYTHONPATH": str(repo)}, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.time() < deadline, server.stderr.read().decode()[-2000:]
+            time.sleep(0.3)
+        assert httpx.post(base + "/v1/predict", files=upload(png_bytes(12)), timeout=60).json()["generation"] == 1
+        server.send_signal(signal.SIGHUP)
+        while httpx.get(base + "/v1/info", timeout=10).json()["generation"] != 2:
+            assert time.time() < deadline
+            time.sleep(0.2)
+        assert httpx.post(base + "/v1/predict", files=upload(png_bytes(12)), timeout=60).json()["generation"] == 2
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(30)
