@@ -35,3 +35,19 @@ def test_unknown_or_out_of_range_options_are_refused():
         ExtractOptions(tta=11)
     with pytest.raises(ValidationError, match="max_batch"):
         ServeOptions(max_batch=0)
+
+
+def test_recipes_check_extract_choices_before_any_work(tmp_path):
+    from featx.errors import InputError
+    from featx.recipe import load_recipe
+
+    (tmp_path / "images").mkdir()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("extract:\n  inputs: images\n  pool: median\n")
+    with pytest.raises(InputError, match=r"key 'extract.pool': Input should be 'avg', 'max'.*\(got 'median'\)"):
+        load_recipe(recipe)
+    recipe.write_text("extract:\n  inputs: images\n  tta: 12\n")
+    with pytest.raises(InputError, match="key 'extract.tta'"):
+        load_recipe(recipe)
+    recipe.write_text("extract:\n  inputs: images\n  pool: gem\n  tta: 2\n")
+    assert load_recipe(recipe).steps["extract"]["pool"] == "gem"
