@@ -101,7 +101,7 @@ def create_app(options: ServeOptions | None = None, *, registry: Registry | None
             state.jobs.resume()
         if handle_sighup:
             try:
-                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(state)))
+                loop.add_signal_handler(signal.SIGHUP, lambda: _keep(state, loop.create_task(_reload(state))))
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / platform
                 log.warning("SIGHUP reload is not available here; use POST /v1/reload")
         try:
@@ -269,8 +269,11 @@ def _under_root(state: ServerState, path: str) -> Path:
         raise Forbidden("this server takes no file paths (it was started without --data-root); upload the "
                         "images instead")
     root = Path(state.options.data_root).resolve()
-    candidate = Path(path)
-    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    try:
+        candidate = Path(path)
+        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    except (ValueError, OSError) as exc:  # e.g. an embedded NUL byte, a symlink loop
+        raise Forbidden(f"path {path!r} cannot be resolved under the server's --data-root ({exc})") from None
     if not resolved.is_relative_to(root):
         raise Forbidden(f"path '{path}' is outside the server's --data-root; only files under it can be named")
     if not resolved.is_file():
@@ -545,11 +548,15 @@ async def _reload(state: ServerState) -> JSONResponse:
         _start_engines(state, new)
         state.registry = new  # the swap: one reference assignment
         state.metrics.reloads.labels("ok").inc()
-        task = asyncio.get_running_loop().create_task(_retire(old, new))
-        state.retiring.add(task)
-        task.add_done_callback(state.retiring.discard)
+        _keep(state, asyncio.get_running_loop().create_task(_retire(old, new)))
         log.info("reloaded: generation %d", new.generation)
         return JSONResponse({"status": "reloaded", "generation": new.generation, "previous": old.generation})
+
+
+def _keep(state: ServerState, task: asyncio.Task) -> None:
+    """Hold a reference to a background task until it ends (the loop keeps only weak ones)."""
+    state.retiring.add(task)
+    task.add_done_callback(state.retiring.discard)
 
 
 async def _retire(old: Registry, new: Registry) -> None:
