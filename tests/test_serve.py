@@ -228,13 +228,13 @@ def test_503_with_retry_after_when_the_queue_is_full_and_504_past_the_time_limit
     with TestClient(app) as c:
         engine = next(iter(app.state.featx.registry.engines.values()))
         forward = engine.batcher.forward
-        engine.batcher.forward = lambda views: (gate.wait(20), forward(views))[1]  # the network stalls
+        in_forward = threading.Event()
+        engine.batcher.forward = lambda views: (in_forward.set(), gate.wait(30), forward(views))[2]  # it stalls
         first = {}
         worker = threading.Thread(target=lambda: first.update(r=c.post("/v1/predict", files=upload(png_bytes(7)))))
         worker.start()
+        assert in_forward.wait(30)  # the first request is in the stalled forward pass, nothing waits
         deadline = time.time() + 10
-        while engine.batcher.batches == 0 and engine.batcher.queued == 0 and time.time() < deadline:
-            time.sleep(0.01)  # the first request is in the forward pass, nothing waits
         second = {}
         queued = threading.Thread(target=lambda: second.update(r=c.post("/v1/predict", files=upload(png_bytes(8)))))
         queued.start()
