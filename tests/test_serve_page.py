@@ -4,7 +4,6 @@ driven by selenium): upload an image, see its class and neighbours, click one, s
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
