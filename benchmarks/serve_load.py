@@ -122,9 +122,15 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--threads", type=int, help="torch threads for the baselines and the server (OMP_NUM_THREADS); "
+                                                     "on a shared, oversubscribed machine 1 is fairer")
     parser.add_argument("--work", type=Path, help="keep the model built from --images here (reused next time)")
     args = parser.parse_args()
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from featx.images import scan_inputs
 
     paths = [r.path for r in scan_inputs(args.images)]
@@ -138,7 +144,8 @@ def main() -> None:
         server = subprocess.Popen([sys.executable, "-m", "featx.cli", "serve", "--model", f"m={model}", "--port",
                                    str(port), "--device", "cpu", "--max-batch", str(args.max_batch),
                                    "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096"],
-                                  cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                  cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO),
+                                                 **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         base = f"http://127.0.0.1:{port}"
         try:
@@ -164,7 +171,8 @@ def main() -> None:
             server.send_signal(signal.SIGINT)
             server.wait(30)
     results = {"baselines": baselines, "levels": levels, "rss_mb_start": rss_start, "rss_mb_end": rss_end,
-               "requests_total": sum(level["requests"] for level in levels), "cpu_cores": os.cpu_count()}
+               "requests_total": sum(level["requests"] for level in levels), "cpu_cores": os.cpu_count(),
+               "torch_threads": args.threads, "load_average": os.getloadavg()}
     print(f"offline (before / after the load): extract {baselines['extract_img_per_s'][0]:.1f} / "
           f"{baselines['extract_img_per_s'][1]:.1f} img/s; one image decode+forward "
           f"{baselines['single_decode_forward_ms'][0]:.1f} / {baselines['single_decode_forward_ms'][1]:.1f} ms")
@@ -180,7 +188,8 @@ def main() -> None:
             note = f"req/s / extract = {level['req_per_s'] / extract_rate:.2f} (target >= 0.8)"
         print(f"{level['clients']:>7} {level['requests']:>8} {level['errors']:>6} {level['req_per_s']:>8.1f} "
               f"{level['p50_ms']:>8.1f} {level['p95_ms']:>8.1f} {level['p99_ms']:>8.1f} {level['mean_batch']:>6.1f}  {note}")
-    print(f"server RSS: {rss_start:.0f} MB at start, {rss_end:.0f} MB after {results['requests_total']} requests")
+    print(f"server RSS: {rss_start:.0f} MB at start, {rss_end:.0f} MB after {results['requests_total']} requests; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
