@@ -163,7 +163,10 @@ def main() -> None:
                 time.sleep(0.5)
             asyncio.run(run_level(base, blobs[:4], 1, 3))  # warm-up
             rss_start = rss_mb(server.pid)
-            levels = [asyncio.run(run_level(base, blobs, int(c), args.requests)) for c in args.clients.split(",")]
+            levels = []
+            for clients in args.clients.split(","):  # repeat a level (e.g. 1,8,32,32,32) to see RSS settle
+                levels.append(asyncio.run(run_level(base, blobs, int(clients), args.requests)))
+                levels[-1]["rss_mb"] = rss_mb(server.pid)
             rss_end = rss_mb(server.pid)
             after = offline_baselines(model, paths)
             baselines = {k: [baselines[k], after[k]] for k in baselines}
@@ -179,7 +182,7 @@ def main() -> None:
     extract_rate = sum(baselines["extract_img_per_s"]) / 2
     single_ms = sum(baselines["single_decode_forward_ms"]) / 2
     print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-          f"{'batch':>6}  vs target")
+          f"{'batch':>6} {'RSS MB':>7}  vs target")
     for level in levels:
         note = ""
         if level["clients"] == 1:
@@ -187,7 +190,7 @@ def main() -> None:
         elif level["clients"] >= 32:
             note = f"req/s / extract = {level['req_per_s'] / extract_rate:.2f} (target >= 0.8)"
         print(f"{level['clients']:>7} {level['requests']:>8} {level['errors']:>6} {level['req_per_s']:>8.1f} "
-              f"{level['p50_ms']:>8.1f} {level['p95_ms']:>8.1f} {level['p99_ms']:>8.1f} {level['mean_batch']:>6.1f}  {note}")
+              f"{level['p50_ms']:>8.1f} {level['p95_ms']:>8.1f} {level['p99_ms']:>8.1f} {level['mean_batch']:>6.1f} {level['rss_mb']:>7.0f}  {note}")
     print(f"server RSS: {rss_start:.0f} MB at start, {rss_end:.0f} MB after {results['requests_total']} requests; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if args.json:

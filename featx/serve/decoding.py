@@ -25,7 +25,8 @@ def decode_views(data: bytes, preprocess: Preprocess, tta: int, *, max_pixels: i
         raise DecodeError("empty", "the uploaded file is empty (0 bytes)")
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
-    except Image.DecompressionBombError as exc:
+    # the Warning too: another thread's `catch_warnings` (featx.images, in an extract job) may turn it into an error
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError("bomb", f"decompression bomb refused: {exc}")
     except Image.UnidentifiedImageError:
         raise DecodeError("not_image", "not an image file Pillow can identify")
@@ -43,7 +44,7 @@ def decode_views(data: bytes, preprocess: Preprocess, tta: int, *, max_pixels: i
             image.draft("RGB", (int(np.ceil(width * scale)), int(np.ceil(height * scale))))
         image.seek(0)
         image.load()
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError("bomb", f"decompression bomb refused: {exc}")
     except OSError as exc:
         raise DecodeError(error_code(exc), f"cannot decode image ({image.format}): {exc}")
