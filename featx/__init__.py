@@ -1,32 +1,51 @@
-"""featx: frozen pretrained CNN features -> feature store -> shallow classifiers, retrieval, maps."""
+"""featx: frozen pretrained CNN features -> feature store -> shallow classifiers, retrieval, maps.
+
+The public names load on first use (PEP 562), so `import featx` and the CLI start fast: torch,
+scikit-learn and FAISS are imported only by the modules that use them."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-import importlib
-
-# names are imported on first use, so `featx extract` does not pay for scikit-learn, FAISS and
-# UMAP/numba at start-up (seconds of CPU on a small machine)
+# public name -> the module that defines it
 _EXPORTS = {
-    "describe_layers": "featx.api", "list_backbones": "featx.backbones", "load_backbone": "featx.backbones",
-    "FeatxError": "featx.errors", "Extractor": "featx.extract", "extract": "featx.extract",
-    "FeatureStore": "featx.store", "ShallowModel": "featx.classify", "train_shallow": "featx.classify",
-    "predict": "featx.predict", "Index": "featx.index", "build_index": "featx.index",
+    "describe_layers": "featx.api",
+    "list_backbones": "featx.backbones", "load_backbone": "featx.backbones",
+    "FeatxError": "featx.errors",
+    "Extractor": "featx.extract", "extract": "featx.extract",
+    "FeatureStore": "featx.store",
+    "ShallowModel": "featx.classify", "train_shallow": "featx.classify",
+    "predict": "featx.predict",
+    "Index": "featx.index", "build_index": "featx.index",
     "project": "featx.project", "plot_projection": "featx.project", "write_projection": "featx.project",
 }
 
-__all__ = ["__version__", "FeatxError", "FeatureStore", "Extractor", "extract", "describe_layers",
-           "list_backbones", "load_backbone",
-           "ShallowModel", "train_shallow", "predict", "Index", "build_index",
-           "project", "plot_projection", "write_projection"]
+__all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'featx' has no attribute {name!r}")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'featx' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
 
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports, never run
+    from featx.api import describe_layers
+    from featx.backbones import list_backbones, load_backbone
+    from featx.classify import ShallowModel, train_shallow
+    from featx.errors import FeatxError
+    from featx.extract import Extractor, extract
+    from featx.index import Index, build_index
+    from featx.predict import predict
+    from featx.project import plot_projection, project, write_projection
+    from featx.store import FeatureStore

@@ -391,6 +391,47 @@ def run_cmd(
 
 
 
+# --- service -----------------------------------------------------------------------------------
+
+@command("serve")
+def serve_cmd(
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="NAME=MODEL_DIR (repeatable)."),
+    index: Optional[List[str]] = typer.Option(None, "--index", "-i", help="NAME=INDEX_DIR (repeatable)."),
+    store: Optional[List[str]] = typer.Option(None, "--store", "-s", help="NAME=STORE_DIR (repeatable)."),
+    data_root: Optional[Path] = typer.Option(None, help="The only folder request paths and extract jobs may read."),
+    state_dir: Optional[Path] = typer.Option(None, help="Where extract jobs keep their records and stores."),
+    host: str = typer.Option("127.0.0.1", help="Any other address needs --token-file."),
+    port: int = typer.Option(8000),
+    token_file: Optional[Path] = typer.Option(None, help="File holding the bearer token clients must send."),
+    device: str = typer.Option("auto", help="auto|cpu|cuda|mps"),
+    max_batch: int = typer.Option(32, help="Images per forward pass."),
+    max_wait_ms: float = typer.Option(5.0, help="How long a batch waits for more requests."),
+    max_queue: int = typer.Option(256, help="Images waiting for the network; beyond: 503."),
+    decode_workers: int = typer.Option(2, help="Threads decoding uploads."),
+    max_body_mb: float = typer.Option(20.0, help="Larger request bodies get 413."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Per-request time limit in seconds."),
+    cors_origin: Optional[List[str]] = typer.Option(None, help="Allow this CORS origin (repeatable); default: CORS off."),
+):
+    """Serve models, indexes and stores over HTTP, with a web page at / (SIGHUP reloads them)."""
+    from pydantic import ValidationError
+
+    from featx.options import ServeOptions
+    from featx.serve.server import named_folders, serve
+
+    try:
+        options = ServeOptions(
+            models=named_folders(model, "--model"), indexes=named_folders(index, "--index"),
+            stores=named_folders(store, "--store"), data_root=str(data_root) if data_root else None,
+            state_dir=str(state_dir) if state_dir else None, host=host, port=port,
+            token_file=str(token_file) if token_file else None, device=device, max_batch=max_batch,
+            max_wait_ms=max_wait_ms, max_queue=max_queue, decode_workers=decode_workers, max_body_mb=max_body_mb,
+            timeout_s=timeout, cors_origins=cors_origin or [])
+    except ValidationError as exc:
+        raise FeatxError("; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
+                                   for e in exc.errors()))
+    serve(options)
+
+
 def _print_run_summary(produced: dict) -> None:
     if "model" in produced and (produced["model"] / "report" / "report.json").is_file():
         report = json.loads((produced["model"] / "report" / "report.json").read_text())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -65,23 +66,27 @@ class LayerTap(nn.Module):
             self.folded = getattr(self.traced, "folded", 0)
         else:
             self.model = model
-            self._captured: dict[str, torch.Tensor] = {}
+            # per-thread capture: concurrent forward passes (the service) never see each other's activations
+            self._local = threading.local()
             modules = dict(model.named_modules())
             for layer in self.layers:
                 modules[layer].register_forward_hook(self._hook(layer))
 
     def _hook(self, layer):
         def capture(_module, _inputs, output):
-            self._captured[layer] = output
+            self._local.captured[layer] = output
 
         return capture
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.traced is not None:
             return self.traced(x)
-        self._captured = {}
-        self.model(x)
-        return {layer: self._captured[layer] for layer in self.layers}
+        self._local.captured = captured = {}
+        try:
+            self.model(x)
+        finally:
+            self._local.captured = None
+        return {layer: captured[layer] for layer in self.layers}
 
 
 def _leaner(traced: nn.Module, model_name: str, image_size: int) -> nn.Module:

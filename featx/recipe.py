@@ -98,6 +98,7 @@ def load_recipe(file: str | Path, overrides: list[str] | None = None) -> Recipe:
                 raise InputError(f"{file}: unknown key '{step}.{key}'; allowed: {', '.join(SCHEMA[step])}")
             _check_type(value, SCHEMA[step][key], f"{file}: key '{step}.{key}'")
         steps[step] = options
+    _check_extract_choices(steps["extract"], file)
     inputs = steps["extract"].get("inputs")
     if not inputs:
         raise InputError(f"{file}: key 'extract.inputs' is missing; give the image folders, manifests or globs")
@@ -108,6 +109,20 @@ def load_recipe(file: str | Path, overrides: list[str] | None = None) -> Recipe:
     name = data.get("name") or file.stem
     output = Path(data.get("output") or f"runs/{name}")
     return Recipe(file, name, output if output.is_absolute() else (base / output).resolve(), steps)
+
+
+def _check_extract_choices(options: dict, file: Path) -> None:
+    """Choices and ranges of the extract step from featx.options (the one definition)."""
+    from pydantic import ValidationError
+
+    from featx.options import ExtractOptions
+
+    try:
+        ExtractOptions.model_validate({k: v for k, v in options.items() if k != "inputs"})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise InputError(f"{file}: key 'extract.{'.'.join(map(str, error['loc']))}': {error['msg']} "
+                         f"(got {error.get('input')!r})") from None
 
 
 def _resolve_input(value: str, base: Path, file: Path, key: str = "extract.inputs") -> str:

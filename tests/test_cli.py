@@ -64,3 +64,30 @@ def test_extract_resize_mode_from_the_command_line(tmp_path):
     import json
 
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["config"]["preprocess"]["resize"] == "pad"
+def test_cli_start_up_imports_no_torch_sklearn_or_faiss(tmp_path):
+    """`featx --help` and `featx info` must start fast: the package __init__ is lazy and only the
+    modules that use torch, scikit-learn or FAISS import them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    import pytest
+
+    from tests.conftest import make_feature_store
+
+    store = make_feature_store(tmp_path / "s", np.zeros((3, 4)), ["a", "b", "a"])
+    code = ("import sys, runpy\n"
+            "sys.argv = sys.argv[1:]\n"
+            "try:\n    runpy.run_module('featx.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted(m for m in ('torch', 'sklearn', 'faiss', 'torchvision', 'timm') if m in sys.modules)\n"
+            "sys.stderr.write('HEAVY:' + ','.join(heavy))\n")
+    for argv in (["featx", "--help"], ["featx", "info", str(store.path)]):
+        result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parents[1], timeout=120)
+        assert "HEAVY:" in result.stderr and result.stderr.rsplit("HEAVY:", 1)[1] == "", (argv, result.stderr[-500:])
+    import featx
+
+    assert featx.FeatureStore.__name__ == "FeatureStore" and "FeatureStore" in dir(featx)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        featx.nope

@@ -180,3 +180,17 @@ def _mirror(path: str, folder) -> str:
     out = folder / ("mirror-" + path.rsplit("/", 1)[-1])
     ImageOps.mirror(Image.open(path)).save(out)
     return str(out)
+def test_atomic_writes_never_change_the_process_umask(tmp_path, monkeypatch):
+    """Setting the umask, even for an instant, races with other threads creating files (the
+    service writes job stores while serving); writes must only read it."""
+    import os
+
+    from featx import atomic
+
+    def forbidden(_mask):
+        raise AssertionError("os.umask called during a write")
+
+    monkeypatch.setattr(os, "umask", forbidden)
+    atomic.write_bytes(tmp_path / "x.bin", b"data")
+    assert (tmp_path / "x.bin").read_bytes() == b"data"
+    assert (tmp_path / "x.bin").stat().st_mode & 0o777 == 0o666 & ~atomic._umask()

@@ -108,3 +108,34 @@ def test_flatten_with_tta_is_refused_before_loading_the_model(monkeypatch):
         extract_module.Extractor("resnet18", weights="random", pool="flatten", tta=2)
     with pytest.raises(InputError, match=r"unknown pooling 'median'"):
         extract_module.Extractor("resnet18", weights="random", pool="median")
+def test_hooked_capture_is_per_call_when_forward_passes_overlap():
+    """The service runs forward passes from several threads; a pass paused half-way must still
+    return its own activations, not those of a pass that ran meanwhile (it did before: one dict)."""
+    import threading
+
+    import torch
+    from torch import nn
+
+    from featx.layers import Addressable, LayerTap
+
+    entered, release = threading.Event(), threading.Event()
+
+    class Gate(nn.Module):
+        def forward(self, x):
+            if x.mean() > 5:  # the marked input waits here, between the two captured layers
+                entered.set()
+                release.wait(10)
+            return x
+
+    model = nn.Sequential(nn.Identity(), Gate(), nn.Identity())
+    tap = LayerTap(model, ["0", "2"], "toy", Addressable(["0", "1", "2"], traced=False))
+    slow_input, fast_input = torch.full((1, 3), 10.0), torch.zeros(1, 3)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(slow=tap(slow_input)))
+    worker.start()
+    assert entered.wait(10)
+    fast = tap(fast_input)
+    release.set()
+    worker.join(10)
+    assert torch.equal(fast["0"], fast_input) and torch.equal(fast["2"], fast_input)
+    assert torch.equal(result["slow"]["0"], slow_input) and torch.equal(result["slow"]["2"], slow_input)

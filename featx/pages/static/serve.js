@@ -1,0 +1,160 @@
+// featx serve page: classify an image, show its nearest stored neighbours, search from a neighbour.
+// Talks only to this server's own API; no external resources.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { info: null, lastQuery: null, thumbURLs: [], seq: 0 };
+
+function headers(extra) {
+  const h = Object.assign({}, extra || {});
+  const token = $("token").value || sessionStorage.getItem("featx-token");
+  if (token) { h["Authorization"] = "Bearer " + token; sessionStorage.setItem("featx-token", token); }
+  return h;
+}
+
+function setStatus(text, kind) {
+  $("status").textContent = text;
+  $("status").dataset.state = kind;
+}
+
+function showError(message) {
+  $("error").hidden = !message;
+  $("error").textContent = message || "";
+  if (message) setStatus("error", "error");
+}
+
+async function api(path, options) {
+  const response = await fetch(path, Object.assign({}, options, { headers: headers((options || {}).headers) }));
+  if (response.status === 401) { $("token-box").hidden = false; }
+  if (!response.ok) {
+    let message = response.status + " " + response.statusText;
+    try { const body = await response.json(); message = (body.error && body.error.message) || JSON.stringify(body); } catch (e) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
+function fillSelect(select, names) {
+  select.innerHTML = "";
+  for (const name of names) {
+    const option = document.createElement("option");
+    option.value = option.textContent = name;
+    select.appendChild(option);
+  }
+  select.disabled = names.length === 0;
+}
+
+async function loadInfo() {
+  try {
+    state.info = await (await api("v1/info")).json();
+    fillSelect($("model"), Object.keys(state.info.models));
+    fillSelect($("index"), Object.keys(state.info.indexes));
+    setStatus("ready", "ready");
+  } catch (e) { showError("cannot read /v1/info: " + e.message); }
+}
+
+async function thumbnailURL(path) {
+  const blob = await (await api(path)).blob();  // fetched with the token, unlike a plain <img src>
+  const url = URL.createObjectURL(blob);
+  state.thumbURLs.push(url);
+  return url;
+}
+
+function renderPrediction(result, scoreKind) {
+  $("prediction").hidden = false;
+  $("predicted-label").textContent = result.label;
+  $("predicted-score").textContent = scoreKind + " " + result.score.toFixed(3);
+  const table = $("scores");
+  table.innerHTML = "";
+  const values = Object.values(result.scores);
+  const lo = Math.min(0, ...values), hi = Math.max(...values);
+  for (const [label, score] of Object.entries(result.scores).sort((a, b) => b[1] - a[1])) {
+    const row = table.insertRow();
+    row.insertCell().textContent = label;
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = (hi > lo ? (120 * (score - lo) / (hi - lo)) : 0) + "px";
+    row.insertCell().appendChild(bar);
+    row.insertCell().textContent = score.toFixed(3);
+  }
+}
+
+async function renderNeighbours(search, seq) {
+  const list = $("neighbours");
+  for (const url of state.thumbURLs) URL.revokeObjectURL(url);
+  state.thumbURLs = [];
+  list.innerHTML = "";
+  const neighbours = search.results[0].neighbours;
+  $("neighbour-note").textContent = neighbours.length + " from index " + search.index;
+  await Promise.all(neighbours.map(async (n) => {
+    const item = document.createElement("li");
+    item.className = "neighbour";
+    item.dataset.row = n.row_id;
+    item.title = n.path;
+    const image = document.createElement("img");
+    image.alt = "row " + n.row_id;
+    const caption = document.createElement("div");
+    caption.textContent = "#" + n.rank + " " + (n.label || "(no label)") + " · " + n.score.toFixed(3);
+    item.append(image, caption);
+    item.addEventListener("click", () => queryRow(n.row_id, search.store));
+    list.appendChild(item);
+    try { image.src = await thumbnailURL(n.thumbnail); } catch (e) { /* keep the caption */ }
+  }));
+  if (seq === state.seq) setStatus(neighbours.length + " neighbours", "done");
+}
+
+async function run(query) {
+  const seq = ++state.seq;
+  state.lastQuery = query;
+  showError("");
+  setStatus("working…", "busy");
+  const k = $("k").value, model = $("model").value, index = $("index").value;
+  try {
+    let predict = null, search = null;
+    if (query.file) {
+      const form = (fields) => { const f = new FormData(); f.append("files", query.file, query.file.name || "pasted.png");
+        for (const [key, value] of Object.entries(fields)) if (value) f.append(key, value); return f; };
+      [predict, search] = await Promise.all([
+        model ? api("v1/predict", { method: "POST", body: form({ model: model }) }).then((r) => r.json()) : null,
+        index ? api("v1/search", { method: "POST", body: form({ index: index, k: k }) }).then((r) => r.json()) : null]);
+    } else {
+      const json = (body) => ({ method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      [predict, search] = await Promise.all([
+        model ? api("v1/predict", json({ model: model, store: query.store, rows: [query.row] })).then((r) => r.json()).catch(() => null) : null,
+        index ? api("v1/search", json({ index: index, rows: [query.row], k: Number(k) })).then((r) => r.json()) : null]);
+    }
+    if (seq !== state.seq) return;  // a newer query replaced this one
+    if (predict) renderPrediction(predict.results[0], predict.score_kind); else $("prediction").hidden = true;
+    if (search) await renderNeighbours(search, seq); else setStatus("done", "done");
+  } catch (e) { if (seq === state.seq) showError(e.message); }
+}
+
+function queryFile(file) {
+  if (!file) return;
+  const image = $("query-image");
+  if (image.src) URL.revokeObjectURL(image.src);
+  image.src = URL.createObjectURL(file);
+  image.hidden = false;
+  $("query-label").textContent = file.name || "pasted image";
+  run({ file: file });
+}
+
+async function queryRow(row, store) {
+  $("query-label").textContent = "store row " + row;
+  try { $("query-image").src = await thumbnailURL("v1/thumbnails/" + store + "/" + row); $("query-image").hidden = false; } catch (e) { /* no preview */ }
+  run({ row: row, store: store });
+}
+
+$("file-input").addEventListener("change", (e) => queryFile(e.target.files[0]));
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); queryFile(e.dataTransfer.files[0]); });
+document.addEventListener("paste", (e) => {
+  const item = [...(e.clipboardData || {}).items || []].find((i) => i.type.startsWith("image/"));
+  if (item) queryFile(item.getAsFile());
+});
+$("k").addEventListener("input", () => { $("k-value").textContent = $("k").value; });
+$("k").addEventListener("change", () => { if (state.lastQuery) run(state.lastQuery); });
+$("token").addEventListener("change", loadInfo);
+loadInfo();

@@ -1,0 +1,234 @@
+"""The artifacts a server has loaded: models, indexes, stores, and the networks they share.
+
+A `Registry` is built whole (every checksum verified) and then only read; a reload builds a new
+one and swaps the reference, so a request that started on the old registry finishes on it. Each
+network (`Engine`) is loaded once per extractor config and shared by every artifact made with it;
+a reload keeps the engines whose config did not change."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from featx.errors import FeatxError, StoreError
+from featx.options import ServeOptions
+
+log = logging.getLogger(__name__)
+
+# what makes two artifacts' features come from the same network and preprocessing (not the layer)
+_ENGINE_KEYS = ("backbone", "weights_id", "weights_sha256", "pool", "preprocess", "tta", "dtype")
+
+
+class UnknownArtifact(FeatxError, KeyError):
+    def __str__(self) -> str:
+        return self.args[0] if self.args else ""
+
+
+def engine_key(config: dict) -> str:
+    identity = {k: config.get(k) for k in _ENGINE_KEYS}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Engine:
+    """One network with every layer its artifacts need, and the batcher feeding it."""
+
+    key: str
+    extractor: object  # featx.extract.Extractor
+    layers: tuple[str, ...]
+    batcher: object = None  # featx.serve.batching.MicroBatcher, attached by the app
+
+    @property
+    def preprocess(self):
+        return self.extractor.backbone.preprocess
+
+    def forward(self, views):
+        """Runs in the batcher's thread: {layer: (n, D) float32 numpy}."""
+        pooled = self.extractor._forward(views)
+        return {layer: tensor.cpu().numpy().astype(np.float32, copy=False) for layer, tensor in pooled.items()}
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    folder: Path
+    model: object  # featx.classify.ShallowModel
+    engine: str
+
+
+@dataclass
+class LoadedIndex:
+    name: str
+    folder: Path
+    index: object  # featx.index.Index
+    engine: str
+    store: str  # name of the store holding its rows (thumbnails, labels)
+
+
+@dataclass
+class Registry:
+    models: dict[str, LoadedModel]
+    indexes: dict[str, LoadedIndex]
+    stores: dict[str, object]  # name -> featx.store.FeatureStore
+    engines: dict[str, Engine]
+    generation: int = 1
+    loaded_at: float = field(default_factory=time.time)
+    _inflight: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def use(self):
+        """Counts the requests running on this registry, so a swap can wait for them."""
+        with self._lock:
+            self._inflight += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._inflight -= 1
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    # --- look-ups (a missing name says which exist) ---
+    def model(self, name: str | None) -> LoadedModel:
+        return _pick(self.models, name, "model", "--model NAME=MODEL_DIR")
+
+    def index(self, name: str | None) -> LoadedIndex:
+        return _pick(self.indexes, name, "index", "--index NAME=INDEX_DIR")
+
+    def store(self, name: str | None):
+        return _pick(self.stores, name, "store", "--store NAME=STORE_DIR")
+
+    def engine_of(self, name: str | None) -> tuple[Engine, str]:
+        """The engine and layer of a model or index (`None`: the only one loaded)."""
+        if name is None:  # fine when every loaded artifact uses the same network and layer
+            pairs = {(m.engine, m.model.layer) for m in self.models.values()} | {
+                (i.engine, i.index.info["layer"]) for i in self.indexes.values()}
+            if len(pairs) != 1:
+                names = list(self.models) + list(self.indexes)
+                raise UnknownArtifact(f"name a model or index; loaded: {', '.join(names) or 'none'}")
+            key, layer = pairs.pop()
+            return self.engines[key], layer
+        if name in self.models:
+            loaded = self.models[name]
+            return self.engines[loaded.engine], loaded.model.layer
+        if name in self.indexes:
+            loaded = self.indexes[name]
+            return self.engines[loaded.engine], loaded.index.info["layer"]
+        raise UnknownArtifact(f"no model or index named '{name}'; loaded: "
+                              f"{', '.join(list(self.models) + list(self.indexes)) or 'none'}")
+
+    def describe(self) -> dict:
+        return {
+            "generation": self.generation,
+            "loaded_at": self.loaded_at,
+            "models": {n: {"folder": str(m.folder), "classes": list(m.model.classes), "layer": m.model.layer,
+                           "options": {k: v for k, v in m.model.options.items() if k != "store"},
+                           "extractor": m.model.extractor_config, "engine": m.engine} for n, m in self.models.items()},
+            "indexes": {n: {"folder": str(i.folder), "store": i.store, "kind": i.index.info["kind"],
+                            "metric": i.index.info["metric"], "layer": i.index.info["layer"],
+                            "ntotal": i.index.info["ntotal"], "extractor": i.index.info["extractor"],
+                            "store_config_hash": i.index.info["store_config_hash"], "engine": i.engine}
+                        for n, i in self.indexes.items()},
+            "stores": {n: store_fingerprint(s) for n, s in self.stores.items()},
+            "engines": {k: {"backbone": e.extractor.backbone.name, "layers": list(e.layers),
+                            "device": str(e.extractor.device)} for k, e in self.engines.items()},
+        }
+
+
+def _pick(table: dict, name: str | None, what: str, option: str):
+    if name is None:
+        if len(table) == 1:
+            return next(iter(table.values()))
+        raise UnknownArtifact(f"name the {what} to use; loaded: {', '.join(table) or 'none'} "
+                              f"(start the server with {option})")
+    try:
+        return table[name]
+    except KeyError:
+        raise UnknownArtifact(f"no {what} named '{name}'; loaded: {', '.join(table) or 'none'}") from None
+
+
+def store_fingerprint(store) -> dict:
+    meta = store.manifest.get("meta") or {}
+    return {"path": str(store.path), "rows": len(store), "complete": store.complete,
+            "config_hash": store.config_hash, "meta_sha256": meta.get("sha256"),
+            "layers": {k: v["shape"] for k, v in store.manifest["layers"].items()},
+            "backbone": store.config.get("backbone")}
+
+
+def load_registry(options: ServeOptions, previous: Registry | None = None) -> Registry:
+    """Load and verify every artifact named in `options`; any failure raises and loads nothing.
+    Engines of `previous` with the same config and layers are reused, not rebuilt."""
+    from featx.classify import ShallowModel
+    from featx.extract import extractor_from_config
+    from featx.index import Index
+    from featx.store import FeatureStore, require_same_config
+
+    stores = {name: FeatureStore.open(folder) for name, folder in options.stores.items()}
+    for name, store in stores.items():
+        store.meta  # read now (and fail now), not in the first request
+        if not store.complete:
+            raise StoreError(f"store '{name}' ({store.path}) is not complete; finish it with `featx extract`")
+    models = {name: (Path(folder), ShallowModel.load(folder)) for name, folder in options.models.items()}
+    indexes = {}
+    for name, folder in options.indexes.items():
+        index = Index.load(folder)
+        indexes[name] = (Path(folder), index)
+
+    # every artifact's extractor config, grouped by engine
+    wanted: dict[str, dict] = {}
+    for _, (_, model) in models.items():
+        config = dict(model.extractor_config)
+        entry = wanted.setdefault(engine_key(config), {"config": config, "layers": set()})
+        entry["layers"].add(model.layer)
+    for _, (_, index) in indexes.items():
+        config = dict(index.info["extractor"])
+        entry = wanted.setdefault(engine_key(config), {"config": config, "layers": set()})
+        entry["layers"].add(index.info["layer"])
+
+    engines: dict[str, Engine] = {}
+    for key, entry in wanted.items():
+        layers = tuple(sorted(entry["layers"]))
+        old = previous.engines.get(key) if previous is not None else None
+        if old is not None and old.layers == layers:
+            engines[key] = old
+            continue
+        log.info("loading network %s (layers %s)", entry["config"].get("backbone"), ", ".join(layers))
+        extractor = extractor_from_config(dict(entry["config"], layers=list(layers)), device=options.device,
+                                          workers=0, batch_size=options.max_batch)
+        engines[key] = Engine(key, extractor, layers)
+
+    loaded_models = {}
+    for name, (folder, model) in models.items():
+        key = engine_key(model.extractor_config)
+        model.check_features(engines[key].extractor.config | {"weights_source": model.extractor_config.get("weights_source")},
+                             model.layer)
+        loaded_models[name] = LoadedModel(name, folder, model, key)
+
+    loaded_indexes = {}
+    by_path = {Path(s.path).resolve(): n for n, s in stores.items()}
+    for name, (folder, index) in indexes.items():
+        key = engine_key(index.info["extractor"])
+        require_same_config(index.info["extractor"], engines[key].extractor.config, f"index '{name}'")
+        store = index.store  # raises when the store it was built from is gone
+        store_name = by_path.get(Path(store.path).resolve())
+        if store_name is None:
+            store_name = name if name not in stores else f"index-{name}"
+            stores[store_name] = store
+            by_path[Path(store.path).resolve()] = store_name
+        else:
+            index._store = stores[store_name]
+        loaded_indexes[name] = LoadedIndex(name, folder, index, key, store_name)
+
+    generation = previous.generation + 1 if previous is not None else 1
+    return Registry(loaded_models, loaded_indexes, stores, engines, generation)

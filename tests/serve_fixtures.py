@@ -1,0 +1,71 @@
+"""Artifacts for the service tests: a TINY random-weight store, model and index over seeded images."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from conftest import TINY, make_class_folder
+
+
+@dataclass
+class Artifacts:
+    images: Path
+    store: Path
+    model: Path
+    index: Path
+
+
+def build_artifacts(root: Path) -> Artifacts:
+    from featx.classify import train_shallow
+    from featx.extract import extract
+    from featx.index import build_index
+
+    images = make_class_folder(root / "images", classes=("cats", "dogs", "owls"), per_class=6, size=(56, 48))
+    store = extract(images, root / "store", **TINY)
+    train_shallow(store, classifier="logreg", cv=2, learning_curve=False, out=root / "model")
+    build_index(store, kind="flat").save(root / "index")
+    return Artifacts(images, root / "store", root / "model", root / "index")
+
+
+def png_bytes(seed: int, size=(60, 52)) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(app, port: int | None = None):
+    """A real uvicorn on 127.0.0.1 in a thread; yields its base URL."""
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
