@@ -18,6 +18,7 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 Amp = Literal["none", "bf16", "fp16"]
 Dtype = Literal["float32", "float16"]
 Decoder = Literal["auto", "pil", "torch"]
+Resize = Literal["crop", "full", "pad"]
 
 MAX_ROWS_PER_REQUEST = 256
 MAX_K = 1000
@@ -43,6 +44,8 @@ class ExtractOptions(_Strict):
     dtype: Dtype = "float32"
     shard_size: int = Field(4096, ge=1)
     decode: Decoder = "auto"
+    resize: Resize = Field("crop", description="crop (the weights' recipe), full (squash) or pad (letterbox)")
+    frozen: bool = Field(False, description="refuse any difference between the inputs and an existing store")
 
 
 class ExtractJobRequest(_Strict):

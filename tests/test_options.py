@@ -5,7 +5,7 @@ from typing import get_args
 import pytest
 from pydantic import ValidationError
 
-from featx.options import Amp, Decoder, Device, Dtype, ExtractOptions, Pool, ServeOptions
+from featx.options import Amp, Decoder, Device, Dtype, ExtractOptions, Pool, Resize, ServeOptions
 
 
 def test_choices_equal_the_library_checks():
@@ -15,6 +15,9 @@ def test_choices_equal_the_library_checks():
     assert set(get_args(Pool)) == set(POOLINGS)
     assert get_args(Device) == DEVICES and get_args(Amp) == AMP_MODES
     assert get_args(Dtype) == DTYPES and get_args(Decoder) == DECODERS
+    from featx.backbones.preprocess import RESIZE_MODES
+
+    assert get_args(Resize) == tuple(RESIZE_MODES)
 
 
 def test_extract_options_are_the_extract_keywords():

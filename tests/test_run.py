@@ -94,9 +94,9 @@ def test_recipe_values_are_checked_when_loading(tmp_path, body, match):
 
 
 @pytest.mark.parametrize("extract,match", [
-    ("  pool: mean\n", r"key 'extract.pool' is 'mean'; allowed: avg, max"),
+    ("  pool: mean\n", r"key 'extract.pool': Input should be 'avg', 'max', .* \(got 'mean'\)"),
     ("  pool: flatten\n  tta: 2\n", r"--pool flatten cannot be combined with --tta 2"),
-    ("  tta: 0\n", r"--tta 0 is out of range"),
+    ("  tta: 0\n", r"key 'extract.tta': Input should be greater than or equal to 1 \(got 0\)"),
     ("  model: resnet-18\n", r"unknown model 'resnet-18'"),
 ])
 def test_recipe_extract_values_fail_before_extraction(tmp_path, extract, match, monkeypatch):
