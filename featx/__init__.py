@@ -3,6 +3,8 @@
 __version__ = "0.1.0"
 
 import importlib
+import sys
+import types
 
 # names are imported on first use, so `featx extract` does not pay for scikit-learn, FAISS and
 # UMAP/numba at start-up (seconds of CPU on a small machine)
@@ -30,3 +32,15 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name, value):
+        # importing the submodule featx.extract (or .predict, .project) must not hide the function of
+        # the same name: `featx.extract(...)` stays the function, as when everything was imported eagerly
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
+            value = getattr(value, name, value)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
