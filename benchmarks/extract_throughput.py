@@ -89,7 +89,7 @@ def forward_rates(extractor, native: torch.nn.Module, rounds: int, seconds: floa
     size = extractor.backbone.preprocess.crop_size
     device, batch = extractor.device, extractor.batch_size
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if extractor.amp == "bf16" else torch.float16)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if extractor.amp == "bf16" else torch.float16)
                 if extractor.amp != "none" else torch.autocast("cpu", enabled=False))
 
     def rate(network) -> float:

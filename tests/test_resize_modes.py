@@ -74,7 +74,9 @@ def test_decode_plan_shares_the_cores():
 
 
 def test_bf16_on_a_cpu_gives_nearly_the_float32_features(tmp_path, monkeypatch):
-    import featx.extract as fx
+    import importlib
+
+    fx = importlib.import_module("featx.extract")  # the module (featx.extract is the function)
 
     images = make_class_folder(tmp_path / "images", per_class=3)
     options = {k: v for k, v in TINY.items() if k != "progress"}
