@@ -171,24 +171,33 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/featx-audit-bench"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--parts", default="noise,planted,clean", help="which parts to run (comma-separated)")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     stores = {"hymenoptera": cached_store(HYMENOPTERA, args.cache / "hymenoptera"),
               "fashion-mnist-demo": cached_store(DEMO, args.cache / "fashion-mnist-demo")}
-    results = {"label_noise": [label_noise(name, store, rate, seed) for name, store in stores.items()
-                               for rate in (0.05, 0.10) for seed in range(args.seeds)]}
-    noise = pd.DataFrame(results["label_noise"])
-    print("## Label noise (mean over seeds)\n")
-    print(markdown(noise.drop(columns="seed").groupby(["data", "noise"]).mean().reset_index()))
-    planted, info = planted_store(args.cache)
-    results["planted"] = planted_results(planted, info)
-    print("\n## Planted copies and junk (hymenoptera)\n")
-    print(json.dumps(results["planted"], indent=1))
-    results["clean"] = [clean_results(name, store) for name, store in stores.items()]
-    print("\n## Clean data\n")
-    print(markdown(pd.DataFrame(results["clean"]).drop(columns="enough data")))
-    for row in results["clean"]:
-        print(f"- {row['data']}: {row['enough data']}")
+    parts = args.parts.split(",")
+    results = {"label_noise": []}
+    for name, store in stores.items() if "noise" in parts else ():
+        for rate in (0.05, 0.10):
+            for seed in range(args.seeds):
+                results["label_noise"].append(label_noise(name, store, rate, seed))
+                print(json.dumps(results["label_noise"][-1]), flush=True)
+    if results["label_noise"]:
+        noise = pd.DataFrame(results["label_noise"])
+        print("## Label noise (mean over seeds)\n")
+        print(markdown(noise.drop(columns="seed").groupby(["data", "noise"]).mean().reset_index()))
+    if "planted" in parts:
+        planted, info = planted_store(args.cache)
+        results["planted"] = planted_results(planted, info)
+        print("\n## Planted copies and junk (hymenoptera)\n")
+        print(json.dumps(results["planted"], indent=1), flush=True)
+    if "clean" in parts:
+        results["clean"] = [clean_results(name, store) for name, store in stores.items()]
+        print("\n## Clean data\n")
+        print(markdown(pd.DataFrame(results["clean"]).drop(columns="enough data")))
+        for row in results["clean"]:
+            print(f"- {row['data']}: {row['enough data']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
 

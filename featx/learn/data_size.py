@@ -94,7 +94,7 @@ def doubling_estimate(points: list[dict], *, seed: int = 0, source: str = "") ->
                     f"learning curve is flat (accuracy change {point_gain:+.3f}, 90% interval {low:+.3f} to {high:+.3f}); "
                     "better labels or features matter more than more images of the same kind.")
     else:
-        sentence = (f"Doubling the training images ({int(n_now)} → {int(2 * n_now)}) would raise accuracy by about "
+        sentence = (f"Doubling the training images ({int(n_now)} → {int(2 * n_now)}) would change accuracy by about "
                     f"{point_gain:+.3f} (90% interval {low:+.3f} to {high:+.3f}), from {now:.3f} to about {predicted:.3f}, "
                     f"by a power law fitted to the learning curve (error ∝ n^-{exponent:.2f}); a power law has no "
                     "floor, so read it as an upper estimate.")

@@ -38,7 +38,7 @@ def make_probabilistic(classifier: str, C: float, seed: int):
     from sklearn.svm import LinearSVC
 
     if classifier == "logreg":
-        model = LogisticRegression(C=C, max_iter=2000)
+        model = LogisticRegression(C=C, max_iter=1000)
     elif classifier == "linear-svm":
         model = CalibratedClassifierCV(LinearSVC(C=C, max_iter=5000, random_state=seed), cv=3, method="sigmoid")
     else:

@@ -44,6 +44,9 @@ def _curve_png(data: dict) -> str | None:
     ax.errorbar([2 * n_now], [data["predicted_accuracy"]], marker="s", color="C3", capsize=4, label="doubled (90%)",
                 yerr=[[data["gain"] - low], [high - data["gain"]]])
     ax.set_xscale("log")
+    ax.minorticks_off()
+    ticks = sorted({p["n"] for p in points} | {2 * n_now})
+    ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=8)
     ax.set_xlabel("training images")
     ax.set_ylabel("held-out accuracy")
     ax.legend(fontsize=8)
