@@ -110,7 +110,8 @@ def run_audit(store: FeatureStore | str | Path, *, layer: str | None = None, cla
         train_mask = row_splits == "train" if has_split else np.ones(len(rows), bool)
         position = {int(r): i for i, r in enumerate(ok_rows)}
         X_labelled = X[[position[int(r)] for r in rows]]
-        oos = out_of_sample_probabilities(X_labelled, y, train_mask, classifier=classifier, cv=cv, seed=seed)
+        oos = out_of_sample_probabilities(X_labelled, y, train_mask, classifier=classifier, cv=cv, seed=seed,
+                                          progress=progress)
         ranked = rank_label_issues(y, oos)
         target = rows[ranked["position"].to_numpy()]
         scores.loc[target, "label_quality"] = ranked["label_quality"].to_numpy()
@@ -122,7 +123,8 @@ def run_audit(store: FeatureStore | str | Path, *, layer: str | None = None, cla
                       "ranking": "cleanlab self-confidence (probability of the given label); flagged by cleanlab "
                                  "find_label_issues (confident learning, prune_by_noise_rate)"}
         if learning_curve:
-            label_info["data"] = _enough_data(store, model, X_labelled, y, train_mask, classifier, oos.C, seed)
+            label_info["data"] = _enough_data(store, model, X_labelled, y, train_mask, classifier, oos.C, seed,
+                                              progress)
     else:
         label_info["reason"] = "fewer than two labelled classes: label issues and the learning curve need labels"
 
@@ -152,7 +154,7 @@ def run_audit(store: FeatureStore | str | Path, *, layer: str | None = None, cla
     return AuditResult(suspects, scores, pairs, neighbours, summary)
 
 
-def _enough_data(store, model, X, y, train_mask, classifier: str, C: float, seed: int) -> dict:
+def _enough_data(store, model, X, y, train_mask, classifier: str, C: float, seed: int, progress: bool) -> dict:
     """train-shallow's own learning curve when a model is given; else one computed here with the
     audit's classifier (its C fixed to the one the label check chose)."""
     if model is not None:
@@ -165,7 +167,8 @@ def _enough_data(store, model, X, y, train_mask, classifier: str, C: float, seed
         require_same_config(report["config"]["extractor"], store.config, f"model '{folder}'")
         points = points_from_model_report(report)
         return doubling_estimate(points, seed=seed, source=f"train-shallow's learning curve in {folder}")
-    points = subsampled_curve(lambda: make_probabilistic(classifier, C, seed), X, y, train_mask, seed=seed)
+    points = subsampled_curve(lambda: make_probabilistic(classifier, C, seed), X, y, train_mask, seed=seed,
+                              progress=progress)
     return doubling_estimate(points, seed=seed, source=f"learning curve computed by the audit ({classifier}, C={C:g}, "
                                                        "stratified subsamples of 1/8 to all training images)")
 

@@ -18,7 +18,7 @@ BOOTSTRAP = 2000
 
 
 def subsampled_curve(make_estimator, X: np.ndarray, y: np.ndarray, train: np.ndarray, *, seed: int = 0,
-                     repeats: int = 3, folds: int = 5) -> list[dict]:
+                     repeats: int = 3, folds: int = 5, progress: bool = False) -> list[dict]:
     """Accuracy against the number of training images (stratified subsamples of 1/8 … all of
     them), scored on the held-out rows, or on cross-validation folds when there are none."""
     rng = np.random.default_rng(seed)
@@ -30,10 +30,12 @@ def subsampled_curve(make_estimator, X: np.ndarray, y: np.ndarray, train: np.nda
         smallest = int(pd.Series(y[labelled_train]).value_counts().min())
         splitter = StratifiedKFold(n_splits=max(2, min(folds, smallest)), shuffle=True, random_state=seed)
         evaluations = [(labelled_train[a], labelled_train[b]) for a, b in splitter.split(X[labelled_train], y[labelled_train])]
+    from tqdm.auto import tqdm
+
     points = []
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*did not converge.*")
-        for fraction in FRACTIONS:
+        for fraction in tqdm(FRACTIONS, desc="audit: learning curve", unit="size", disable=not progress):
             scores, sizes = [], []
             runs = evaluations[:1] if fraction == 1.0 and len(held) else evaluations  # all rows: one fit is enough
             for fit_rows, eval_rows in runs:

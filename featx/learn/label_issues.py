@@ -47,7 +47,7 @@ def make_probabilistic(classifier: str, C: float, seed: int):
 
 
 def out_of_sample_probabilities(X: np.ndarray, y: np.ndarray, train: np.ndarray, *, classifier: str = "logreg",
-                                cv: int = 5, seed: int = 0) -> OutOfSample:
+                                cv: int = 5, seed: int = 0, progress: bool = False) -> OutOfSample:
     """Training rows get out-of-fold probabilities (stratified K-fold); held-out rows get the
     probabilities of the model fitted on all training rows. C is chosen by out-of-fold log loss."""
     from sklearn.metrics import log_loss
@@ -70,7 +70,9 @@ def out_of_sample_probabilities(X: np.ndarray, y: np.ndarray, train: np.ndarray,
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*did not converge.*")
         warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
-        for C in C_GRID:
+        from tqdm.auto import tqdm
+
+        for C in tqdm(C_GRID, desc="audit: out-of-fold probabilities", unit="C", disable=not progress):
             probs = cross_val_predict(make_probabilistic(classifier, C, seed), X[train], y_train, cv=splitter,
                                       method="predict_proba")
             loss = log_loss(y_train, probs, labels=classes)
