@@ -254,6 +254,7 @@ def audit_cmd(
     threshold: Optional[float] = typer.Option(None, help="Near-duplicate cosine similarity; default: calibrated."),
     calibrate: str = typer.Option("auto", help="auto|copies|distribution: how the threshold is calibrated."),
     outlier_z: float = typer.Option(3.5, help="Robust z-score of the kNN distance above which an image is an outlier."),
+    outlier_k: Optional[int] = typer.Option(None, help="Outlier score: distance to the K-th nearest image; default 5% of the images (10..50)."),
     model: Optional[Path] = typer.Option(None, help="A train-shallow model whose learning curve to use."),
     seed: int = typer.Option(0),
 ):
@@ -261,7 +262,7 @@ def audit_cmd(
     from featx.learn.audit import audit
 
     suspects = audit(store, out=out, write_manifest=write_manifest, layer=layer, classifier=classifier, cv=cv, k=k,
-                     threshold=threshold, calibrate=calibrate, outlier_z=outlier_z, model=model, seed=seed,
+                     threshold=threshold, calibrate=calibrate, outlier_z=outlier_z, outlier_k=outlier_k, model=model, seed=seed,
                      progress=True)
     print_audit_summary(suspects)
 

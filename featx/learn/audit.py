@@ -30,6 +30,7 @@ SUSPECT_COLUMNS = ["path", "kind", "score", "given_label", "suggested_label", "s
                    "neighbour_label", "similarity", "detail"]
 NEIGHBOURS_SHOWN = 4
 HELD_OUT = ("val", "test")
+OUTLIER_K_FRACTION = 0.05  # the outlier score looks past clusters of junk up to ~5% of the rows (10…50)
 
 
 @dataclass
@@ -50,7 +51,7 @@ def _modified_z(values: np.ndarray) -> np.ndarray:
 
 def run_audit(store: FeatureStore | str | Path, *, layer: str | None = None, classifier: str = "logreg", cv: int = 5,
               k: int = 10, threshold: float | None = None, calibrate: str = "auto", outlier_z: float = 3.5,
-              model: str | Path | None = None, learning_curve: bool = True, seed: int = 0,
+              outlier_k: int | None = None, model: str | Path | None = None, learning_curve: bool = True, seed: int = 0,
               progress: bool = False) -> AuditResult:
     """Every check on one store; see `audit` for the options."""
     store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
@@ -72,7 +73,12 @@ def run_audit(store: FeatureStore | str | Path, *, layer: str | None = None, cla
 
     # neighbours: one exact search serves near-duplicates, outliers and the page
     U = unit_rows(X)
-    nn_sims, nn_idx = self_knn(U, k)
+    if outlier_k is None:
+        outlier_k = int(np.clip(round(OUTLIER_K_FRACTION * len(ok_rows)), 10, 50))
+    elif outlier_k < 1:
+        raise InputError(f"--outlier-k {outlier_k} must be at least 1")
+    searched_sims, searched_idx = self_knn(U, max(k, outlier_k))
+    nn_sims, nn_idx = searched_sims[:, :k], searched_idx[:, :k]
     scores = meta[["row_id", "path", "label", "split", "status"]].copy()
     scores["nn_row"] = pd.array([pd.NA] * len(meta), dtype="Int64")
     scores["nn_similarity"] = np.nan
@@ -81,8 +87,10 @@ def run_audit(store: FeatureStore | str | Path, *, layer: str | None = None, cla
     neighbours = {int(r): [(int(ok_rows[j]), float(s)) for s, j in zip(nn_sims[p], nn_idx[p])]
                   for p, r in enumerate(ok_rows)}
 
-    # outliers: mean cosine distance to the k nearest rows, flagged by a robust z-score
-    outlier_score = np.mean(1.0 - nn_sims, axis=1)
+    # outliers: cosine distance to the outlier_k-th nearest row (not the mean over the nearest:
+    # junk comes in small clusters, e.g. blank frames that are each other's nearest neighbours)
+    outlier_k = min(outlier_k, searched_sims.shape[1])
+    outlier_score = 1.0 - searched_sims[:, outlier_k - 1]
     z = _modified_z(outlier_score)
     scores["outlier_score"] = np.nan
     scores.loc[ok_rows, "outlier_score"] = outlier_score
@@ -95,7 +103,7 @@ def run_audit(store: FeatureStore | str | Path, *, layer: str | None = None, cla
                                 progress=progress)
     else:
         calibration = {"method": "given", "threshold": float(threshold), "rule": "--threshold"}
-    pairs = duplicate_pairs(meta, ok_rows, nn_sims, nn_idx, calibration["threshold"])
+    pairs = duplicate_pairs(meta, ok_rows, searched_sims, searched_idx, calibration["threshold"])
 
     # label issues
     labelled = store.ok & np.array([v is not None for v in labels])
@@ -128,7 +136,7 @@ def run_audit(store: FeatureStore | str | Path, *, layer: str | None = None, cla
     else:
         label_info["reason"] = "fewer than two labelled classes: label issues and the learning curve need labels"
 
-    suspects = _suspects(scores, pairs, neighbours, labels, splits)
+    suspects = _suspects(scores, pairs, neighbours, labels, splits, outlier_k)
     counts = {kind: int((suspects["kind"] == kind).sum()) for kind in KINDS}
     flagged_rows = int(suspects["row_id"].nunique())
     summary = {
@@ -136,20 +144,20 @@ def run_audit(store: FeatureStore | str | Path, *, layer: str | None = None, cla
         "labelled_rows": int(labelled.sum()), "counts": counts, "flagged_rows": flagged_rows,
         "flagged_fraction": flagged_rows / max(1, len(ok_rows)),
         "label_issues": {k: v for k, v in label_info.items() if k != "data"},
-        "near_duplicates": {**calibration, "k": int(nn_idx.shape[1]),
+        "near_duplicates": {**calibration, "k": int(searched_idx.shape[1]),
                             "pairs": {scope: int((pairs["scope"] == scope).sum())
                                       for scope in ("within_class", "across_classes", "across_splits")},
                             "exact_pairs": int((pairs["match"] == "exact").sum()),
                             "rows_with_nn_above_threshold": int(np.sum(nn_sims[:, 0] >= calibration["threshold"]))
                             if nn_sims.shape[1] else 0},
-        "outliers": {"score": f"mean cosine distance to the {nn_idx.shape[1]} nearest images",
+        "outliers": {"score": f"cosine distance to the {outlier_k}-th nearest image", "k": int(outlier_k),
                      "rule": f"robust z-score (median, MAD) above {outlier_z}",
                      "median_score": float(np.median(outlier_score))},
         "enough_data": label_info.get("data", {"available": False,
                                                "sentence": "No learning curve: "
                                                + label_info.get("reason", "disabled (learning_curve=False).")}),
         "options": {"classifier": classifier, "cv": cv, "k": k, "threshold": threshold, "calibrate": calibrate,
-                    "outlier_z": outlier_z, "model": str(model) if model else None, "seed": seed},
+                    "outlier_z": outlier_z, "outlier_k": outlier_k, "model": str(model) if model else None, "seed": seed},
     }
     return AuditResult(suspects, scores, pairs, neighbours, summary)
 
@@ -173,7 +181,8 @@ def _enough_data(store, model, X, y, train_mask, classifier: str, C: float, seed
                                                        "stratified subsamples of 1/8 to all training images)")
 
 
-def _suspects(scores: pd.DataFrame, pairs: pd.DataFrame, neighbours: dict, labels, splits) -> pd.DataFrame:
+def _suspects(scores: pd.DataFrame, pairs: pd.DataFrame, neighbours: dict, labels, splits,
+              outlier_k: int) -> pd.DataFrame:
     paths = scores["path"].to_numpy(dtype=object)
     row_ids = scores["row_id"].to_numpy()
     records = []
@@ -210,7 +219,7 @@ def _suspects(scores: pd.DataFrame, pairs: pd.DataFrame, neighbours: dict, label
     outliers = scores[scores["outlier"].astype(bool)]
     for row in outliers.itertuples():
         add(row.Index, "outlier", row.outlier_score, None, None,
-            f"mean cosine distance {row.outlier_score:.4f} to its nearest images")
+            f"cosine distance {row.outlier_score:.4f} to its {outlier_k}-th nearest image")
     frame = pd.DataFrame(records, columns=SUSPECT_COLUMNS)
     if frame.empty:
         return frame
@@ -260,7 +269,7 @@ def cleaned_manifest(result: AuditResult) -> pd.DataFrame:
 def audit(store: FeatureStore | str | Path, *, out: str | Path | None = None, write_manifest: bool = False,
           layer: str | None = None, classifier: str = "logreg", cv: int = 5, k: int = 10,
           threshold: float | None = None, calibrate: str = "auto", outlier_z: float = 3.5,
-          model: str | Path | None = None, learning_curve: bool = True, seed: int = 0,
+          outlier_k: int | None = None, model: str | Path | None = None, learning_curve: bool = True, seed: int = 0,
           progress: bool = False) -> pd.DataFrame:
     """Audit a store; returns the suspects (path, kind, score, given_label, suggested_label, …),
     with the summary in `.attrs['summary']` and, when `out` is given, the files in `.attrs['files']`.
@@ -271,12 +280,13 @@ def audit(store: FeatureStore | str | Path, *, out: str | Path | None = None, wr
     - threshold: cosine similarity for near-duplicates; None: calibrated, `calibrate` = 'copies'
       (re-encoded copies of the store's own images), 'distribution' (nearest-neighbour
       similarities) or 'auto' (copies when the images and weights are at hand).
-    - outlier_z: robust z-score of the kNN distance above which an image is flagged an outlier.
+    - outlier_k, outlier_z: the outlier score is the cosine distance to the outlier_k-th nearest
+      image (default 5% of the images, 10…50); above a robust z-score of outlier_z it is flagged.
     - model: a train-shallow model folder whose learning curve answers "enough data?"."""
     if write_manifest and out is None:
         raise InputError("--write-manifest needs an output folder (-o AUDIT_DIR) to write manifest.csv into")
     result = run_audit(store, layer=layer, classifier=classifier, cv=cv, k=k, threshold=threshold,
-                       calibrate=calibrate, outlier_z=outlier_z, model=model,
+                       calibrate=calibrate, outlier_z=outlier_z, outlier_k=outlier_k, model=model,
                        learning_curve=learning_curve, seed=seed, progress=progress)
     frame = result.suspects.copy()
     frame.attrs["summary"] = result.summary

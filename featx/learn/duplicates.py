@@ -18,7 +18,6 @@ log = logging.getLogger(__name__)
 
 CALIBRATIONS = ("auto", "copies", "distribution")
 N_COPIES = 24
-COPY_QUANTILE = 0.05  # the threshold keeps 95% of the calibration copies
 # robust z-score of log(1 - cosine) below which a nearest neighbour is a near-duplicate: 3.5, the
 # usual outlier cut, flagged natural pairs in 1 of 10 clean synthetic sets; 5 flagged none
 DUPLICATE_Z = 5.0
@@ -72,15 +71,14 @@ def distribution_threshold(nn_sims: np.ndarray) -> dict:
             "nn_similarity_median": float(np.median(nn_sims)) if len(nn_sims) else None}
 
 
-def copies_threshold(store, layer: str, rows: np.ndarray, U_rows: np.ndarray, *, seed: int = 0,
+def copies_threshold(store, layer: str, rows: np.ndarray, U_rows: np.ndarray, nn_sims: np.ndarray, *, seed: int = 0,
                      n_copies: int = N_COPIES, progress: bool = False) -> dict:
     """Re-encode a seeded sample of the store's own images (downscaled to 70–100%, JPEG quality
-    70–95: what re-saving, re-uploading or a light resize does), extract them with the store's
-    extractor, and set the threshold to the 5th percentile of their similarity to their
-    originals: such a copy is then found about 95% of the time. Harsher copies (half size and
-    below) move features as far as a different photo of the same scene; they are not the target."""
-    from PIL import Image
-
+    70–95: what re-saving, re-uploading or a light resize does) and extract them with the store's
+    extractor. The threshold is as low as the least similar copy needs, but never below the
+    distribution rule (where distinct images of this store start to look like duplicates).
+    Harsher copies (half size and below) move the features as far as a different photo does;
+    they are not the target."""
     from featx.extract import extractor_from_config
     from featx.images import decode_image, read_bytes
 
@@ -98,14 +96,19 @@ def copies_threshold(store, layer: str, rows: np.ndarray, U_rows: np.ndarray, *,
             originals.append(position)
         features, meta = extractor.features_of(copies, progress=progress)
     ok = (meta["status"] == "ok").to_numpy()
+    if not ok.any():
+        raise ValueError("no calibration copy could be extracted")
     sims = np.sum(unit_rows(features[layer][ok]) * U_rows[np.asarray(originals)[ok]], axis=1)
-    threshold = float(np.clip(np.quantile(sims, COPY_QUANTILE), 0.5, THRESHOLD_RANGE[1]))
+    floor = distribution_threshold(nn_sims)["threshold"]
+    threshold = float(min(max(float(sims.min()), floor), THRESHOLD_RANGE[1]))
     return {"method": "copies", "threshold": threshold, "copies": int(ok.sum()),
             "copy_similarity": {"min": float(sims.min()), "p05": float(np.quantile(sims, 0.05)),
                                 "median": float(np.median(sims)), "max": float(sims.max())},
-            "rule": f"5th percentile of the cosine similarity between {int(ok.sum())} of the store's images and "
-                    "re-encoded copies of them (downscaled to 70-100%, JPEG quality 70-95), extracted with the "
-                    "store's own extractor"}
+            "distribution_rule": floor,
+            "rule": f"the lowest cosine similarity between {int(ok.sum())} of the store's images and re-encoded "
+                    "copies of them (downscaled to 70-100%, JPEG quality 70-95, extracted with the store's own "
+                    f"extractor), but not below the distribution rule's {floor:.4f} (robust z-score -{DUPLICATE_Z} "
+                    "of the nearest-neighbour log distance)"}
 
 
 def re_encode(image, rng):
@@ -126,9 +129,7 @@ def calibrate(store, layer: str, rows: np.ndarray, U_rows: np.ndarray, nn_sims: 
         raise InputError(f"unknown --calibrate '{method}'; allowed: {', '.join(CALIBRATIONS)}")
     if method in ("auto", "copies"):
         try:
-            found = copies_threshold(store, layer, rows, U_rows, seed=seed, progress=progress)
-            found["distribution_rule_would_give"] = distribution_threshold(nn_sims)["threshold"]
-            return found
+            return copies_threshold(store, layer, rows, U_rows, nn_sims, seed=seed, progress=progress)
         except (FeatxError, OSError, ValueError, KeyError) as exc:
             if method == "copies":
                 raise InputError(f"--calibrate copies needs the store's image files and its extractor's weights: "

@@ -14,7 +14,7 @@ HOW = {
     "leakage": "a held-out image is a (near-)copy of an image in another split: its score is optimistic",
     "conflicting_duplicate": "(near-)copies of each other with different labels",
     "duplicate": "(near-)copies within one class: they count twice",
-    "outlier": "far from every other image (kNN distance): wrong kind of image, blank or broken frames",
+    "outlier": "far from the other images (distance to the k-th nearest): wrong kind of image, blank or broken frames",
 }
 
 
