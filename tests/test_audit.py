@@ -98,9 +98,12 @@ def test_clean_data_gives_few_suspects(tmp_path):
 
 
 def test_outputs_manifest_and_self_contained_page(planted, tmp_path):
+    import featx
+
     store, plants = planted
     out = tmp_path / "audit"
-    suspects = audit(store, out=out, write_manifest=True, calibrate="distribution")
+    suspects = featx.audit(store.path, out=out, write_manifest=True, calibrate="distribution")
+    assert isinstance(suspects, pd.DataFrame)
     assert set(suspects.attrs["files"]) == {"json", "csv", "scores", "html", "manifest"}
     table = pd.read_csv(out / "suspects.csv")
     assert list(table.columns[:5]) == ["path", "kind", "score", "given_label", "suggested_label"]

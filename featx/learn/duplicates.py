@@ -21,6 +21,9 @@ N_COPIES = 24
 # robust z-score of log(1 - cosine) below which a nearest neighbour is a near-duplicate: 3.5, the
 # usual outlier cut, flagged natural pairs in 1 of 10 clean synthetic sets; 5 flagged none
 DUPLICATE_Z = 5.0
+# with calibration copies as evidence, the distribution rule is only a floor against absurd
+# thresholds (tiny images whose copies change a lot): a looser cut
+FLOOR_Z = 3.0
 THRESHOLD_RANGE = (0.80, 0.9999)
 
 
@@ -56,18 +59,21 @@ def self_knn(U: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 # --- the threshold -------------------------------------------------------------------------------
 
-def distribution_threshold(nn_sims: np.ndarray) -> dict:
+def distribution_threshold(nn_sims: np.ndarray, z: float = DUPLICATE_Z) -> dict:
     """Near-duplicates are low outliers of the nearest-neighbour distance on a log scale: the
-    threshold is the similarity whose log distance has a robust z-score of -5."""
+    threshold is the similarity whose log distance lies `z` robust standard deviations below the
+    median. The spread is measured on the upper side only (duplicates sit in the lower tail, so
+    many of them would widen a two-sided MAD and hide themselves)."""
     distance = np.clip(1.0 - np.asarray(nn_sims, dtype=np.float64), 1e-6, None)
     logs = np.log(distance)
     median = float(np.median(logs))
-    mad = float(np.median(np.abs(logs - median))) * 1.4826
-    raw = 1.0 - float(np.exp(median - DUPLICATE_Z * mad)) if mad > 0 else 1.0 - float(np.exp(median)) / 2
+    upper = logs[logs > median]
+    spread = float(np.median(upper - median)) * 1.4826 if len(upper) else 0.0
+    raw = 1.0 - float(np.exp(median - z * spread)) if spread > 0 else 1.0 - float(np.exp(median)) / 2
     threshold = float(np.clip(raw, *THRESHOLD_RANGE))
     return {"method": "distribution", "threshold": threshold, "unclipped": raw,
-            "rule": f"similarity whose log(1 - cosine) to the nearest neighbour has a robust z-score of -{DUPLICATE_Z} "
-                    f"(median and MAD of all rows), kept within {THRESHOLD_RANGE}",
+            "rule": f"similarity whose log(1 - cosine) to the nearest neighbour is {z:g} robust standard deviations "
+                    f"below the median (spread from the upper half), kept within {THRESHOLD_RANGE}",
             "nn_similarity_median": float(np.median(nn_sims)) if len(nn_sims) else None}
 
 
@@ -99,7 +105,7 @@ def copies_threshold(store, layer: str, rows: np.ndarray, U_rows: np.ndarray, nn
     if not ok.any():
         raise ValueError("no calibration copy could be extracted")
     sims = np.sum(unit_rows(features[layer][ok]) * U_rows[np.asarray(originals)[ok]], axis=1)
-    floor = distribution_threshold(nn_sims)["threshold"]
+    floor = distribution_threshold(nn_sims, FLOOR_Z)["threshold"]
     threshold = float(min(max(float(sims.min()), floor), THRESHOLD_RANGE[1]))
     return {"method": "copies", "threshold": threshold, "copies": int(ok.sum()),
             "copy_similarity": {"min": float(sims.min()), "p05": float(np.quantile(sims, 0.05)),
@@ -107,7 +113,7 @@ def copies_threshold(store, layer: str, rows: np.ndarray, U_rows: np.ndarray, nn
             "distribution_rule": floor,
             "rule": f"the lowest cosine similarity between {int(ok.sum())} of the store's images and re-encoded "
                     "copies of them (downscaled to 70-100%, JPEG quality 70-95, extracted with the store's own "
-                    f"extractor), but not below the distribution rule's {floor:.4f} (robust z-score -{DUPLICATE_Z} "
+                    f"extractor), but not below the distribution rule's {floor:.4f} (robust z-score -{FLOOR_Z:g} "
                     "of the nearest-neighbour log distance)"}
 
 
