@@ -208,6 +208,6 @@ def warn_heldout_near_duplicates(X_train: np.ndarray, X_eval: np.ndarray, store_
         message = (f"{found['count']} of {found['n_eval']} held-out images have a near-duplicate in the training "
                    f"rows (cosine ≥ {found['threshold']:.3f}): the held-out accuracy is optimistic; "
                    f"run `featx audit {store_path} -o AUDIT_DIR` to see them")
-        log.warning(message)
+        log.info(message)  # the warning itself reaches the user (the CLI prints it); not twice
         warnings.warn(message, UserWarning)
     return found["count"]
