@@ -23,6 +23,7 @@ _EXPORTS = {
     "predict": "featx.predict",
     "Index": "featx.index", "build_index": "featx.index",
     "project": "featx.project", "plot_projection": "featx.project", "write_projection": "featx.project",
+    "audit": "featx.learn.audit",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -62,4 +63,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports, never run
     from featx.index import Index, build_index
     from featx.predict import predict
     from featx.project import plot_projection, project, write_projection
+    from featx.learn.audit import audit
     from featx.store import FeatureStore

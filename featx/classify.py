@@ -264,6 +264,10 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = None,
         X_train, y_train, X_eval, y_eval = data.X, data.y, None, None
         scheme = None
 
+    if X_eval is not None:  # held-out rows that copy training rows make the score optimistic
+        from featx.learn.duplicates import warn_heldout_near_duplicates
+
+        warn_heldout_near_duplicates(X_train, X_eval, store.path)
     counts = _check_classes(y_train, f"training data of '{store.path}'")
     smallest = min(counts.values())
 

@@ -191,7 +191,7 @@ def train_shallow_cmd(
         model = train_shallow(store, layer=layer, classifier=classifier, normalize=normalize, reduce=reduce, cv=cv,
                               val=val, search=search, balance=balance, seed=seed, report_dir=report, out=out)
     for warning in caught:
-        if "--cv" in str(warning.message):
+        if "--cv" in str(warning.message) or "near-duplicate" in str(warning.message):
             err_console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
     print_classification_report(model.report, out, report or out / "report")
 
@@ -249,6 +249,56 @@ def _cell(value) -> str:
     if isinstance(value, list):
         return ", ".join(f"{k} {v:.3f}" for k, v in value)
     return "" if value is None else str(value)
+
+
+# --- data audit --------------------------------------------------------------------------------
+
+@command("audit")
+def audit_cmd(
+    store: Path = typer.Argument(..., help="Feature store."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for audit.json, suspects.csv, audit.html."),
+    write_manifest: bool = typer.Option(False, "--write-manifest",
+                                        help="Also write manifest.csv: every row, suspects flagged (never removed)."),
+    layer: Optional[str] = typer.Option(None, help="Stored layer; default: the store's first."),
+    classifier: str = typer.Option("logreg", help="logreg|linear-svm (calibrated) for out-of-fold probabilities."),
+    cv: int = typer.Option(5, help="Folds of the out-of-fold probabilities."),
+    k: int = typer.Option(10, "-k", help="Neighbours for outlier scores and near-duplicates."),
+    threshold: Optional[float] = typer.Option(None, help="Near-duplicate cosine similarity; default: calibrated."),
+    calibrate: str = typer.Option("auto", help="auto|copies|distribution: how the threshold is calibrated."),
+    outlier_z: float = typer.Option(3.5, help="Robust z-score of the kNN distance above which an image is an outlier."),
+    outlier_k: Optional[int] = typer.Option(None, help="Outlier score: distance to the K-th nearest image; default 5% of the images (10..50)."),
+    model: Optional[Path] = typer.Option(None, help="A train-shallow model whose learning curve to use."),
+    seed: int = typer.Option(0),
+):
+    """Find label errors, duplicates and train/test leakage, outliers, and whether more data would help."""
+    from featx.learn.audit import audit
+
+    suspects = audit(store, out=out, write_manifest=write_manifest, layer=layer, classifier=classifier, cv=cv, k=k,
+                     threshold=threshold, calibrate=calibrate, outlier_z=outlier_z, outlier_k=outlier_k, model=model, seed=seed,
+                     progress=True)
+    print_audit_summary(suspects)
+
+
+def print_audit_summary(suspects) -> None:
+    from featx.learn.audit import KIND_TITLES, KINDS
+
+    summary = suspects.attrs["summary"]
+    console.print(f"[bold]audit of {summary['store']}[/]: {summary['ok_rows']} images, {summary['flagged_rows']} "
+                  f"flagged ({100 * summary['flagged_fraction']:.1f}%)", highlight=False)
+    table = Table("issue", "images", "most suspicious")
+    for kind in KINDS:
+        rows = suspects[suspects["kind"] == kind].head(3)
+        examples = [f"{Path(r.path).name} ({r.given_label or ''}"
+                    + (f" → {r.suggested_label}" if r.suggested_label and kind != "outlier" else "") + f", {r.score:.3f})"
+                    for r in rows.itertuples()]
+        table.add_row(KIND_TITLES[kind], str(summary["counts"][kind]), "; ".join(examples))
+    console.print(table)
+    near = summary["near_duplicates"]
+    console.print(f"near-duplicate threshold: cosine ≥ {near['threshold']:.4f} ({near['method']}: {near['rule']})",
+                  highlight=False)
+    console.print(f"enough data? {summary['enough_data']['sentence']}", highlight=False)
+    for name, path in suspects.attrs.get("files", {}).items():
+        console.print(f"  {name}: {path}", highlight=False)
 
 
 # --- retrieval ---------------------------------------------------------------------------------
@@ -385,7 +435,7 @@ def run_cmd(
                           say=lambda m: console.print(m, highlight=False, markup=False))
     _print_run_summary(produced)
     console.print("[bold]results[/]")
-    for name in ("report", "search", "projection", "model", "index", "store"):
+    for name in ("report", "audit", "search", "projection", "model", "index", "store"):
         if name in produced:
             console.print(f"  {name}: {produced[name]}", highlight=False)
 
@@ -433,6 +483,10 @@ def serve_cmd(
 
 
 def _print_run_summary(produced: dict) -> None:
+    if "audit" in produced and (produced["audit"].parent / "audit.json").is_file():
+        summary = json.loads((produced["audit"].parent / "audit.json").read_text())["summary"]
+        console.print("audit: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in summary["counts"].items())
+                      + f"; {summary['enough_data']['sentence']}", highlight=False)
     if "model" in produced and (produced["model"] / "report" / "report.json").is_file():
         report = json.loads((produced["model"] / "report" / "report.json").read_text())
         console.print(f"classifier: accuracy {report['accuracy']:.4f}, balanced accuracy "

@@ -1,4 +1,4 @@
-"""Recipes: YAML files that chain extract → train_shallow → index → project → report, validated
+"""Recipes: YAML files that chain extract → train_shallow → audit → index → project → report, validated
 completely before any work starts."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import yaml
 from featx.errors import FeatxError, InputError
 from featx.images import is_glob
 
-STEPS = ("extract", "train_shallow", "index", "project", "report")
+STEPS = ("extract", "train_shallow", "audit", "index", "project", "report")
 _PATH = "path"
 # each step's options: the keyword arguments of its API function, with their types
 SCHEMA: dict[str, dict[str, tuple]] = {
@@ -21,6 +21,9 @@ SCHEMA: dict[str, dict[str, tuple]] = {
                 "resize": (str,)},
     "train_shallow": {"layer": (str,), "classifier": (str,), "normalize": (str,), "reduce": (str,), "cv": (int,),
                       "val": (str,), "search": (bool,), "balance": (str,), "seed": (int,)},
+    "audit": {"layer": (str,), "classifier": (str,), "cv": (int,), "k": (int,), "threshold": (float, int),
+              "calibrate": (str,), "outlier_z": (float, int), "outlier_k": (int,), "seed": (int,),
+              "write_manifest": (bool,)},
     "index": {"layer": (str,), "kind": (str,), "metric": (str,), "reduce": (str,), "memory_budget": (str, int),
               "nlist": (int,), "pq_m": (int,), "nprobe": (int,), "rerank": (int,), "k": (int,), "sample_queries": (int,)},
     "project": {"layer": (str,), "method": (str,), "dims": (int,), "pre_pca": (int,), "color": (str,),

@@ -36,7 +36,8 @@ def _img(path: Path, css: str = "") -> str:
 
 
 def render_report(title: str, store: FeatureStore, model_dir: Path | None, index_dir: Path | None,
-                  search_results: pd.DataFrame | None, projection_dir: Path | None) -> str:
+                  search_results: pd.DataFrame | None, projection_dir: Path | None,
+                  audit_dir: Path | None = None) -> str:
     summary = store.summary()
     config = store.config
     parts = [f"<h1>{escape(title)}</h1><p class='muted'>featx run report — store {escape(summary['path'])}</p>"]
@@ -77,6 +78,9 @@ def render_report(title: str, store: FeatureStore, model_dir: Path | None, index
                      + "<div class='imgs'>" + _img(model_dir / "report" / "confusion_matrix.png")
                      + _img(model_dir / "report" / "learning_curve.png") + "</div>")
 
+    if audit_dir is not None and (audit_dir / "audit.json").is_file():
+        parts.append(audit_section(audit_dir))
+
     # retrieval
     if index_dir is not None and (index_dir / "evaluation.json").is_file():
         metrics = json.loads((index_dir / "evaluation.json").read_text())
@@ -99,3 +103,30 @@ def render_report(title: str, store: FeatureStore, model_dir: Path | None, index
                        "projection/projection.html</a></p>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
             f"<style>{SEARCH_STYLE}{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+
+
+AUDIT_SHOWN = 12
+
+
+def audit_section(audit_dir: Path) -> str:
+    """Counts per issue, the threshold, the enough-data sentence and the top suspects; the full
+    sortable page is audit/audit.html."""
+    from featx.learn.audit import KIND_TITLES, KINDS
+    from featx.thumbnails import thumbnail_uri
+
+    record = json.loads((audit_dir / "audit.json").read_text())
+    summary, suspects = record["summary"], record["suspects"]
+    near = summary["near_duplicates"]
+    top = sorted(suspects, key=lambda s: (KINDS.index(s["kind"]), -s["score"]))[:AUDIT_SHOWN]
+    rows = "".join(f"<tr><td><img src='{thumbnail_uri(s['path'], 64)}'></td><td>{escape(KIND_TITLES[s['kind']])}</td>"
+                   f"<td>{escape(s['path'])}</td><td>{s['score']:.3f}</td><td>{escape(s['given_label'])}</td>"
+                   f"<td>{escape(s['suggested_label'])}</td></tr>" for s in top)
+    return ("<h2>Data audit</h2>"
+            + f"<p>{summary['flagged_rows']} of {summary['ok_rows']} images flagged. Nothing was changed: the full, "
+              "sortable list with nearest neighbours is <a href='audit/audit.html'>audit/audit.html</a> "
+              "(and audit/suspects.csv).</p>"
+            + _table([(KIND_TITLES[k], summary["counts"][k]) for k in KINDS], ("issue", "images"))
+            + f"<p>Near-duplicates: cosine ≥ {near['threshold']:.4f} ({escape(near['method'])}: {escape(near['rule'])}).</p>"
+            + f"<p><b>Enough data?</b> {escape(summary['enough_data']['sentence'])}</p>"
+            + (f"<table><tr><th></th><th>issue</th><th>path</th><th>score</th><th>given</th><th>suggested</th></tr>{rows}"
+               "</table>" if top else ""))

@@ -48,7 +48,8 @@ class Runner:
         self.say = say
         self.state_file = self.out / STATE_FILE
         self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() and not force else {}
-        self.paths = {"store": self.out / "store", "model": self.out / "model", "index": self.out / "index",
+        self.paths = {"store": self.out / "store", "model": self.out / "model", "audit": self.out / "audit",
+                      "index": self.out / "index",
                       "projection": self.out / "projection", "search": self.out / "search.html",
                       "report": self.out / "report.html"}
 
@@ -80,6 +81,10 @@ class Runner:
             key = _key(steps["train_shallow"], manifest_hash)
             self._step("train_shallow", key, (self.paths["model"] / "model.json").is_file(), self._train)
             produced["model"] = self.paths["model"]
+        if "audit" in steps:  # after training: it reads the model's learning curve
+            key = _key(steps["audit"], manifest_hash, self.state.get("train_shallow") if "train_shallow" in steps else None)
+            self._step("audit", key, (self.paths["audit"] / "audit.json").is_file(), self._audit)
+            produced["audit"] = self.paths["audit"] / "audit.html"
         if "index" in steps:
             key = _key(steps["index"], manifest_hash)
             self._step("index", key, (self.paths["index"] / "evaluation.json").is_file() and self.paths["search"].is_file(),
@@ -112,6 +117,14 @@ class Runner:
         from featx.classify import train_shallow
 
         train_shallow(self.paths["store"], out=self.paths["model"], **self.recipe.steps["train_shallow"])
+
+    def _audit(self) -> None:
+        from featx.learn.audit import audit
+
+        model = self.paths["model"] if "train_shallow" in self.recipe.steps else None
+        suspects = audit(self.paths["store"], out=self.paths["audit"], model=model, **self.recipe.steps["audit"])
+        summary = suspects.attrs["summary"]
+        self.say("[audit] " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in summary["counts"].items()))
 
     def _index(self) -> None:
         from featx.index import build_index
@@ -158,7 +171,8 @@ class Runner:
                              self.paths["model"] if "train_shallow" in self.recipe.steps else None,
                              self.paths["index"] if "index" in self.recipe.steps else None,
                              pd.read_parquet(sample) if sample.is_file() else None,
-                             self.paths["projection"] if "project" in self.recipe.steps else None)
+                             self.paths["projection"] if "project" in self.recipe.steps else None,
+                             self.paths["audit"] if "audit" in self.recipe.steps else None)
         atomic.write_bytes(self.paths["report"], html.encode())
 
 
