@@ -11,8 +11,9 @@ from featx.classify import ShallowModel, train_shallow  # noqa: E402
 from featx.predict import predict  # noqa: E402
 from featx.index import Index, build_index  # noqa: E402
 from featx.project import plot_projection, project, write_projection  # noqa: E402
+from featx.learn.probe import probe  # noqa: E402
 
 __all__ = ["__version__", "FeatxError", "FeatureStore", "Extractor", "extract", "describe_layers",
            "list_backbones", "load_backbone",
            "ShallowModel", "train_shallow", "predict", "Index", "build_index",
-           "project", "plot_projection", "write_projection"]
+           "project", "plot_projection", "write_projection", "probe"]

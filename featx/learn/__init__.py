@@ -1,0 +1,1 @@
+"""Learning on stored features: probing backbones, layers and poolings (probe.py)."""

@@ -1,0 +1,1 @@
+"""HTML pages rendered from package templates (featx/pages/templates)."""
