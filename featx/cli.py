@@ -419,6 +419,10 @@ def probe_cmd(
         console.print(f"[bold]domain shift[/] {name}: {shift['advice']}", highlight=False)
     for item in frame.attrs["skipped"]:
         err_console.print(f"[yellow]not scored:[/] {item['what']}: {item['reason']}", highlight=False)
+    best = frame.iloc[0]
+    console.print(f"[bold]winner[/]: {best['backbone']} / layer {best['layer']} / pool {best['pool']} / "
+                  f"{best['classifier']}: balanced accuracy {best['balanced_accuracy']:.4f} ± "
+                  f"{best['balanced_accuracy_std']:.4f}", highlight=False)
     console.print(f"probe: {frame.attrs['html']}   json: {frame.attrs['json']}   "
                   f"winner recipe: featx run {frame.attrs['recipe']}", highlight=False)
 

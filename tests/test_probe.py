@@ -68,7 +68,8 @@ def test_probe_stores_equal_plain_extraction(probed, tmp_path):
 
 def test_rerun_reuses_stores_and_scores(probed, monkeypatch):
     root, images, frame = probed
-    manifest = (root / "out" / "stores" / "resnet18" / "avg" / "manifest.json").read_text()
+    manifest_file = root / "out" / "stores" / "resnet18" / "avg" / "manifest.json"
+    shards = json.loads(manifest_file.read_text())["shards"]
 
     def refuse(*args, **kwargs):
         raise AssertionError("a cached candidate was scored again")
@@ -76,7 +77,7 @@ def test_rerun_reuses_stores_and_scores(probed, monkeypatch):
     monkeypatch.setattr(probe_score, "score_features", refuse)
     again = probe(images, root / "out", layers=LAYERS, pools="avg,gem", **PROBE_TINY)
     assert again[["layer", "pool", "balanced_accuracy"]].equals(frame[["layer", "pool", "balanced_accuracy"]])
-    assert (root / "out" / "stores" / "resnet18" / "avg" / "manifest.json").read_text() == manifest
+    assert json.loads(manifest_file.read_text())["shards"] == shards  # nothing extracted again
 
 
 def test_winner_recipe_round_trips_through_featx_run(probed):
@@ -143,7 +144,8 @@ def test_cli_probe_prints_the_ranking(tmp_path):
                                       "--weights", "random", "--image-size", "64", "--workers", "0",
                                       "--layers", "layer4", "--pool", "avg", "--budget", "1"], terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert "layer4" in result.output and "winner recipe: featx run" in result.output
+    assert "winner: resnet18 / layer layer4 / pool avg / logreg" in result.output
+    assert "winner recipe: featx run" in result.output
     bad = CliRunner().invoke(app, ["probe", str(images), "-o", str(tmp_path / "o2"), "--model", "nosuchnet"])
     assert bad.exit_code == 2 and "featx models" in bad.output
 

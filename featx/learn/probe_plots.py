@@ -51,8 +51,12 @@ def score_vs_cost(frame: pd.DataFrame, metric: str = "balanced_accuracy") -> byt
     axes[0].set_xlabel("images/s of the forward pass up to the layer (this machine)")
     axes[1].set_xlabel("vector size (floats per image)")
     axes[0].set_ylabel(metric.replace("_", " "))
+    from matplotlib.ticker import ScalarFormatter
+
     for ax in axes:
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ScalarFormatter())
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
     fig.suptitle("score against cost", fontsize=10)
