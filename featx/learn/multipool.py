@@ -17,12 +17,13 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from featx.errors import StoreError
 from featx.extract import Extractor, _rows_per_shard, _sha_or_none, _weights_source
 from featx.images import ImageRecord
-from featx.pooling import pool
+from featx.pooling import check_pooling, pool
 from featx.store import FeatureStore, StoreWriter
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,6 @@ class MultiPoolExtractor(Extractor):
         self.pooled_dims = self._probe_dims_fanout()
 
     def _probe_dims_fanout(self) -> dict[str, int]:
-        import torch
-
-        from featx.pooling import check_pooling
-
         size = self.backbone.preprocess.crop_size
         device = next(self.tap.parameters()).device
         with torch.inference_mode():

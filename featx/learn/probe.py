@@ -26,7 +26,8 @@ import pandas as pd
 from featx import atomic
 from featx.backbones import DEFAULT_BACKBONE, resolve_family
 from featx.errors import InputError, WeightsError
-from featx.images import scan_inputs
+from featx.images import is_glob, scan_inputs
+from featx.learn.candidates import layer_depths, parse_layers
 from featx.learn.probe_score import PROBE_CLASSIFIERS, choose_protocol, pca_components
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ class Budget:
 
 
 def parse_budget(budget: str | int | None) -> Budget:
-    """'10m', '90s', '1.5h': time for the whole probe; a plain number N: score N candidates."""
+    """'10m', '90s', '1.5h': time for the whole probe; a plain number N: score N candidates. The
+    first candidate is always scored, so a probe never ends with nothing."""
     if budget is None or budget == "":
         return Budget()
     text = str(budget).strip().lower()
@@ -139,8 +141,6 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = None, layer
     plans = {}
     for model in usable:
         rows = describe_layers(model, image_size=image_size)
-        from featx.learn.candidates import layer_depths, parse_layers
-
         chosen = parse_layers(layers, rows, model)
         plans[model] = {"layers": chosen, "depths": layer_depths(chosen, [r["layer"] for r in rows]),
                         "order": [r["layer"] for r in rows]}
@@ -156,7 +156,7 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = None, layer
               position=0) as bar:
         for model in usable:
             plan = plans[model]
-            if budget_limit.exhausted(started, scored):
+            if scored and budget_limit.exhausted(started, scored):
                 for how in poolings:
                     for layer in plan["layers"]:
                         skipped.append({"what": f"{model} / {layer} / {how}", "reason": f"budget {budget_limit.describe()}"})
@@ -168,7 +168,7 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = None, layer
             shifts[model] = context["shift"]
             for how in poolings:
                 for layer in reversed(plan["layers"]):  # deepest first: under a budget the usual choice comes first
-                    if budget_limit.exhausted(started, scored):
+                    if scored and budget_limit.exhausted(started, scored):  # at least one, once extracted
                         skipped.append({"what": f"{model} / {layer} / {how}", "reason": f"budget {budget_limit.describe()}"})
                     else:
                         candidates.append(_candidate(model, layer, how, context, plan, protocol, current_paths,
@@ -176,12 +176,10 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = None, layer
                         scored += 1
                     bar.update(1)
 
-    if not candidates:
-        raise InputError(f"--budget {budget} left no time to score a single candidate; give a larger budget")
     frame = _rank(candidates)
     seconds = time.perf_counter() - started
     given = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    recipe_inputs = [str(i) if _is_glob(i) else str(Path(i).resolve()) for i in given]
+    recipe_inputs = [str(i) if is_glob(i) else str(Path(i).resolve()) for i in given]
     paths = _write_outputs(frame, out, inputs=recipe_inputs, protocol=protocol, shifts=shifts, skipped=skipped,
                            classifiers=list(classifiers), weights=weights, image_size=image_size, cv=cv, seed=seed,
                            seconds=seconds, n_images=len(labelled), classes=sorted({r.label for r in labelled}),
@@ -189,12 +187,6 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = None, layer
     frame.attrs.update({"protocol": protocol.to_dict(), "domain_shift": shifts, "skipped": skipped,
                         "seconds": seconds, **{k: str(v) for k, v in paths.items()}})
     return frame
-
-
-def _is_glob(item) -> bool:
-    from featx.images import is_glob
-
-    return is_glob(item)
 
 
 def _prepare_backbone(model: str, plan: dict, poolings: list[str], records, out: Path, *, weights, image_size,
