@@ -136,6 +136,16 @@ def test_errors_say_what_to_do(tmp_path):
         probe(images, tmp_path / "o5", budget="soon", **PROBE_TINY)
 
 
+def test_models_without_offline_weights_are_skipped_with_the_reason(tmp_path):
+    from featx.errors import WeightsError
+
+    if featx.list_backbones("resnet18")[0].offline:
+        pytest.skip("resnet18's weights are cached on this machine")
+    images = make_class_folder(tmp_path / "images", per_class=4)
+    with pytest.raises(WeightsError, match=r"none of the models \['resnet18'\] has weights available offline.*featx models"):
+        probe(images, tmp_path / "out", **(PROBE_TINY | {"weights": "default"}))
+
+
 def test_cli_probe_prints_the_ranking(tmp_path):
     from featx.cli import app
 
