@@ -395,6 +395,7 @@ def probe_cmd(
     layers: str = typer.Option("auto", help="'auto' (~6 stage outputs spread over depth) or comma-separated layer names."),
     pool: str = typer.Option("avg,gem,avgmax", "--pool", help="Comma-separated poolings to try: avg, max, avgmax, gem."),
     budget: Optional[str] = typer.Option(None, help="A time (90s, 10m, 1h) or a number of candidates."),
+    classifiers: str = typer.Option("pca-logreg,linear-svm", help="Comma-separated: pca-logreg, linear-svm, logreg (slower on wide features)."),
     weights: str = typer.Option("default", help="'default' or 'random' (for every --model)."),
     image_size: Optional[int] = typer.Option(None, help="Override the weights' crop size."),
     batch_size: int = typer.Option(32),
@@ -406,7 +407,8 @@ def probe_cmd(
     """Measure which backbone × layer × pooling × classifier suits your labelled images."""
     from featx.learn.probe import probe
 
-    frame = probe(inputs, out, models=model or None, layers=layers, pools=pool, budget=budget, weights=weights,
+    frame = probe(inputs, out, models=model or None, layers=layers, pools=pool, budget=budget,
+                  classifiers=classifiers, weights=weights,
                   image_size=image_size, batch_size=batch_size, workers=workers, device=device, cv=cv, seed=seed)
     table = Table("#", "backbone", "layer", "pool", "dim", "classifier", "balanced acc.", "accuracy", "macro-F1",
                   "mAP@10", "img/s (fwd)", "shift", title=frame.attrs["protocol"]["description"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,8 @@ def test_errors_say_what_to_do(tmp_path):
         probe(images, tmp_path / "o3", layers="layer9", **PROBE_TINY)
     with pytest.raises(InputError, match=r"--pool flatten is not allowed"):
         probe(images, tmp_path / "o4", pools="avg,flatten", **PROBE_TINY)
+    with pytest.raises(InputError, match=r"unknown probe classifier\(s\) \['svm'\]; allowed: logreg, linear-svm"):
+        probe(images, tmp_path / "o6", **(PROBE_TINY | {"classifiers": "pca-logreg,svm"}))
     with pytest.raises(InputError, match=r"--budget 'soon' is not allowed; give a time such as 90s"):
         probe(images, tmp_path / "o5", budget="soon", **PROBE_TINY)
 
@@ -154,7 +157,8 @@ def test_cli_probe_prints_the_ranking(tmp_path):
                                       "--weights", "random", "--image-size", "64", "--workers", "0",
                                       "--layers", "layer4", "--pool", "avg", "--budget", "1"], terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert "winner: resnet18 / layer layer4 / pool avg / logreg" in result.output
+    assert re.search(r"winner: resnet18 / layer layer4 / pool avg / (pca-logreg|linear-svm): balanced accuracy",
+                     result.output), result.output
     assert "winner recipe: featx run" in result.output
     bad = CliRunner().invoke(app, ["probe", str(images), "-o", str(tmp_path / "o2"), "--model", "nosuchnet"])
     assert bad.exit_code == 2 and "featx models" in bad.output

@@ -28,7 +28,7 @@ from featx.backbones import DEFAULT_BACKBONE, resolve_family
 from featx.errors import InputError, WeightsError
 from featx.images import is_glob, scan_inputs
 from featx.learn.candidates import layer_depths, parse_layers
-from featx.learn.probe_score import PROBE_CLASSIFIERS, choose_protocol, pca_components
+from featx.learn.probe_score import DEFAULT_CLASSIFIERS, PROBE_CLASSIFIERS, choose_protocol, pca_components
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _digest(*parts) -> str:
 def probe(inputs, out: str | Path, *, models: Sequence[str] | None = None, layers: str | Sequence[str] = "auto",
           pools: str | Sequence[str] = PROBE_POOLINGS, budget: str | int | None = None, weights: str = "default",
           image_size: int | None = None, batch_size: int = 32, workers: int | None = None, device: str = "auto",
-          cv: int = 5, seed: int = 0, classifiers: Sequence[str] = PROBE_CLASSIFIERS,
+          cv: int = 5, seed: int = 0, classifiers: str | Sequence[str] = DEFAULT_CLASSIFIERS,
           shift_images: int = SHIFT_IMAGES, progress: bool = True) -> pd.DataFrame:
     """Score backbone × layer × pooling candidates on labelled `inputs`; write PROBE_DIR `out`.
 
@@ -110,6 +110,8 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = None, layer
     out = Path(out)
     budget_limit = parse_budget(budget)
     poolings = parse_pools(pools)
+    classifiers = [c.strip() for c in (classifiers.split(",") if isinstance(classifiers, str) else classifiers)
+                   if c.strip()]
     unknown = [c for c in classifiers if c not in PROBE_CLASSIFIERS]
     if unknown or not classifiers:
         raise InputError(f"unknown probe classifier(s) {unknown}; allowed: {', '.join(PROBE_CLASSIFIERS)}")
