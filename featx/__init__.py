@@ -23,7 +23,7 @@ _EXPORTS = {
     "predict": "featx.predict",
     "Index": "featx.index", "build_index": "featx.index",
     "project": "featx.project", "plot_projection": "featx.project", "write_projection": "featx.project",
-    "audit": "featx.learn.audit",
+    "audit": "featx.learn.audit", "probe": "featx.learn.probe",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -64,4 +64,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports, never run
     from featx.predict import predict
     from featx.project import plot_projection, project, write_projection
     from featx.learn.audit import audit
+    from featx.learn.probe import probe
     from featx.store import FeatureStore

@@ -499,5 +499,53 @@ def _print_run_summary(produced: dict) -> None:
                           f"{metrics['map@k']:.4f} (leave-one-out)", highlight=False)
 
 
+# --- probe -------------------------------------------------------------------------------------
+
+@command("probe")
+def probe_cmd(
+    inputs: List[str] = typer.Argument(..., help="Labelled images: class folders (a train/ val/ level gives the split), manifests, globs."),
+    out: Path = typer.Option(..., "--out", "-o", help="PROBE_DIR: stores, scores, probe.json, probe.html, winner.yaml."),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="Backbone to try (repeat); default: the bundled efficientnet_lite0. Models without offline weights are skipped."),
+    layers: str = typer.Option("auto", help="'auto' (~6 stage outputs spread over depth) or comma-separated layer names."),
+    pool: str = typer.Option("avg,gem,avgmax", "--pool", help="Comma-separated poolings to try: avg, max, avgmax, gem."),
+    budget: Optional[str] = typer.Option(None, help="A time (90s, 10m, 1h) or a number of candidates."),
+    classifiers: str = typer.Option("pca-logreg,linear-svm", help="Comma-separated: pca-logreg, linear-svm, logreg (slower on wide features)."),
+    weights: str = typer.Option("default", help="'default' or 'random' (for every --model)."),
+    image_size: Optional[int] = typer.Option(None, help="Override the weights' crop size."),
+    batch_size: int = typer.Option(32),
+    workers: Optional[int] = typer.Option(None, help="Decoding worker processes; default: cores - 1."),
+    device: str = typer.Option("auto", help="auto|cpu|cuda|mps"),
+    cv: int = typer.Option(5, help="Folds when the inputs have no train/val split."),
+    seed: int = typer.Option(0),
+):
+    """Measure which backbone × layer × pooling × classifier suits your labelled images."""
+    from featx.learn.probe import probe
+
+    frame = probe(inputs, out, models=model or None, layers=layers, pools=pool, budget=budget,
+                  classifiers=classifiers, weights=weights,
+                  image_size=image_size, batch_size=batch_size, workers=workers, device=device, cv=cv, seed=seed)
+    table = Table("#", "backbone", "layer", "pool", "dim", "classifier", "balanced acc.", "accuracy", "macro-F1",
+                  "mAP@10", "img/s (fwd)", "shift", title=frame.attrs["protocol"]["description"])
+    for row in frame.to_dict("records"):
+        table.add_row(str(row["rank"]), row["backbone"], row["layer"], row["pool"], str(row["dim"]), row["classifier"],
+                      *(f"{row[m]:.3f}±{row[m + '_std']:.3f}" for m in ("balanced_accuracy", "accuracy", "macro_f1")),
+                      f"{row['map@10']:.4f}", _maybe(row["forward_img_per_s"], "{:.0f}"), _maybe(row["shift"], "{:.2f}"))
+    console.print(table)
+    for name, shift in frame.attrs["domain_shift"].items():
+        console.print(f"[bold]domain shift[/] {name}: {shift['advice']}", highlight=False)
+    for item in frame.attrs["skipped"]:
+        err_console.print(f"[yellow]not scored:[/] {item['what']}: {item['reason']}", highlight=False)
+    best = frame.iloc[0]
+    console.print(f"[bold]winner[/]: {best['backbone']} / layer {best['layer']} / pool {best['pool']} / "
+                  f"{best['classifier']}: balanced accuracy {best['balanced_accuracy']:.4f} ± "
+                  f"{best['balanced_accuracy_std']:.4f}", highlight=False)
+    console.print(f"probe: {frame.attrs['html']}   json: {frame.attrs['json']}   "
+                  f"winner recipe: featx run {frame.attrs['recipe']}", highlight=False)
+
+
+def _maybe(value, fmt: str) -> str:
+    return "–" if value is None or value != value else fmt.format(value)
+
+
 if __name__ == "__main__":
     app()

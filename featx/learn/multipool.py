@@ -1,0 +1,114 @@
+"""One forward pass per backbone, every probed layer pooled every probed way, written as one
+ordinary feature store per pooling.
+
+Pooling is part of a store's extractor config, so a store holds one pooling; running
+`featx.extract` once per pooling would repeat the decoding and the forward pass. Here the layer
+tap is wrapped so that it returns every (layer, pooling) vector at once (already-pooled vectors
+pass through featx's `pool` unchanged), and each pooling's vectors go to its own store. Each store
+is exactly what `featx extract --pool P --layer ...` writes (a test checks it), so it resumes
+the same way and every featx command reads it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from featx.errors import StoreError
+from featx.extract import Extractor, _rows_per_shard, _sha_or_none, _weights_source
+from featx.images import ImageRecord
+from featx.pooling import check_pooling, pool
+from featx.store import FeatureStore, StoreWriter
+
+log = logging.getLogger(__name__)
+
+_SEPARATOR = "\x1f"  # joins layer and pooling in the fan-out keys; never in a layer name
+
+
+class _FanOutTap(nn.Module):
+    """The extractor's tap, returning {layer<sep>pooling: pooled vectors}."""
+
+    def __init__(self, tap: nn.Module, layers: Sequence[str], poolings: Sequence[str]):
+        super().__init__()
+        self.tap, self.layers, self.poolings = tap, list(layers), list(poolings)
+
+    def forward(self, x):
+        outputs = self.tap(x)
+        return {_key(layer, how): pool(outputs[layer], how) for how in self.poolings for layer in self.layers}
+
+
+def _key(layer: str, how: str) -> str:
+    return f"{layer}{_SEPARATOR}{how}"
+
+
+class MultiPoolExtractor(Extractor):
+    """An Extractor whose batches hold every (layer, pooling) vector of one forward pass."""
+
+    def __init__(self, model: str, *, poolings: Sequence[str], layers: Sequence[str], **options):
+        super().__init__(model, layers=layers, pool=poolings[0], **options)
+        self.poolings, self.probed_layers = list(poolings), list(self.layers)
+        self.configs = {how: self.config | {"pool": how} for how in self.poolings}
+        self.tap = _FanOutTap(self.tap, self.probed_layers, self.poolings)
+        self.layers = [_key(l, how) for how in self.poolings for l in self.probed_layers]
+        self.pool_name = "avg"  # the vectors arrive pooled; featx's pool passes (N, D) through
+        self.pooled_dims = self._probe_dims_fanout()
+
+    def _probe_dims_fanout(self) -> dict[str, int]:
+        size = self.backbone.preprocess.crop_size
+        device = next(self.tap.parameters()).device
+        with torch.inference_mode():
+            raw = self.tap.tap(torch.zeros(1, 3, size, size, device=device))
+        dims = {}
+        for how in self.poolings:
+            for layer in self.probed_layers:
+                check_pooling(how, layer, tuple(raw[layer].shape[1:]))
+                dims[_key(layer, how)] = int(pool(raw[layer], how).shape[-1])
+        return dims
+
+
+def extract_multipool(records: list[ImageRecord], stores: dict[str, Path], extractor: MultiPoolExtractor, *,
+                      weights: str, shard_size: int = 4096, progress: bool = True,
+                      description: str = "extract") -> tuple[dict[str, FeatureStore], dict]:
+    """Extract `records` into one store per pooling (`stores`: pooling -> folder), resuming what
+    is already there; returns the stores and timing {"images": n extracted now, "seconds": s}."""
+    writers, works = {}, {}
+    for how, folder in stores.items():
+        config = extractor.configs[how] | {"weights_source": _weights_source(weights)}
+        writers[how] = StoreWriter(folder, config, append=True)
+        works[how] = writers[how].prepare(records, sha_of=_sha_or_none)
+    plans = [w.plan[["path", "label", "split"]].astype(object) for w in works.values()]
+    if any(not p.equals(plans[0]) for p in plans[1:]):
+        raise StoreError(f"the probe stores under '{Path(next(iter(stores.values()))).parent}' hold different "
+                         "inputs; delete that folder (or use another PROBE_DIR) and run the probe again")
+    plan = next(iter(works.values())).plan
+    start_row = min(w.start_row for w in works.values())
+    rows_per_shard = _rows_per_shard(int(shard_size), extractor)
+    shards = [(s, min(s + rows_per_shard, len(plan))) for s in range(start_row, len(plan), rows_per_shard)]
+    batches = [list(range(b, min(b + extractor.batch_size, stop))) for start, stop in shards
+               for b in range(start, stop, extractor.batch_size)]
+    paths = plan["path"].tolist()
+    plan_rows = plan[["row_id", "path", "label", "split"]].to_dict("records")
+    shard_of_row = dict(shards)
+    current, buffered, meta_rows = start_row, {k: [] for k in extractor.layers}, []
+    began = time.perf_counter()
+    for batch in extractor.run(paths, batches, progress=progress, description=description):
+        for key in extractor.layers:
+            buffered[key].append(batch.features[key])
+        meta_rows.extend({**plan_rows[i], **{k: it[k] for k in ("sha256", "status", "error")}}
+                         for i, it in zip(batch.indices, batch.meta))
+        if batch.indices[-1] + 1 == shard_of_row[current]:
+            meta = pd.DataFrame(meta_rows)
+            for how, writer in writers.items():
+                if writer.manifest["n_rows"] == current:  # a killed run may have committed it for some
+                    writer.commit_shard(current, {layer: np.concatenate(buffered[_key(layer, how)])
+                                                  for layer in extractor.probed_layers}, meta)
+            current, buffered, meta_rows = batch.indices[-1] + 1, {k: [] for k in extractor.layers}, []
+    seconds = time.perf_counter() - began
+    done = {how: writer.finalize(len(plan)) for how, writer in writers.items()}
+    return done, {"images": len(plan) - start_row, "seconds": seconds}

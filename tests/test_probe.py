@@ -1,0 +1,257 @@
+"""featx probe: candidates, one-pass multi-pooling stores, honest scores, outputs, recipe round trip,
+budget, errors, and the domain-shift diagnostic (real weights: slow)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import featx
+from featx.errors import InputError, UnknownNameError
+from featx.learn import probe_score
+from featx.learn.candidates import auto_layers, stage_outputs
+from featx.learn.probe import parse_budget, probe
+from tests.conftest import DEMO, HYMENOPTERA, TINY, make_class_folder, needs_hymenoptera
+
+# TINY as probe options (probe has no `model`/`weights` singular, and shows no progress in tests)
+PROBE_TINY = dict(models=["resnet18"], weights="random", image_size=64, workers=0, batch_size=8, progress=False,
+                  classifiers=["logreg"], shift_images=8)
+LAYERS = ["layer2", "layer4"]
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory):
+    """One probe run, shared: 2 layers × 2 poolings of the tiny model on separable images."""
+    root = tmp_path_factory.mktemp("probe")
+    images = make_class_folder(root / "images", per_class=8)
+    frame = probe(images, root / "out", layers=LAYERS, pools="avg,gem", **PROBE_TINY)
+    return root, images, frame
+
+
+def test_probe_ranks_every_candidate_and_writes_its_outputs(probed):
+    root, _, frame = probed
+    assert sorted(zip(frame["layer"], frame["pool"])) == sorted((l, p) for l in LAYERS for p in ("avg", "gem"))
+    assert list(frame["rank"]) == [1, 2, 3, 4]
+    scores = frame["balanced_accuracy"].to_numpy()
+    assert np.all(np.diff(scores) <= 0), "best first"
+    assert frame["dim"].tolist() == [128 if l == "layer2" else 512 for l in frame["layer"]]
+    assert (frame["depth"][frame["layer"] == "layer2"] < frame["depth"][frame["layer"] == "layer4"].max()).all()
+    for column in ("accuracy_std", "macro_f1", "map@10", "img_per_s", "forward_img_per_s", "store_bytes"):
+        assert frame[column].notna().all() and (frame[column] >= 0).all(), column
+    assert (frame["store_bytes"] >= frame["vector_bytes"] * 16).all()  # 16 images stored per candidate
+    out = root / "out"
+    report = json.loads((out / "probe.json").read_text())
+    assert report["winner"]["layer"] == frame["layer"][0] and report["winner"]["pool"] == frame["pool"][0]
+    assert report["protocol"]["kind"] == "cv"
+    page = (out / "probe.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "Domain shift" in page and "layer4" in page
+    assert (out / "score_vs_depth.png").stat().st_size > 1000
+
+
+def test_probe_stores_equal_plain_extraction(probed, tmp_path):
+    """One pass for all poolings gives exactly what `featx extract --pool P` gives."""
+    root, images, _ = probed
+    options = {k: v for k, v in TINY.items()}
+    reference = featx.extract(images, tmp_path / "gem", layers=LAYERS, pool="gem", **options)
+    stored = featx.FeatureStore.open(root / "out" / "stores" / "resnet18" / "gem")
+    assert stored.config_hash == reference.config_hash
+    assert list(stored.paths) == list(reference.paths)
+    for layer in LAYERS:
+        np.testing.assert_allclose(stored.features(layer), reference.features(layer), rtol=1e-5, atol=1e-6)
+
+
+def test_rerun_reuses_stores_and_scores(probed, monkeypatch):
+    root, images, frame = probed
+    manifest_file = root / "out" / "stores" / "resnet18" / "avg" / "manifest.json"
+    shards = json.loads(manifest_file.read_text())["shards"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cached candidate was scored again")
+
+    monkeypatch.setattr(probe_score, "score_features", refuse)
+    again = probe(images, root / "out", layers=LAYERS, pools="avg,gem", **PROBE_TINY)
+    assert again[["layer", "pool", "balanced_accuracy"]].equals(frame[["layer", "pool", "balanced_accuracy"]])
+    assert json.loads(manifest_file.read_text())["shards"] == shards  # nothing extracted again
+
+
+def test_winner_recipe_round_trips_through_featx_run(probed):
+    from featx.recipe import load_recipe
+    from featx.run import run_recipe
+
+    root, _, frame = probed
+    recipe_file = root / "out" / "winner.yaml"
+    recipe = load_recipe(recipe_file)  # accepted unchanged
+    assert recipe.steps["extract"]["layers"] == [frame["layer"][0]]
+    produced = run_recipe(recipe_file, say=lambda _: None)
+    store = featx.FeatureStore.open(produced["store"])
+    assert store.config["pool"] == frame["pool"][0] and store.layers == [frame["layer"][0]]
+    assert store.config["backbone"] == "resnet18" and len(store) == 16
+    model = json.loads((produced["model"] / "model.json").read_text())
+    assert model["layer"] == frame["layer"][0]
+    assert model["metrics"]["accuracy"] >= 0.9  # the separable synthetic classes stay separable
+
+
+def test_budget_limits_the_candidates(tmp_path):
+    images = make_class_folder(tmp_path / "images", per_class=6)
+    frame = probe(images, tmp_path / "out", layers=LAYERS, pools="avg,gem", budget="1", **PROBE_TINY)
+    assert len(frame) == 1
+    assert len(frame.attrs["skipped"]) == 3 and all("budget" in s["reason"] for s in frame.attrs["skipped"])
+
+
+def test_held_out_split_is_used_when_present(tmp_path):
+    images = make_class_folder(tmp_path / "images", per_class=6, splits=("train", "val"))
+    frame = probe(images, tmp_path / "out", layers=["layer4"], pools="avg", **PROBE_TINY)
+    assert frame.attrs["protocol"]["kind"] == "held-out"
+    assert frame["n_images"][0] == 24
+
+
+@pytest.mark.parametrize("text,expected", [("10m", (600.0, None)), ("90s", (90.0, None)), ("1.5h", (5400.0, None)),
+                                           ("12", (None, 12))])
+def test_parse_budget(text, expected):
+    budget = parse_budget(text)
+    assert (budget.seconds, budget.candidates) == expected
+
+
+def test_errors_say_what_to_do(tmp_path):
+    images = make_class_folder(tmp_path / "images", per_class=4)
+    unlabelled = tmp_path / "flat"
+    unlabelled.mkdir()
+    for source in list((images / "cats").iterdir())[:3]:
+        (unlabelled / source.name).write_bytes(source.read_bytes())
+    with pytest.raises(InputError, match="probe needs labels"):
+        probe(unlabelled, tmp_path / "o1", **PROBE_TINY)
+    with pytest.raises(UnknownNameError, match=r"unknown model 'resnet1800'.*featx models"):
+        probe(images, tmp_path / "o2", **(PROBE_TINY | {"models": ["resnet1800"]}))
+    with pytest.raises(UnknownNameError, match=r"unknown layer 'layer9'.*featx layers resnet18"):
+        probe(images, tmp_path / "o3", layers="layer9", **PROBE_TINY)
+    with pytest.raises(InputError, match=r"--pool flatten is not allowed"):
+        probe(images, tmp_path / "o4", pools="avg,flatten", **PROBE_TINY)
+    with pytest.raises(InputError, match=r"unknown probe classifier\(s\) \['svm'\]; allowed: logreg, linear-svm"):
+        probe(images, tmp_path / "o6", **(PROBE_TINY | {"classifiers": "pca-logreg,svm"}))
+    with pytest.raises(InputError, match=r"--budget 'soon' is not allowed; give a time such as 90s"):
+        probe(images, tmp_path / "o5", budget="soon", **PROBE_TINY)
+
+
+def test_models_without_offline_weights_are_skipped_with_the_reason(tmp_path):
+    from featx.errors import WeightsError
+
+    if featx.list_backbones("resnet18")[0].offline:
+        pytest.skip("resnet18's weights are cached on this machine")
+    images = make_class_folder(tmp_path / "images", per_class=4)
+    with pytest.raises(WeightsError, match=r"none of the models \['resnet18'\] has weights available offline.*featx models"):
+        probe(images, tmp_path / "out", **(PROBE_TINY | {"weights": "default"}))
+
+
+def test_cli_probe_prints_the_ranking(tmp_path):
+    from featx.cli import app
+
+    images = make_class_folder(tmp_path / "images", per_class=6)
+    result = CliRunner().invoke(app, ["probe", str(images), "-o", str(tmp_path / "out"), "--model", "resnet18",
+                                      "--weights", "random", "--image-size", "64", "--workers", "0",
+                                      "--layers", "layer4", "--pool", "avg", "--budget", "1"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"winner: resnet18 / layer layer4 / pool avg / (pca-logreg|linear-svm): balanced accuracy",
+                     result.output), result.output
+    assert "winner recipe: featx run" in result.output
+    bad = CliRunner().invoke(app, ["probe", str(images), "-o", str(tmp_path / "o2"), "--model", "nosuchnet"])
+    assert bad.exit_code == 2 and "featx models" in bad.output
+
+
+# --- candidates ----------------------------------------------------------------------------------
+
+def test_auto_layers_are_stage_outputs_spread_over_depth():
+    rows = featx.describe_layers("efficientnet_lite0")
+    assert stage_outputs(rows) == ["blocks.0.0.bn2", "blocks.1.1.add", "blocks.2.1.add", "blocks.3.2.add",
+                                   "blocks.4.2.add", "blocks.5.3.add", "blocks.6.0.bn3", "bn2"]
+    assert auto_layers(rows) == ["blocks.1.1.add", "blocks.2.1.add", "blocks.3.2.add", "blocks.5.3.add",
+                                 "blocks.6.0.bn3", "bn2"]
+    resnet = featx.describe_layers("resnet18", image_size=64)
+    assert auto_layers(resnet) == ["relu", "layer1.1.relu_1", "layer2.1.relu_1", "layer3.1.relu_1", "layer4.1.relu_1"]
+
+
+# --- scoring -------------------------------------------------------------------------------------
+
+def test_random_labels_score_at_chance():
+    """Tuning inside the training folds only: on labels unrelated to the features the reported
+    score stays at chance (tuning that saw the evaluation rows would inflate it)."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(120, 200)).astype(np.float32)
+    y = rng.choice(["a", "b"], size=120)
+    splits = np.array([""] * 120, dtype=object)
+    protocol = probe_score.choose_protocol(y, splits)
+    scores = probe_score.score_features(X, y, splits, protocol, classifiers=("logreg", "linear-svm"))
+    for name, result in scores.items():
+        assert abs(result["balanced_accuracy"] - 0.5) < 3 * np.sqrt(0.25 / 120), name
+
+
+def test_bootstrap_metrics_match_scikit_learn():
+    from featx.evaluate import classification_metrics
+
+    rng = np.random.default_rng(0)
+    truth, predicted = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
+    predicted[:150] = truth[:150]
+    fast = probe_score._from_confusion(truth, predicted, 4)
+    reference = classification_metrics(truth.astype(str), predicted.astype(str), ["0", "1", "2", "3"])
+    for key in probe_score.METRICS:
+        assert fast[key] == pytest.approx(reference[key])
+
+
+# --- domain shift --------------------------------------------------------------------------------
+
+def test_batchnorm_after_each_layer():
+    from featx.backbones import load_backbone
+    from featx.layers import addressable_layers
+    from featx.learn.domain_shift import batchnorm_after
+
+    backbone = load_backbone("resnet18", "random", 64)
+    names = addressable_layers(backbone.model).names
+    chosen = batchnorm_after(["relu", "layer3", "flatten"], names, backbone.model)
+    assert chosen == {"relu": "layer1.0.bn1", "layer3": "layer4.0.bn1", "flatten": "layer4.1.bn2"}
+
+
+def _noise_images(folder: Path, n: int = 48) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        path = folder / f"noise_{i:02d}.png"
+        Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.slow
+@needs_hymenoptera()
+@pytest.mark.skipif(not DEMO.is_dir(), reason="demo images not built (python data/make_demo_set.py)")
+def test_domain_shift_orders_near_far_farthest(tmp_path):
+    """Measured with the real EfficientNet-Lite0 weights: hymenoptera photos (near ImageNet) <
+    Fashion-MNIST (grayscale products on black) < uniform noise, by BN distance and by the head."""
+    from featx.backbones import load_backbone
+    from featx.extract import ImageViews
+    from featx.layers import addressable_layers
+    from featx.learn.domain_shift import mean_distance, measure_domain_shift
+
+    backbone = load_backbone("efficientnet_lite0", "default")
+    names = addressable_layers(backbone.model).names
+    layers = auto_layers(featx.describe_layers("efficientnet_lite0"))
+    sets = {"hymenoptera": sorted(str(p) for p in HYMENOPTERA.rglob("*.jpg")),
+            "fashion": sorted(str(p) for p in DEMO.rglob("*.png")),
+            "noise": _noise_images(tmp_path / "noise")}
+    reports = {}
+    for name, paths in sets.items():
+        random.Random(0).shuffle(paths)
+        dataset = ImageViews(paths[:48], backbone.preprocess, 1)
+        reports[name] = measure_domain_shift(backbone, dataset, layers, names, meaningful=True)
+    distance = {k: mean_distance(r.per_layer) for k, r in reports.items()}
+    head = {k: r.head_max_probability for k, r in reports.items()}
+    assert distance["hymenoptera"] < distance["fashion"] < distance["noise"], distance
+    assert head["hymenoptera"] > head["fashion"] > head["noise"], head
+    assert [reports[k].level for k in sets] == ["near", "far", "far"]
+    assert "far" in reports["fashion"].advice and "earlier" in reports["fashion"].advice
