@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from featx.errors import StoreError
-from featx.extract import Extractor, _rows_per_shard, _sha_or_none, _weights_source
+from featx.extract import Extractor, _rows_per_shard, _weights_source
 from featx.images import ImageRecord
 from featx.pooling import check_pooling, pool
 from featx.store import FeatureStore, StoreWriter
@@ -80,35 +80,40 @@ def extract_multipool(records: list[ImageRecord], stores: dict[str, Path], extra
     writers, works = {}, {}
     for how, folder in stores.items():
         config = extractor.configs[how] | {"weights_source": _weights_source(weights)}
-        writers[how] = StoreWriter(folder, config, append=True)
-        works[how] = writers[how].prepare(records, sha_of=_sha_or_none)
+        writers[how] = StoreWriter(folder, config, rows_per_shard=_rows_per_shard(int(shard_size), extractor))
+        works[how] = writers[how].prepare(records)
     plans = [w.plan[["path", "label", "split"]].astype(object) for w in works.values()]
     if any(not p.equals(plans[0]) for p in plans[1:]):
+        for writer in writers.values():
+            writer.close()
         raise StoreError(f"the probe stores under '{Path(next(iter(stores.values()))).parent}' hold different "
                          "inputs; delete that folder (or use another PROBE_DIR) and run the probe again")
     plan = next(iter(works.values())).plan
-    start_row = min(w.start_row for w in works.values())
     rows_per_shard = _rows_per_shard(int(shard_size), extractor)
-    shards = [(s, min(s + rows_per_shard, len(plan))) for s in range(start_row, len(plan), rows_per_shard)]
+    # a killed run may have committed a range for some poolings only: extract the union, commit where missing
+    missing = sorted({r for w in works.values() for r in w.missing})
+    shards = sorted({(s, min(s + rows_per_shard, stop)) for start, stop in missing
+                     for s in range(start, stop, rows_per_shard)})
     batches = [list(range(b, min(b + extractor.batch_size, stop))) for start, stop in shards
                for b in range(start, stop, extractor.batch_size)]
     paths = plan["path"].tolist()
-    plan_rows = plan[["row_id", "path", "label", "split"]].to_dict("records")
-    shard_of_row = dict(shards)
-    current, buffered, meta_rows = start_row, {k: [] for k in extractor.layers}, []
+    plan_rows = plan[["row_id", "path"]].to_dict("records")
+    shard_stop = dict(shards)
+    current, buffered, meta_rows = None, {}, []
     began = time.perf_counter()
     for batch in extractor.run(paths, batches, progress=progress, description=description):
+        if batch.indices[0] in shard_stop:  # batches never cross a shard boundary
+            current, buffered, meta_rows = batch.indices[0], {k: [] for k in extractor.layers}, []
         for key in extractor.layers:
             buffered[key].append(batch.features[key])
         meta_rows.extend({**plan_rows[i], **{k: it[k] for k in ("sha256", "status", "error")}}
                          for i, it in zip(batch.indices, batch.meta))
-        if batch.indices[-1] + 1 == shard_of_row[current]:
+        if batch.indices[-1] + 1 == shard_stop[current]:
             meta = pd.DataFrame(meta_rows)
             for how, writer in writers.items():
-                if writer.manifest["n_rows"] == current:  # a killed run may have committed it for some
+                if any(a <= current and shard_stop[current] <= b for a, b in works[how].missing):
                     writer.commit_shard(current, {layer: np.concatenate(buffered[_key(layer, how)])
                                                   for layer in extractor.probed_layers}, meta)
-            current, buffered, meta_rows = batch.indices[-1] + 1, {k: [] for k in extractor.layers}, []
     seconds = time.perf_counter() - began
-    done = {how: writer.finalize(len(plan)) for how, writer in writers.items()}
-    return done, {"images": len(plan) - start_row, "seconds": seconds}
+    done = {how: writer.finalize() for how, writer in writers.items()}
+    return done, {"images": sum(b - a for a, b in shards), "seconds": seconds}
