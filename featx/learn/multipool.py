@@ -34,13 +34,14 @@ _SEPARATOR = "\x1f"  # joins layer and pooling in the fan-out keys; never in a l
 class _FanOutTap(nn.Module):
     """The extractor's tap, returning {layer<sep>pooling: pooled vectors}."""
 
-    def __init__(self, tap: nn.Module, layers: Sequence[str], poolings: Sequence[str]):
+    def __init__(self, tap: nn.Module, layers: Sequence[str], poolings: Sequence[str], formats: dict[str, str]):
         super().__init__()
-        self.tap, self.layers, self.poolings = tap, list(layers), list(poolings)
+        self.tap, self.layers, self.poolings, self.formats = tap, list(layers), list(poolings), dict(formats)
 
     def forward(self, x):
         outputs = self.tap(x)
-        return {_key(layer, how): pool(outputs[layer], how) for how in self.poolings for layer in self.layers}
+        return {_key(layer, how): pool(outputs[layer], how, self.formats[layer])
+                for how in self.poolings for layer in self.layers}
 
 
 def _key(layer: str, how: str) -> str:
@@ -54,8 +55,9 @@ class MultiPoolExtractor(Extractor):
         super().__init__(model, layers=layers, pool=poolings[0], **options)
         self.poolings, self.probed_layers = list(poolings), list(self.layers)
         self.configs = {how: self.config | {"pool": how} for how in self.poolings}
-        self.tap = _FanOutTap(self.tap, self.probed_layers, self.poolings)
+        self.tap = _FanOutTap(self.tap, self.probed_layers, self.poolings, self.layer_formats)
         self.layers = [_key(l, how) for how in self.poolings for l in self.probed_layers]
+        self.layer_formats = {key: "NC" for key in self.layers}  # the vectors arrive pooled
         self.pool_name = "avg"  # the vectors arrive pooled; featx's pool passes (N, D) through
         self.pooled_dims = self._probe_dims_fanout()
 
@@ -68,7 +70,7 @@ class MultiPoolExtractor(Extractor):
         for how in self.poolings:
             for layer in self.probed_layers:
                 check_pooling(how, layer, tuple(raw[layer].shape[1:]))
-                dims[_key(layer, how)] = int(pool(raw[layer], how).shape[-1])
+                dims[_key(layer, how)] = int(pool(raw[layer], how, self.tap.formats[layer]).shape[-1])
         return dims
 
 
