@@ -285,6 +285,10 @@ def audit(store: FeatureStore | str | Path, *, out: str | Path | None = None, wr
     - model: a train-shallow model folder whose learning curve answers "enough data?"."""
     if write_manifest and out is None:
         raise InputError("--write-manifest needs an output folder (-o AUDIT_DIR) to write manifest.csv into")
+    if out is not None:  # before the work: featx only writes into its own audit folders
+        from featx.artifacts import check_output
+
+        check_output(out, "audit", inputs=[getattr(store, "path", store)])
     result = run_audit(store, layer=layer, classifier=classifier, cv=cv, k=k, threshold=threshold,
                        calibrate=calibrate, outlier_z=outlier_z, outlier_k=outlier_k, model=model,
                        learning_curve=learning_curve, seed=seed, progress=progress)

@@ -108,6 +108,10 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = None, layer
     each; `frame.attrs` holds the output paths, the protocol and the domain-shift diagnostic."""
     started = time.perf_counter()
     out = Path(out)
+    if not (out / "stores").is_dir():  # a probe folder being resumed has its stores already
+        from featx.artifacts import check_output
+
+        check_output(out, "probe")
     budget_limit = parse_budget(budget)
     poolings = parse_pools(pools)
     classifiers = [c.strip() for c in (classifiers.split(",") if isinstance(classifiers, str) else classifiers)
