@@ -19,7 +19,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
                 "image_size": (int,), "tta": (int,), "batch_size": (int,), "workers": (int,), "device": (str,),
                 "amp": (str,), "dtype": (str,), "shard_size": (int,), "decode": (str,)},
     "train_shallow": {"layer": (str,), "classifier": (str,), "normalize": (str,), "reduce": (str,), "cv": (int,),
-                      "val": (str,), "search": (bool,), "balance": (str,), "seed": (int,)},
+                      "val": (str,), "tune": (bool,), "search": (bool,), "balance": (str,), "seed": (int,)},
     "index": {"layer": (str,), "kind": (str,), "metric": (str,), "reduce": (str,), "memory_budget": (str, int),
               "nlist": (int,), "pq_m": (int,), "nprobe": (int,), "rerank": (int,), "k": (int,), "sample_queries": (int,)},
     "project": {"layer": (str,), "method": (str,), "dims": (int,), "pre_pca": (int,), "color": (str,),

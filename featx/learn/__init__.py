@@ -1,0 +1,1 @@
+"""Learning on stored features: tuning classifiers (tune.py), probing backbones, layers and poolings (probe.py)."""
