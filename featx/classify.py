@@ -26,7 +26,7 @@ from featx.store import (FeatureStore, check_rows_finite, library_versions, read
 log = logging.getLogger(__name__)
 
 # best on average over hymenoptera, Fashion-MNIST and synthetic checks, once tuned (benchmarks/accuracy.py)
-DEFAULT_CLASSIFIER = "logreg"
+DEFAULT_CLASSIFIER = "linear-svm"
 CLASSIFIERS = ("linear-svm", "rbf-svm", "logreg", "knn", "tree", "forest", "hgb")
 BALANCES = ("none", "class-weight", "smote")
 MODEL_FILE = "model.skops"

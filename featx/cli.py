@@ -159,8 +159,8 @@ def train_shallow_cmd(
     store: Path = typer.Argument(..., help="Feature store."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
     layer: Optional[str] = typer.Option(None, help="Stored layer; default: the store's first."),
-    classifier: Optional[str] = typer.Option(None, help="logreg|linear-svm|rbf-svm|knn|tree|forest|hgb; "
-                                                        "default: logreg (best on average once tuned)"),
+    classifier: Optional[str] = typer.Option(None, help="linear-svm|logreg|rbf-svm|knn|tree|forest|hgb; "
+                                                        "default: linear-svm (best on average once tuned)"),
     normalize: str = typer.Option("zscore", help="none|l2|zscore|minmax"),
     reduce: str = typer.Option("none", help="none|pca:K|pca:0.95|pca:K:whiten|pq:M"),
     cv: int = typer.Option(5, help="Folds when the store has no train/val split (and of the inner tuning CV)."),
