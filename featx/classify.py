@@ -12,18 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
+from tqdm.auto import tqdm
 
 from featx import atomic
 from featx.artifacts import check_output, seal
 from featx.errors import ConfigMismatchError, InputError, IntegrityError, StaleArtifactError
 from featx.evaluate import classification_metrics, plot_confusion, plot_learning_curve, write_report
+from featx.learn.tune import STRENGTHS, TunedPipeline, cv_splitter, grid_for, plot_validation_curve
 from featx.reduce import make_normalizer, make_reducer
 from featx.store import (FeatureStore, check_rows_finite, file_sha256, library_versions, read_record,
                          require_same_config, verify_recorded_sha256)
 
 log = logging.getLogger(__name__)
 
+# best on average over hymenoptera, Fashion-MNIST and synthetic checks, once tuned (benchmarks/accuracy.py)
+DEFAULT_CLASSIFIER = "linear-svm"
 CLASSIFIERS = ("linear-svm", "rbf-svm", "logreg", "knn", "tree", "forest", "hgb")
 BALANCES = ("none", "class-weight", "smote")
 MODEL_FILE = "model.skops"
@@ -31,10 +34,11 @@ MODEL_JSON = "model.json"
 BUNDLE_FORMAT = 1
 # what a saved pipeline may contain; anything else is refused before loading
 TRUSTED_TYPE_PREFIXES = ("sklearn.", "imblearn.", "numpy.", "scipy.", "featx.reduce.", "builtins.", "collections.")
+TUNE_MAX_ROWS = 2000  # the validation curve is measured on a stratified subsample of this many training rows
 CURVE_STEPS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
-def make_classifier(name: str, balance: str, seed: int):
+def make_classifier(name: str, balance: str, seed: int, tuned: bool = False):
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
@@ -49,7 +53,8 @@ def make_classifier(name: str, balance: str, seed: int):
         "knn": lambda: KNeighborsClassifier(n_neighbors=5),
         "tree": lambda: DecisionTreeClassifier(class_weight=weight, random_state=seed),
         "forest": lambda: RandomForestClassifier(n_estimators=300, class_weight=weight, n_jobs=-1, random_state=seed),
-        "hgb": lambda: HistGradientBoostingClassifier(early_stopping=True, class_weight=weight, random_state=seed),
+        # tuned: the number of iterations is the tuned knob (a warm-started path), not early stopping
+        "hgb": lambda: HistGradientBoostingClassifier(early_stopping=not tuned, class_weight=weight, random_state=seed),
     }
     if name not in makers:
         raise InputError(f"unknown --classifier '{name}'; allowed: {', '.join(CLASSIFIERS)}")
@@ -61,28 +66,18 @@ def make_classifier(name: str, balance: str, seed: int):
     return makers[name]()
 
 
-def param_grid(classifier: str, reducer) -> dict:
-    grids = {
-        "linear-svm": {"classify__C": [0.001, 0.01, 0.1, 1.0, 10.0]},
-        "rbf-svm": {"classify__C": [0.1, 1.0, 10.0, 100.0]},
-        "logreg": {"classify__C": [0.001, 0.01, 0.1, 1.0, 10.0]},
-        "knn": {"classify__n_neighbors": [1, 3, 5, 10, 20]},
-        "tree": {"classify__max_depth": [None, 5, 10, 20], "classify__min_samples_leaf": [1, 2, 5, 10]},
-        "forest": {"classify__max_depth": [None, 10, 20], "classify__min_samples_leaf": [1, 2, 5]},
-        "hgb": {"classify__max_depth": [None, 3, 6], "classify__min_samples_leaf": [5, 20]},
-    }
-    grid = dict(grids[classifier])
+def reducer_grid(reducer) -> dict:
+    """`--search`: PCA's K is searched too (half, as given, double) around each strength path."""
     k = getattr(reducer, "n_components", None)
-    if isinstance(k, int):
-        grid["reduce__n_components"] = sorted({max(1, k // 2), k, 2 * k})
-    return grid
+    return {"reduce__n_components": sorted({max(1, k // 2), k, 2 * k})} if isinstance(k, int) else {}
 
 
-def build_pipeline(*, classifier: str = "linear-svm", normalize: str = "zscore", reduce: str = "none",
-                   balance: str = "none", seed: int = 0, n_samples: int, n_features: int, smallest_class: int):
+def build_pipeline(*, classifier: str = DEFAULT_CLASSIFIER, normalize: str = "zscore", reduce: str = "none",
+                   balance: str = "none", seed: int = 0, n_samples: int, n_features: int, smallest_class: int,
+                   tuned: bool = False):
     steps = [("normalize", make_normalizer(normalize)),
              ("reduce", make_reducer(reduce, n_samples=n_samples, n_features=n_features, seed=seed)),
-             ("classify", make_classifier(classifier, balance, seed))]
+             ("classify", make_classifier(classifier, balance, seed, tuned))]
     if balance == "smote":
         from imblearn.over_sampling import SMOTE
         from imblearn.pipeline import Pipeline as ImbPipeline
@@ -203,6 +198,7 @@ class LabelledFeatures:
     X: np.ndarray
     y: np.ndarray
     split: np.ndarray
+    groups: np.ndarray | None = None
 
 
 def labelled_features(store: FeatureStore, layer: str) -> LabelledFeatures:
@@ -214,7 +210,20 @@ def labelled_features(store: FeatureStore, layer: str) -> LabelledFeatures:
     X = np.asarray(store.features(layer)[usable], dtype=np.float32)
     check_rows_finite(X, f"store '{store.path}' layer '{layer}'")
     split = meta["split"].fillna("").to_numpy(dtype=object)[usable]
-    return LabelledFeatures(X, meta["label"].to_numpy(dtype=object)[usable].astype(str), split)
+    return LabelledFeatures(X, meta["label"].to_numpy(dtype=object)[usable].astype(str), split,
+                            _groups(meta, usable))
+
+
+def _groups(meta: pd.DataFrame, usable: np.ndarray) -> np.ndarray | None:
+    """The 'group' column (patient, batch, session…) when the inputs gave one: rows of one group are
+    never split between training and evaluation. A row without a group is a group of its own."""
+    if "group" not in meta.columns:
+        return None
+    column = meta["group"][usable]
+    if column.isna().all():
+        return None
+    values = column.astype(object).where(column.notna(), None).to_numpy(dtype=object)
+    return np.array([f"group:{v}" if v is not None else f"row:{i}" for i, v in enumerate(values)], dtype=object)
 
 
 def _check_classes(y: np.ndarray, where: str) -> dict:
@@ -235,18 +244,29 @@ def _held_out(data: LabelledFeatures) -> tuple[np.ndarray, np.ndarray] | None:
     return (train, held) if train.any() and held.any() else None
 
 
-def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = None, classifier: str = "linear-svm",
-                  normalize: str = "zscore", reduce: str = "none", cv: int = 5,
-                  val: FeatureStore | str | Path | None = None, search: bool = False, balance: str = "none",
-                  seed: int = 0, report_dir: str | Path | None = None, out: str | Path | None = None,
-                  learning_curve: bool = True) -> ShallowModel:
-    """Fit and honestly evaluate a shallow classifier on a store's features; save it to `out`."""
+def _take(groups, mask):
+    return None if groups is None else groups[mask]
+
+
+def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = None,
+                  classifier: str = DEFAULT_CLASSIFIER, normalize: str = "zscore", reduce: str = "none", cv: int = 5,
+                  val: FeatureStore | str | Path | None = None, tune: bool = True, search: bool = False,
+                  balance: str = "none", seed: int = 0, report_dir: str | Path | None = None,
+                  out: str | Path | None = None, learning_curve: bool = True) -> ShallowModel:
+    """Fit and honestly evaluate a shallow classifier on a store's features; save it to `out`.
+
+    With `tune` (the default) the classifier's main strength (C, k, leaf size, iterations; see
+    `featx.learn.tune.STRENGTHS`) is chosen by inner cross-validation on the training rows only,
+    inside every outer fold, so the reported score never saw the rows it is scored on. `search`
+    also searches PCA's K. `tune=False` keeps the fixed textbook values (C = 1, k = 5…)."""
     store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     layer = store.check_layer(layer)
     data = labelled_features(store, layer)
-    options = {"classifier": classifier, "normalize": normalize, "reduce": reduce, "cv": cv, "search": search,
-               "balance": balance, "seed": seed, "store": str(Path(store.path).resolve()), "layer": layer,
-               "store_fingerprint": store.fingerprint}
+    if search and not tune:
+        raise InputError("--search tunes more parameters and --no-tune turns tuning off; give one of them")
+    options = {"classifier": classifier, "normalize": normalize, "reduce": reduce, "cv": cv, "tune": tune,
+               "search": search, "balance": balance, "seed": seed, "store": str(Path(store.path).resolve()),
+               "layer": layer, "store_fingerprint": store.fingerprint}
     if out is not None:  # refuse a bad output folder before the work, not after
         check_output(out, "model", inputs=[store.path])
 
@@ -254,14 +274,15 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = None,
         val_store = val if isinstance(val, FeatureStore) else FeatureStore.open(val)
         require_same_config(store.config, val_store.config, f"validation store '{val_store.path}'")
         val_data = labelled_features(val_store, val_store.check_layer(layer))
-        X_train, y_train, X_eval, y_eval = data.X, data.y, val_data.X, val_data.y
+        X_train, y_train, g_train, X_eval, y_eval = data.X, data.y, data.groups, val_data.X, val_data.y
         scheme = f"fit on '{store.path}', scored once on --val '{val_store.path}'"
     elif (split := _held_out(data)) is not None:
         train, held = split
-        X_train, y_train, X_eval, y_eval = data.X[train], data.y[train], data.X[held], data.y[held]
+        X_train, y_train, g_train = data.X[train], data.y[train], _take(data.groups, train)
+        X_eval, y_eval = data.X[held], data.y[held]
         scheme = "fit on split 'train', scored once on the held-out 'val'/'test' rows"
     else:
-        X_train, y_train, X_eval, y_eval = data.X, data.y, None, None
+        X_train, y_train, g_train, X_eval, y_eval = data.X, data.y, data.groups, None, None
         scheme = None
 
     if X_eval is not None:  # held-out rows that copy training rows make the score optimistic
@@ -269,46 +290,69 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = None,
 
         warn_heldout_near_duplicates(X_train, X_eval, store.path)
     counts = _check_classes(y_train, f"training data of '{store.path}'")
+    classes = sorted(counts)
     smallest = min(counts.values())
+    folds = _folds(cv, smallest) if X_eval is None else None  # warns (to the caller) before recording starts
+    if classifier not in STRENGTHS:
+        raise InputError(f"unknown --classifier '{classifier}'; allowed: {', '.join(CLASSIFIERS)}")
+    strength = STRENGTHS[classifier]
+    outer = None
+    if X_eval is None:
+        outer, folds = cv_splitter(folds, y_train, g_train, seed)
 
     def pipeline_for(reduce_spec: str, n_samples: int, smallest_class: int):
         return build_pipeline(classifier=classifier, normalize=normalize, reduce=reduce_spec, balance=balance,
                               seed=seed, n_samples=n_samples, n_features=X_train.shape[1],
-                              smallest_class=smallest_class)
+                              smallest_class=smallest_class, tuned=tune)
 
     def estimator_for(reduce_spec: str, n_samples: int, smallest_class: int):
-        pipeline = pipeline_for(reduce_spec, n_samples, smallest_class)
-        if not search:
-            return pipeline
-        inner = StratifiedKFold(n_splits=max(2, min(3, smallest_class)), shuffle=True, random_state=seed)
-        return GridSearchCV(pipeline, param_grid(classifier, pipeline.named_steps["reduce"]), cv=inner,
-                            scoring="balanced_accuracy", n_jobs=1, error_score=np.nan)
+        if not tune:
+            return pipeline_for(reduce_spec, n_samples, smallest_class)
+        inner = max(2, min(cv, smallest_class))
+        # the reducer is checked against an inner training fold of the (subsampled) tuning rows
+        tune_rows = min(n_samples, TUNE_MAX_ROWS) * (inner - 1) // inner
+        pipeline = pipeline_for(reduce_spec, tune_rows, smallest_class)
+        extra = reducer_grid(pipeline.named_steps["reduce"]) if search else {}
+        return TunedPipeline(pipeline=pipeline, param=strength.param, grid=grid_for(strength, tune_rows),
+                             extra_grid=extra, warm_start=strength.warm_start,
+                             stop_early=strength.stop_early, cv=cv, max_rows=TUNE_MAX_ROWS, seed=seed)
 
-    def evaluate(reduce_spec: str) -> tuple[np.ndarray, np.ndarray, object]:
-        """Predictions on the evaluation rows, their truth, and the final fitted estimator."""
+    def fit(estimator, X, y, groups):
+        return estimator.fit(X, y, groups=groups) if tune else estimator.fit(X, y)
+
+    def evaluate(reduce_spec: str):
+        """Predictions on the evaluation rows, their truth, per-fold scores, fold estimators, final estimator."""
         if X_eval is not None:
-            fitted = estimator_for(reduce_spec, len(y_train), smallest).fit(X_train, y_train)
-            return fitted.predict(X_eval), y_eval, fitted
-        folds = _folds(cv, smallest)
-        outer = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        fold_train = len(y_train) * (folds - 1) // folds
-        fold_smallest = smallest * (folds - 1) // folds
-        predicted = cross_val_predict(estimator_for(reduce_spec, fold_train, fold_smallest), X_train, y_train, cv=outer)
-        fitted = estimator_for(reduce_spec, len(y_train), smallest).fit(X_train, y_train)
-        return predicted, y_train, fitted
+            fitted = fit(estimator_for(reduce_spec, len(y_train), smallest), X_train, y_train, g_train)
+            predicted = fitted.predict(X_eval)
+            return predicted, y_eval, [classification_metrics(y_eval, predicted, classes)], [fitted], fitted
+        predicted = np.empty(len(y_train), dtype=object)
+        fold_metrics, fold_estimators = [], []
+        for train_idx, test_idx in tqdm(list(outer.split(X_train, y_train, g_train)), desc="outer folds",
+                                        leave=False, disable=not log.isEnabledFor(logging.INFO)):
+            fold_smallest = int(pd.Series(y_train[train_idx]).value_counts().min())
+            estimator = fit(estimator_for(reduce_spec, len(train_idx), fold_smallest),
+                            X_train[train_idx], y_train[train_idx], _take(g_train, train_idx))
+            predicted[test_idx] = estimator.predict(X_train[test_idx])
+            fold_metrics.append(classification_metrics(y_train[test_idx], predicted[test_idx], classes))
+            fold_estimators.append(estimator)
+        fitted = fit(estimator_for(reduce_spec, len(y_train), smallest), X_train, y_train, g_train)
+        return predicted.astype(str), y_train, fold_metrics, fold_estimators, fitted
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
-        warnings.filterwarnings("ignore", message=".*did not converge.*")
-        predicted, truth, fitted = evaluate(reduce)
-        classes = sorted(counts)
+    # every warning (non-convergence, a failed grid point…) goes into the report instead of being lost
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predicted, truth, fold_metrics, fold_estimators, fitted = evaluate(reduce)
         metrics = classification_metrics(truth, predicted, classes)
-        if scheme is None:
-            scheme = f"stratified {_folds(cv, smallest)}-fold cross-validation" + (
-                " (nested: the grid search runs inside each training fold)" if search else "")
+        if X_eval is None:
+            spread = _fold_spread(fold_metrics, f"std over {folds} outer folds")
+            scheme = (f"stratified {'group ' if g_train is not None else ''}{folds}-fold cross-validation"
+                      + (" (nested: the strength is tuned inside each training fold)" if tune else ""))
+        else:
+            spread = _bootstrap_spread(truth, predicted, classes, seed)
         reduction = None
         if reduce.startswith("pq:"):
-            baseline_predicted, baseline_truth, _ = evaluate("none")
+            baseline_predicted, baseline_truth, *_ = evaluate("none")
             baseline = classification_metrics(baseline_truth, baseline_predicted, classes)["accuracy"]
             pq = _final_pipeline(fitted).named_steps["reduce"]
             reduction = {"kind": "product quantization", "m": pq.m, "bits": 8,
@@ -321,18 +365,24 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = None,
                          "explained_variance": float(np.sum(pca.explained_variance_ratio_))}
         curve = []
         if learning_curve:
-            curve = _learning_curve(lambda n, per_class: pipeline_for(reduce, n, per_class),
-                                    X_train, y_train, X_eval, y_eval, seed)
+            chosen = getattr(fitted, "best_params_", {})
+            curve = _learning_curve(lambda n, per_class: pipeline_for(reduce, n, per_class).set_params(**chosen),
+                                    X_train, y_train, g_train, X_eval, y_eval, seed)
 
     final = _final_pipeline(fitted)
     report = {
         "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
-        "macro_f1": metrics["macro_f1"], "n_train": int(len(y_train)), "n_eval": int(len(truth)),
+        "macro_f1": metrics["macro_f1"], **spread, "n_train": int(len(y_train)), "n_eval": int(len(truth)),
         "classes": classes, "evaluation": scheme, "per_class": metrics["per_class"],
         "confusion_matrix": metrics["confusion_matrix"], "learning_curve": curve, "reduction": reduction,
+        "tuning": _tuning_summary(fitted, fold_estimators, strength, tune),
         "best_params": getattr(fitted, "best_params_", None),
+        "groups": None if g_train is None else {"column": "group", "n_groups": int(len(np.unique(g_train)))},
+        "warnings": _summarise_warnings(caught),
         "config": {"extractor": store.config, **options},
     }
+    for item in report["warnings"]:
+        log.warning("%s (x%d)", item["message"], item["count"])
     model = ShallowModel(final, [str(c) for c in final.classes_], layer, store.config, options, report)
     report["_report_files"] = _render_report(report, store, layer, classifier)
     if report_dir is not None:
@@ -346,7 +396,7 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = None,
 
 
 def _final_pipeline(fitted):
-    return fitted.best_estimator_ if hasattr(fitted, "best_estimator_") else fitted
+    return fitted.pipeline_ if hasattr(fitted, "pipeline_") else fitted
 
 
 def _folds(cv: int, smallest: int) -> int:
@@ -359,21 +409,77 @@ def _folds(cv: int, smallest: int) -> int:
     return cv
 
 
-def _learning_curve(make_pipeline, X_train, y_train, X_eval, y_eval, seed: int) -> list[dict]:
-    """Held-out accuracy against training images per class (1, 2, 5, 10, …)."""
-    if X_eval is None:  # no held-out rows: the first stratified fold is the held-out part
-        folds = max(2, min(5, pd.Series(y_train).value_counts().min()))
-        train_idx, eval_idx = next(StratifiedKFold(folds, shuffle=True, random_state=seed).split(X_train, y_train))
+SCORES = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def _fold_spread(fold_metrics: list[dict], how: str) -> dict:
+    """Mean ± std of each score over the outer folds (the pooled score is what the table shows)."""
+    spread = {f"{k}_std": float(np.std([m[k] for m in fold_metrics])) for k in SCORES}
+    spread["fold_scores"] = [{k: m[k] for k in SCORES} for m in fold_metrics]
+    spread["spread"] = how
+    return spread
+
+
+def _bootstrap_spread(truth, predicted, classes, seed: int, repeats: int = 200) -> dict:
+    """One held-out split has no folds: its spread is the bootstrap std over the evaluated images
+    (confusion matrices by bincount: sklearn's metric functions are too slow to call 200 times)."""
+    rng = np.random.default_rng(seed)
+    labels = sorted(set(classes) | set(truth) | set(predicted))  # a --val store may hold unseen classes
+    k = len(labels)
+    code = {c: i for i, c in enumerate(labels)}
+    t = np.array([code[c] for c in truth])
+    p = np.array([code[c] for c in predicted])
+    values = {key: [] for key in SCORES}
+    for _ in range(repeats):
+        i = rng.integers(0, len(t), len(t))
+        m = np.bincount(t[i] * k + p[i], minlength=k * k).reshape(k, k).astype(float)
+        diag, support, called = np.diag(m), m.sum(1), m.sum(0)
+        recall = np.divide(diag, support, out=np.zeros(k), where=support > 0)
+        precision = np.divide(diag, called, out=np.zeros(k), where=called > 0)
+        f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
+        values["accuracy"].append(diag.sum() / len(i))
+        values["balanced_accuracy"].append(recall[support > 0].mean())
+        values["macro_f1"].append(f1.mean())
+    spread = {f"{key}_std": float(np.std(v)) for key, v in values.items()}
+    spread["spread"] = f"bootstrap std over the {len(t)} held-out images ({repeats} resamples)"
+    return spread
+
+
+def _tuning_summary(fitted, fold_estimators: list, strength, tuned: bool) -> dict:
+    if not tuned:
+        return {"enabled": False, "param": strength.param, "label": strength.label, "fixed": strength.fixed}
+    return {"enabled": True, "param": strength.param, "label": strength.label, "scoring": "balanced_accuracy",
+            "grid": list(fitted.grid), "chosen": fitted.best_value_, "best_params": fitted.best_params_,
+            "inner_cv_score": fitted.best_score_, "inner_folds": fitted.inner_folds_, "tune_rows": fitted.tune_rows_,
+            "chosen_per_outer_fold": [e.best_value_ for e in fold_estimators] if len(fold_estimators) > 1 else None,
+            "validation_curve": fitted.curve_, "failures": fitted.failures_}
+
+
+def _summarise_warnings(caught) -> list[dict]:
+    counts: dict[tuple, int] = {}
+    for w in caught:
+        key = (w.category.__name__, str(w.message).strip())
+        counts[key] = counts.get(key, 0) + 1
+    return [{"category": c, "message": m, "count": n} for (c, m), n in counts.items()]
+
+
+def _learning_curve(make_pipeline, X_train, y_train, g_train, X_eval, y_eval, seed: int) -> list[dict]:
+    """Held-out accuracy against training images per class (1, 2, 5, 10, …), at the chosen strength.
+    Large sets repeat each point fewer times: the curve's job is the shape, not the fourth decimal."""
+    if X_eval is None:  # no held-out rows: the first (group-)stratified fold is the held-out part
+        splitter, _ = cv_splitter(5, y_train, g_train, seed)
+        train_idx, eval_idx = next(splitter.split(X_train, y_train, g_train))
         X_train, y_train, X_eval, y_eval = X_train[train_idx], y_train[train_idx], X_train[eval_idx], y_train[eval_idx]
     per_class_max = pd.Series(y_train).value_counts().min()
     steps = [n for n in CURVE_STEPS if n <= per_class_max]
     if per_class_max not in steps:
         steps.append(int(per_class_max))
+    n_classes = len(np.unique(y_train))
     rng = np.random.default_rng(seed)
     by_class = {c: np.flatnonzero(y_train == c) for c in np.unique(y_train)}
     points = []
     for n in steps:
-        repeats = 5 if n <= 5 else 3 if n < per_class_max else 1
+        repeats = 5 if n <= 5 else 3 if n < per_class_max and n * n_classes <= 1000 else 1
         scores = []
         for _ in range(repeats):
             chosen = np.concatenate([rng.choice(idx, size=n, replace=False) for idx in by_class.values()])
@@ -400,5 +506,10 @@ def _render_report(report: dict, store: FeatureStore, layer: str, classifier: st
                        f"{title}\naccuracy {report['accuracy']:.3f}")
         if report["learning_curve"]:
             plot_learning_curve(report["learning_curve"], folder / "learning_curve.png", title)
+        tuning = report["tuning"]
+        if tuning["enabled"]:
+            plot_validation_curve(tuning["validation_curve"], tuning["chosen"], tuning["label"],
+                                  folder / "validation_curve.png", f"{title}\ninner {tuning['inner_folds']}-fold CV "
+                                  f"on {tuning['tune_rows']} training rows")
         write_report({k: v for k, v in report.items() if not k.startswith("_")}, folder, f"featx report: {title}")
         return {p.name: p.read_bytes() for p in folder.iterdir()}

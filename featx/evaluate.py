@@ -70,19 +70,50 @@ def plot_learning_curve(points: list[dict], path: Path, title: str) -> Path:
     return path
 
 
+def _with_spread(report: dict, key: str) -> str:
+    std = report.get(f"{key}_std")
+    return f"{report[key]:.4f} ± {std:.4f}" if std is not None else f"{report[key]:.4f}"
+
+
 def write_report(report: dict, folder: Path, title: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    lines = [f"# {title}", "", f"Evaluation: {report['evaluation']}", "",
-             "| metric | value |", "|---|---|"]
-    for key in ("accuracy", "balanced_accuracy", "macro_f1", "n_train", "n_eval"):
-        value = report[key]
-        lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    lines = [f"# {title}", "", f"Evaluation: {report['evaluation']}", ""]
+    if report.get("spread"):
+        lines += [f"± is the {report['spread']}.", ""]
+    lines += ["| metric | value |", "|---|---|"]
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        lines.append(f"| {key} | {_with_spread(report, key)} |")
+    for key in ("n_train", "n_eval"):
+        lines.append(f"| {key} | {report[key]} |")
     lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
     for name, row in report["per_class"].items():
         lines.append(f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |")
+    tuning = report.get("tuning") or {}
+    if tuning.get("enabled"):
+        lines += ["", "## Tuning", "",
+                  f"{tuning['label']} chosen by inner {tuning['inner_folds']}-fold cross-validation "
+                  f"({tuning['scoring']}) on {tuning['tune_rows']} training rows: **{tuning['chosen']:g}** "
+                  f"(inner CV score {tuning['inner_cv_score']:.4f}; grid {', '.join(f'{v:g}' for v in tuning['grid'])})."]
+        if tuning.get("chosen_per_outer_fold"):
+            lines.append(f"Chosen in each outer fold: {', '.join(f'{v:g}' for v in tuning['chosen_per_outer_fold'])}.")
+        lines += ["", "| " + tuning["label"] + " | train | cross-validation |", "|---|---|---|"]
+        for p in tuning["validation_curve"]:
+            if p.get("skipped"):
+                lines.append(f"| {p['value']:g} | not walked (no gain over the last points) | |")
+            elif p["cv_mean"] is None:
+                lines.append(f"| {p['value']:g} | failed | failed |")
+            else:
+                lines.append(f"| {p['value']:g} | {p['train_mean']:.4f} ± {p['train_std']:.4f} "
+                             f"| {p['cv_mean']:.4f} ± {p['cv_std']:.4f} |")
+        lines += ["", "![validation curve](validation_curve.png)"]
+    elif tuning:
+        lines += ["", "## Tuning", "", f"off: fixed {tuning['label']} = {tuning['fixed']}"]
     if report.get("reduction"):
         lines += ["", "## Reduction", "", "```json", json.dumps(report["reduction"], indent=2), "```"]
+    if report.get("warnings"):
+        lines += ["", "## Warnings", "", "| count | category | message |", "|---|---|---|"]
+        lines += [f"| {w['count']} | {w['category']} | {w['message'].replace('|', '/')} |" for w in report["warnings"]]
     lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![learning curve](learning_curve.png)", "",
               "## Config", "", "```json", json.dumps(report["config"], indent=2, default=str), "```", ""]
     (folder / "report.md").write_text("\n".join(lines))

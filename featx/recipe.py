@@ -20,7 +20,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
                 "amp": (str,), "dtype": (str,), "shard_size": (int,), "decode": (str,),
                 "resize": (str,)},
     "train_shallow": {"layer": (str,), "classifier": (str,), "normalize": (str,), "reduce": (str,), "cv": (int,),
-                      "val": (str,), "search": (bool,), "balance": (str,), "seed": (int,)},
+                      "val": (str,), "tune": (bool,), "search": (bool,), "balance": (str,), "seed": (int,)},
     "audit": {"layer": (str,), "classifier": (str,), "cv": (int,), "k": (int,), "threshold": (float, int),
               "calibrate": (str,), "outlier_z": (float, int), "outlier_k": (int,), "seed": (int,),
               "write_manifest": (bool,)},

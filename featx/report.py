@@ -35,6 +35,26 @@ def _img(path: Path, css: str = "") -> str:
     return f'<img class="{css}" src="{png_uri(path.read_bytes())}">' if path.is_file() else ""
 
 
+def _spread(report: dict, key: str) -> str:
+    std = report.get(f"{key}_std")
+    return f"{report[key]:.4f} ± {std:.4f}" if std is not None else f"{report[key]:.4f}"
+
+
+def _tuning_html(tuning: dict, warnings: list[dict]) -> str:
+    parts = []
+    if tuning.get("enabled"):
+        per_fold = tuning.get("chosen_per_outer_fold")
+        parts.append(f"<p>{escape(tuning['label'])} chosen by inner {tuning['inner_folds']}-fold cross-validation on "
+                     f"the training rows: <b>{tuning['chosen']:g}</b> (grid {tuning['grid'][0]:g} … {tuning['grid'][-1]:g}"
+                     + (f"; per outer fold: {', '.join(f'{v:g}' for v in per_fold)}" if per_fold else "") + ").</p>")
+    elif tuning:
+        parts.append(f"<p>Not tuned: fixed {escape(tuning['label'])} = {escape(tuning['fixed'])}.</p>")
+    if warnings:
+        parts.append("<p>Warnings while training:</p>" + _table([(w["count"], w["category"], w["message"]) for w in warnings],
+                                                              ("count", "category", "message")))
+    return "".join(parts)
+
+
 def render_report(title: str, store: FeatureStore, model_dir: Path | None, index_dir: Path | None,
                   search_results: pd.DataFrame | None, projection_dir: Path | None,
                   audit_dir: Path | None = None) -> str:
@@ -70,13 +90,17 @@ def render_report(title: str, store: FeatureStore, model_dir: Path | None, index
         options = report["config"]
         parts.append("<h2>Classifier</h2>" + f"<p>{escape(options.get('classifier'))}, normalise "
                      f"{escape(options.get('normalize'))}, reduce {escape(options.get('reduce'))} — {escape(report['evaluation'])}.</p>"
-                     + _table([("accuracy", report["accuracy"]), ("balanced accuracy", report["balanced_accuracy"]),
-                               ("macro F1", report["macro_f1"]), ("training images", report["n_train"]),
+                     + _table([("accuracy", _spread(report, "accuracy")),
+                               ("balanced accuracy", _spread(report, "balanced_accuracy")),
+                               ("macro F1", _spread(report, "macro_f1")), ("training images", report["n_train"]),
                                ("evaluated images", report["n_eval"])])
+                     + (f"<p class='muted'>± is the {escape(report['spread'])}.</p>" if report.get("spread") else "")
+                     + _tuning_html(report.get("tuning") or {}, report.get("warnings") or [])
                      + _table([(c, v["precision"], v["recall"], v["f1"], v["support"]) for c, v in report["per_class"].items()],
                               ("class", "precision", "recall", "F1", "support"))
                      + "<div class='imgs'>" + _img(model_dir / "report" / "confusion_matrix.png")
-                     + _img(model_dir / "report" / "learning_curve.png") + "</div>")
+                     + _img(model_dir / "report" / "learning_curve.png")
+                     + _img(model_dir / "report" / "validation_curve.png") + "</div>")
 
     if audit_dir is not None and (audit_dir / "audit.json").is_file():
         parts.append(audit_section(audit_dir))

@@ -48,8 +48,9 @@ SYNTHETIC_CONFIG = {"backbone": "synthetic", "weights_id": "none", "weights_sha2
                     "pool": "avg", "preprocess": {}, "tta": 1, "dtype": "float32"}
 
 
-def make_feature_store(path: Path, X, labels, splits=None, config=None, shard_size=None, status="ok"):
-    """A store holding given vectors, for tests of the steps after extraction."""
+def make_feature_store(path: Path, X, labels, splits=None, config=None, shard_size=None, status="ok", groups=None):
+    """A store holding given vectors, for tests of the steps after extraction. `groups` adds a
+    'group' column to the returned store's (in-memory) metadata, as a manifest's group column does."""
 
     from featx.store import StoreWriter
     from featx.images import ImageRecord
@@ -68,7 +69,10 @@ def make_feature_store(path: Path, X, labels, splits=None, config=None, shard_si
         meta["status"] = status
         meta["error"] = None if status == "ok" else "synthetic failure"
         writer.commit_shard(start, {"vec": X[start:stop]}, meta)
-    return writer.finalize(len(X))
+    store = writer.finalize(len(X))
+    if groups is not None:
+        store.meta["group"] = list(groups)
+    return store
 
 
 def blobs(n_per_class=30, classes=3, dim=32, seed=0, spread=1.0):

@@ -104,7 +104,8 @@ def test_default_classifier_accuracy_on_hymenoptera(hymenoptera_store, tmp_path)
 
     model = train_shallow(hymenoptera_store, out=tmp_path / "model")
     assert model.report["n_train"] == 245 and model.report["n_eval"] == 153  # the GIF decodes: a train image
-    assert model.report["accuracy"] >= 0.92, model.report["accuracy"]
+    assert model.report["accuracy"] >= 0.95, model.report["accuracy"]  # tuned linear SVM (issue 9 target)
+    assert model.report["tuning"]["chosen"] < 1.0  # C = 1 overfits 1,280-d features of 245 images
     bees = sorted((HYMENOPTERA / "val" / "bees").glob("*.jpg"))[:10]
     result = predict(tmp_path / "model", [str(p) for p in bees] + [str(tmp_path / "missing.jpg")])
     result = result.set_index("path")

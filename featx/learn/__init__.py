@@ -1,1 +1,2 @@
-"""Learning on stored features: probing backbones, layers and poolings (probe.py), auditing the data (audit.py)."""
+"""Learning on stored features: tuning classifiers (tune.py), probing backbones, layers and poolings
+(probe.py), auditing the data (audit.py)."""

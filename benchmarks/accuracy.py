@@ -1,0 +1,194 @@
+"""How close do featx's default classifiers come to the best answer the features hold?
+
+Compares, on the same stored features (efficientnet_lite0, the default extractor):
+  * featx defaults: `featx.train_shallow(store)` with nothing set (tuned, honest evaluation);
+  * a CV-tuned reference written here with plain scikit-learn, independent of featx's tuning code:
+    z-score + logistic regression / linear SVM, C over 1e-6…1e2 chosen by 5-fold CV on the training
+    rows, scored once on the held-out rows;
+  * `featx.probe`'s winner, when the installed featx has it (see `probe_score` below).
+
+Data sets:
+  * hymenoptera (../shared/datasets/hymenoptera, train/ → val/), 398 photos;
+  * Fashion-MNIST from Debian's `dataset-fashion-mnist` (MIT; installed with apt-get when missing):
+    N per class from the train split for training (default 1,000), the standard 10,000-image test
+    split for scoring.
+
+    python benchmarks/accuracy.py [--cache runs/accuracy] [--fmnist-per-class 1000] [--only hymenoptera,fmnist]
+
+Stores are cached under --cache (extraction is the slow part: 20,000 images take about half an hour
+on 2 shared CPU cores); a re-run resumes or reuses them. Timings are wall-clock seconds of the
+training step only."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+HYMENOPTERA = Path(os.environ.get("FEATX_HYMENOPTERA", REPO.parent / "shared" / "datasets" / "hymenoptera"))
+FMNIST_SOURCE = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
+REFERENCE_CS = np.logspace(-6, 2, 17)
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+def _read_idx(path: Path, offset: int) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        return np.frombuffer(f.read(), dtype=np.uint8, offset=offset)
+
+
+def ensure_fmnist_package() -> None:
+    if (FMNIST_SOURCE / "t10k-images-idx3-ubyte.gz").is_file():
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    print("installing Debian package dataset-fashion-mnist …", flush=True)
+    subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True)
+    subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], check=True)
+
+
+def fmnist_images(folder: Path, per_class: int, test_per_class: int | None) -> Path:
+    """train/<class>/ with `per_class` images per class from the train split (the first ones), and
+    test/<class>/ with the standard test split (all 10,000, or its first `test_per_class` per class).
+    A `.complete` marker is written last."""
+    marker = folder / ".complete"
+    if marker.is_file() and marker.read_text().strip() == f"{per_class} {test_per_class}":
+        return folder
+    from PIL import Image
+
+    ensure_fmnist_package()
+    if folder.exists():
+        shutil.rmtree(folder)
+    for split, prefix, limit in (("train", "train", per_class), ("test", "t10k", test_per_class)):
+        images = _read_idx(FMNIST_SOURCE / f"{prefix}-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
+        labels = _read_idx(FMNIST_SOURCE / f"{prefix}-labels-idx1-ubyte.gz", 8)
+        for class_id, name in enumerate(FMNIST_CLASSES):
+            out = folder / split / name
+            out.mkdir(parents=True, exist_ok=True)
+            for n, index in enumerate(np.flatnonzero(labels == class_id)[:limit]):
+                Image.fromarray(images[index], mode="L").save(out / f"{name}_{n:05d}.png")
+    marker.write_text(f"{per_class} {test_per_class}\n")
+    return folder
+
+
+def cached_store(images: Path, store_dir: Path):
+    """Extract once with the default extractor; a re-run resumes an interrupted extraction."""
+    import featx
+
+    if (store_dir / "manifest.json").is_file():
+        store = featx.FeatureStore.open(store_dir)
+        if store.complete:
+            return store
+    print(f"extracting {images} → {store_dir} (slow on CPU; resumable) …", flush=True)
+    return featx.extract(images, store_dir, progress=True)
+
+
+
+
+
+# --- the three contenders ------------------------------------------------------------------------
+
+def split_features(store):
+    """Training and held-out rows of the store's first layer, as plain arrays."""
+    meta = store.meta
+    usable = store.ok & meta["label"].notna().to_numpy()
+    X = np.asarray(store.features()[usable], dtype=np.float32)
+    y = meta["label"].to_numpy(dtype=object)[usable].astype(str)
+    split = meta["split"].fillna("").to_numpy(dtype=object)[usable]
+    train = split == "train"
+    return X[train], y[train], X[~train], y[~train]
+
+
+def reference_score(store) -> tuple[float, str]:
+    """Written independently of featx: z-score + logistic regression or linear SVM, with the model
+    and C over 1e-6…1e2 (17 points) chosen by 5-fold stratified CV on the training rows only."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    X_train, y_train, X_test, y_test = split_features(store)
+    pipeline = Pipeline([("scale", StandardScaler()), ("model", LogisticRegression(max_iter=2000))])
+    grid = [{"model": [LogisticRegression(max_iter=2000)], "model__C": REFERENCE_CS},
+            {"model": [LinearSVC(max_iter=5000)], "model__C": REFERENCE_CS}]
+    search = GridSearchCV(pipeline, grid, cv=StratifiedKFold(5, shuffle=True, random_state=0), n_jobs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the reference is judged by its score only
+        search.fit(X_train, y_train)
+    best = search.best_params_
+    return float(np.mean(search.predict(X_test) == y_test)), f"{type(best['model']).__name__} C={best['model__C']:.0e}"
+
+
+def featx_score(store, **options) -> tuple[float, str]:
+    import featx
+
+    model = featx.train_shallow(store, **options)
+    report = model.report
+    return report["accuracy"], (f"{report['config']['classifier']} {report['tuning']['label']}="
+                                f"{report['tuning'].get('chosen', report['tuning'].get('fixed'))}")
+
+
+# >>> the probe's winner plugs in here: a function taking a data set and returning (accuracy, what).
+# featx.probe extracts its own candidate stores from the images, so it gets the store's image folder
+# (and a PROBE_DIR under the cache) rather than the default store; its ranked table's first row wins.
+def probe_score(store, images: Path, probe_dir: Path) -> tuple[float, str] | None:
+    import featx
+
+    if not hasattr(featx, "probe"):
+        print("probe: not available", flush=True)
+        return None
+    table = featx.probe(images, probe_dir)
+    best = table.iloc[0]
+    return float(best["accuracy"]), f"{best['backbone']} / {best['layer']} / {best['pool']} / {best['classifier']}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", type=Path, default=REPO / "runs" / "accuracy")
+    parser.add_argument("--fmnist-per-class", type=int, default=1000, help="training images per class (train split)")
+    parser.add_argument("--fmnist-test-per-class", type=int, default=None,
+                        help="test images per class (default: the whole 10,000-image test split)")
+    parser.add_argument("--only", default="hymenoptera,fmnist")
+    parser.add_argument("--also", default="", help="other featx classifiers to score, e.g. linear-svm,logreg")
+    args = parser.parse_args()
+    datasets = {}
+    if "hymenoptera" in args.only:
+        datasets["hymenoptera (train → val)"] = (HYMENOPTERA, args.cache / "hymenoptera")
+    if "fmnist" in args.only:
+        test = args.fmnist_test_per_class
+        folder = args.cache / f"fmnist-{args.fmnist_per_class}-{test or 'all'}"
+        images = fmnist_images(folder / "images", args.fmnist_per_class, test)
+        datasets[f"Fashion-MNIST ({args.fmnist_per_class}/class → {'10,000' if test is None else f'{test}/class'} test)"] = \
+            (images, folder)
+    rows = []
+    for name, (images, folder) in datasets.items():
+        store = cached_store(images, folder / "store")
+        contenders = [("featx defaults", lambda s: featx_score(s))]
+        contenders += [(f"featx --classifier {c}", lambda s, c=c: featx_score(s, classifier=c))
+                       for c in args.also.split(",") if c]
+        contenders += [("CV-tuned reference (sklearn)", reference_score),
+                       ("featx probe winner", lambda s: probe_score(s, images, folder / "probe"))]
+        for label, score in contenders:
+            t = time.perf_counter()
+            result = score(store)
+            if result is None:
+                continue
+            rows.append((name, label, result[0], result[1], time.perf_counter() - t))
+            print(f"{name:<40} {label:<30} accuracy {result[0]:.4f}  {result[1]:<28} {rows[-1][4]:7.1f} s", flush=True)
+    print("\n| data | what | accuracy | chosen | train s |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]:.4f} | {r[3]} | {r[4]:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
