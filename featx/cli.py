@@ -104,13 +104,19 @@ def extract_cmd(
     append: bool = typer.Option(False, help="Add the inputs; keep store rows absent from them while their files exist."),
     frozen: bool = typer.Option(False, help="Refuse (exit 2) if the inputs differ from the store in any way."),
     decode: str = typer.Option("auto", help="auto|pil|torch: torch decodes JPEGs on the device (GPU); auto = torch on CUDA"),
+    engine: str = typer.Option("local", help="local|ray: ray runs the shards on a Ray cluster (pip install 'featx[ray]')"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster: auto, ray://HOST:PORT; default: a local one."),
+    num_gpus_per_worker: Optional[float] = typer.Option(None, help="GPUs per Ray actor (default: CPU actors)."),
+    cpus_per_worker: Optional[float] = typer.Option(None, help="CPUs per Ray actor (default: min(4, cluster CPUs))."),
 ):
     """Extract features of images into a resumable feature store."""
     from featx.extract import extract
 
     store = extract(inputs, out, model=model, weights=weights, layers=layer or None, pool=pool, image_size=image_size,
                     tta=tta, batch_size=batch_size, workers=workers, device=device, amp=amp, dtype=dtype,
-                    shard_size=shard_size, overwrite=overwrite, append=append, frozen=frozen, decode=decode)
+                    shard_size=shard_size, overwrite=overwrite, append=append, frozen=frozen, decode=decode,
+                    engine=engine, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
+                    cpus_per_worker=cpus_per_worker)
     console.print(f"inputs vs store: {store.manifest['last_run']['line']}", highlight=False)
     _print_summary(store.summary(), brief=True)
 
