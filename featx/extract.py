@@ -301,7 +301,11 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
     if frozen and (overwrite or append):
         raise InputError("--frozen cannot be combined with --overwrite or --append: it refuses any change")
     records = scan_inputs(inputs)
-    if engine == "ray":  # the driver only plans (its config names the features); the workers pick their device
+    if engine == "ray":
+        from featx.engines.ray_engine import import_ray
+
+        import_ray()  # a missing Ray is reported before the store is touched
+        # the driver only plans (its config names the features); the workers pick their device
         decode = decode if decode != "auto" else ("torch" if num_gpus_per_worker else "pil")
     extractor = Extractor(model, weights=weights, layers=layers, pool=pool, image_size=image_size, tta=tta,
                           device="cpu" if engine == "ray" else device, amp="none" if engine == "ray" else amp,
