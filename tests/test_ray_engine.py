@@ -85,6 +85,7 @@ def _committed(store: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # about 2-5 minutes on a shared 2-core machine
 def test_killed_actor_loses_no_row(ray_cluster, tmp_path):
     images = make_class_folder(tmp_path / "images", per_class=60, size=(640, 480))
     out = tmp_path / "ray"
