@@ -269,6 +269,10 @@ def index_cmd(
     pq_m: Optional[int] = typer.Option(None),
     nprobe: Optional[int] = typer.Option(None, help="Fix nprobe/efSearch instead of tuning it."),
     rerank: Optional[int] = typer.Option(None, help="Re-score k×N candidates with exact vectors (0: off)."),
+    stream: Optional[bool] = typer.Option(None, "--stream/--no-stream",
+                                          help="Train on a sample, add shard by shard (default: above 1 GiB of features)."),
+    engine: str = typer.Option("local", help="local|ray: ray adds shard ranges in parallel and merges (IVF, flat)."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster for --engine ray: auto, ray://HOST:PORT."),
 ):
     """Build a FAISS retrieval index over stored features (or --update one)."""
     from featx.index import Index, build_index
@@ -287,7 +291,8 @@ def index_cmd(
 
     check_output(out, "index", inputs=[store])  # before the work, not after
     index = build_index(store, layer=layer, kind=kind, metric=metric, reduce=reduce, memory_budget=memory_budget,
-                        nlist=nlist, pq_m=pq_m, nprobe=nprobe, rerank=rerank)
+                        nlist=nlist, pq_m=pq_m, nprobe=nprobe, rerank=rerank, stream=stream, engine=engine,
+                        ray_address=ray_address)
     index.save(out)
     console.print(f"{out}: {index.info['kind']} index ({index.info['factory']}), {index.info['metric']}, "
                   f"{index.info['ntotal']} vectors, params {index.info['params']}", highlight=False)
@@ -304,11 +309,12 @@ def search_cmd(
     evaluate: bool = typer.Option(False, "--evaluate", help="Leave-one-out retrieval metrics over the store."),
     evaluate_json: Optional[Path] = typer.Option(None, "--json", help="Where --evaluate writes its JSON."),
     device: str = typer.Option("auto"),
+    mmap: bool = typer.Option(False, "--mmap", help="Memory-map the index file (indexes bigger than RAM)."),
 ):
     """Find the stored images most similar to query images (or evaluate the index)."""
     from featx.index import Index
 
-    index = Index.load(index_dir)
+    index = Index.load(index_dir, mmap=mmap)
     if evaluate:
         metrics = index.evaluate(k)
         table = Table("metric", "value", title=f"leave-one-out retrieval, {index.info['kind']} index")
