@@ -122,9 +122,9 @@ def run_shards(writer, plan: pd.DataFrame, shards: list[tuple[int, int]], *, ray
             fn_constructor_kwargs={"config": writer.config, "config_hash": writer.hash,
                                    "store_path": str(Path(writer.path).resolve()), "runtime": runtime,
                                    "threads": threads},
-            num_cpus=cpus, num_gpus=num_gpus_per_worker or None,
-            # a killed actor is restarted and its unfinished shards retried, without limit
-            max_restarts=-1, max_task_retries=-1)
+            # Ray Data's actor pools restart a killed actor and retry its unfinished shards without
+            # limit (max_restarts=-1, max_task_retries=-1 are its defaults; passing them is deprecated)
+            num_cpus=cpus, num_gpus=num_gpus_per_worker or None)
         log.info("ray: %d shards on %d actors (%g CPUs%s each)", len(items), size, cpus,
                  f", {num_gpus_per_worker:g} GPUs" if num_gpus_per_worker else "")
         _commit_as_they_land(writer, dataset, sum(b - a for a, b in shards), progress)
