@@ -64,8 +64,24 @@ def test_ray_options_need_the_ray_engine(tmp_path, image_folder):
         extract(image_folder, tmp_path / "s", engine="spark", **TINY)
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _descends_from_us(pid: int) -> bool:
+    """Only actors of the Ray cluster this test process started (its raylet is our child)."""
+    while pid > 1:
+        pid = _parent(pid)
+        if pid == os.getpid():
+            return True
+    return False
+
+
 def _actor_pids() -> set[int]:
-    """Processes of this user whose title names a featx shard actor (Ray sets the title)."""
+    """Processes of our own Ray cluster whose title names a featx shard actor (Ray sets the title)."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -73,7 +89,7 @@ def _actor_pids() -> set[int]:
                 title = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
             except OSError:
                 continue
-            if b"ray::" in title and b"ShardWorker" in title:
+            if b"ray::" in title and b"ShardWorker" in title and _descends_from_us(int(entry.name)):
                 pids.add(int(entry.name))
     return pids
 
