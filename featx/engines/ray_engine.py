@@ -115,6 +115,8 @@ def run_shards(writer, plan: pd.DataFrame, shards: list[tuple[int, int]], *, ray
                    "workers": decoders}
         paths = plan["path"].to_numpy(dtype=object)
         items = [{"start": start, "stop": stop, "paths": [str(p) for p in paths[start:stop]]} for start, stop in shards]
+        # Ray Data's own INFO lines only with `featx -v`
+        logging.getLogger("ray.data").setLevel(logging.getLogger("featx").getEffectiveLevel())
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # featx shows one bar: rows committed
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
