@@ -107,6 +107,10 @@ def extract_cmd(
     decode: str = typer.Option("auto", help="auto|pil|torch: torch decodes JPEGs on the device (GPU); auto = torch on CUDA"),
     resize: str = typer.Option("crop", help="crop|full|pad: crop = shorter side resized, centre-cropped (the weights' "
                                "recipe); full = whole image squashed; pad = letterboxed (keeps the borders)"),
+    engine: str = typer.Option("local", help="local|ray: ray runs the shards on a Ray cluster (pip install 'featx[ray]')"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster: auto, ray://HOST:PORT; default: a local one."),
+    num_gpus_per_worker: Optional[float] = typer.Option(None, help="GPUs per Ray actor (default: CPU actors)."),
+    cpus_per_worker: Optional[float] = typer.Option(None, help="CPUs per Ray actor (default: min(4, cluster CPUs))."),
 ):
     """Extract features of images into a resumable feature store."""
     from featx.extract import extract
@@ -114,7 +118,8 @@ def extract_cmd(
     store = extract(inputs, out, model=model, weights=weights, layers=layer or None, pool=pool, image_size=image_size,
                     tta=tta, batch_size=batch_size, workers=workers, device=device, amp=amp, dtype=dtype,
                     shard_size=shard_size, overwrite=overwrite, append=append, frozen=frozen, decode=decode,
-                    resize=resize)
+                    resize=resize, engine=engine, ray_address=ray_address,
+                    num_gpus_per_worker=num_gpus_per_worker, cpus_per_worker=cpus_per_worker)
     console.print(f"inputs vs store: {store.manifest['last_run']['line']}", highlight=False)
     _print_summary(store.summary(), brief=True)
 
@@ -336,6 +341,10 @@ def index_cmd(
     pq_m: Optional[int] = typer.Option(None),
     nprobe: Optional[int] = typer.Option(None, help="Fix nprobe/efSearch instead of tuning it."),
     rerank: Optional[int] = typer.Option(None, help="Re-score k×N candidates with exact vectors (0: off)."),
+    stream: Optional[bool] = typer.Option(None, "--stream/--no-stream",
+                                          help="Train on a sample, add shard by shard (default: above 1 GiB of features)."),
+    engine: str = typer.Option("local", help="local|ray: ray adds shard ranges in parallel and merges (IVF, flat)."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster for --engine ray: auto, ray://HOST:PORT."),
 ):
     """Build a FAISS retrieval index over stored features (or --update one)."""
     from featx.index import Index, build_index
@@ -354,7 +363,8 @@ def index_cmd(
 
     check_output(out, "index", inputs=[store])  # before the work, not after
     index = build_index(store, layer=layer, kind=kind, metric=metric, reduce=reduce, memory_budget=memory_budget,
-                        nlist=nlist, pq_m=pq_m, nprobe=nprobe, rerank=rerank)
+                        nlist=nlist, pq_m=pq_m, nprobe=nprobe, rerank=rerank, stream=stream, engine=engine,
+                        ray_address=ray_address)
     index.save(out)
     console.print(f"{out}: {index.info['kind']} index ({index.info['factory']}), {index.info['metric']}, "
                   f"{index.info['ntotal']} vectors, params {index.info['params']}", highlight=False)
@@ -371,11 +381,12 @@ def search_cmd(
     evaluate: bool = typer.Option(False, "--evaluate", help="Leave-one-out retrieval metrics over the store."),
     evaluate_json: Optional[Path] = typer.Option(None, "--json", help="Where --evaluate writes its JSON."),
     device: str = typer.Option("auto"),
+    mmap: bool = typer.Option(False, "--mmap", help="Memory-map the index file (indexes bigger than RAM)."),
 ):
     """Find the stored images most similar to query images (or evaluate the index)."""
     from featx.index import Index
 
-    index = Index.load(index_dir)
+    index = Index.load(index_dir, mmap=mmap)
     if evaluate:
         metrics = index.evaluate(k)
         table = Table("metric", "value", title=f"leave-one-out retrieval, {index.info['kind']} index")

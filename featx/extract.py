@@ -46,6 +46,7 @@ def cpu_bf16_supported(device: torch.device) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:
         return False
+ENGINES = ("local", "ray")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -353,22 +354,38 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
             layers: Sequence[str] | None = None, pool: str = "avg", image_size: int | None = None, tta: int = 1,
             batch_size: int = 32, workers: int | None = None, device: str = "auto", amp: str = "none",
             dtype: str = "float32", shard_size: int = 4096, overwrite: bool = False, append: bool = False,
-            frozen: bool = False, decode: str = "auto", resize: str = "crop", progress: bool = True) -> FeatureStore:
+            frozen: bool = False, decode: str = "auto", resize: str = "crop", progress: bool = True,
+            engine: str = "local", ray_address: str | None = None, num_gpus_per_worker: float | None = None,
+            cpus_per_worker: float | None = None) -> FeatureStore:
     """Extract features of `inputs` (folders, manifests, globs) into the store at `out`.
 
     The inputs are the truth: re-running reconciles the store with them (new, changed, relabelled,
     moved and removed files; `store.manifest["last_run"]` says what changed) and resumes an
     interrupted run. `append=True` keeps rows whose files are absent from `inputs` but still exist;
     `frozen=True` refuses any difference. Another config into an existing store is refused
-    unless `overwrite`."""
+    unless `overwrite`.
+
+    `engine="ray"` runs the shards on a Ray cluster (`ray_address`: "auto", "ray://HOST:PORT" or
+    None for a local one), one extractor per actor with `cpus_per_worker` / `num_gpus_per_worker`;
+    the store folder must be on a filesystem every node sees."""
+    if engine not in ENGINES:
+        raise InputError(f"unknown --engine '{engine}'; allowed: {', '.join(ENGINES)}")
+    if engine == "local" and (ray_address or num_gpus_per_worker is not None or cpus_per_worker is not None):
+        raise InputError("--ray-address, --num-gpus-per-worker and --cpus-per-worker need --engine ray")
     if int(shard_size) < 1:
         raise InputError(f"--shard-size {shard_size} must be at least 1")
     if frozen and (overwrite or append):
         raise InputError("--frozen cannot be combined with --overwrite or --append: it refuses any change")
     records = scan_inputs(inputs)
+    if engine == "ray":
+        from featx.engines.ray_engine import import_ray
+
+        import_ray()  # a missing Ray is reported before the store is touched
+        # the driver only plans (its config names the features); the workers pick their device
+        decode = decode if decode != "auto" else ("torch" if num_gpus_per_worker else "pil")
     extractor = Extractor(model, weights=weights, layers=layers, pool=pool, image_size=image_size, tta=tta,
-                          device=device, amp=amp, dtype=dtype, batch_size=batch_size, workers=workers, decode=decode,
-                          resize=resize)
+                          device="cpu" if engine == "ray" else device, amp="none" if engine == "ray" else amp,
+                          dtype=dtype, batch_size=batch_size, workers=workers, decode=decode, resize=resize)
     config = extractor.config | {"weights_source": _weights_source(weights)}
     rows_per_shard = _rows_per_shard(int(shard_size), extractor)
     with StoreWriter(out, config, overwrite=overwrite, append=append, frozen=frozen,
@@ -379,27 +396,18 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
                   for s in range(start, stop, rows_per_shard)]
         if shards and len(work.plan) and shards[0][0]:
             log.info("resuming store %s: %d of %d rows left", out, sum(b - a for a, b in shards), len(work.plan))
-        batches = [list(range(b, min(b + extractor.batch_size, stop))) for start, stop in shards
-                   for b in range(start, stop, extractor.batch_size)]
-        paths = work.plan["path"].tolist()
-        plan_rows = work.plan[["row_id", "path"]].to_dict("records")
-        shard_stop = dict(shards)
-        pending: dict[int, dict] = {}  # shard start -> buffered features and metadata
-        current = None
-        for batch in extractor.run(paths, batches, progress=progress):
-            first = batch.indices[0]
-            if first in shard_stop:  # batches never cross a shard boundary
-                current = first
-                pending[current] = {"features": {l: [] for l in extractor.layers}, "meta": []}
-            buffer = pending[current]
-            for layer in extractor.layers:
-                buffer["features"][layer].append(batch.features[layer])
-            buffer["meta"].extend({**plan_rows[i], **{k: it[k] for k in ("sha256", "status", "error")}}
-                                  for i, it in zip(batch.indices, batch.meta))
-            if batch.indices[-1] + 1 == shard_stop[current]:
-                done = pending.pop(current)
-                writer.commit_shard(current, {l: np.concatenate(v) for l, v in done["features"].items()},
-                                    pd.DataFrame(done["meta"]))
+        if engine == "ray":
+            from featx.engines.ray_engine import run_shards
+
+            run_shards(writer, work.plan, shards, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
+                       cpus_per_worker=cpus_per_worker, batch_size=batch_size, device=device, amp=amp,
+                       workers=workers, progress=progress)
+        else:
+            from featx.worker import extract_shards
+
+            plan_rows = work.plan[["row_id", "path"]].to_dict("records")
+            for start, features, meta in extract_shards(extractor, plan_rows, shards, progress=progress):
+                writer.commit_shard(start, features, meta)
         store = writer.finalize()
     summary = store.summary()
     log.info("store %s: %d images, %d ok, %d failed", out, summary["rows"], summary["ok"], summary["failed"])

@@ -118,10 +118,15 @@ class Index:
     def build(cls, store: FeatureStore | str | Path, *, layer: str | None = None, kind: str = "auto",
               metric: str = "cosine", reduce: str | None = None, memory_budget: str | int | None = None,
               nlist: int | None = None, pq_m: int | None = None, nprobe: int | None = None,
-              rerank: int | None = None, seed: int = 0) -> "Index":
+              rerank: int | None = None, seed: int = 0, stream: bool | None = None, engine: str = "local",
+              ray_address: str | None = None) -> "Index":
         """`rerank`: re-score the best k × rerank candidates of a compressed index with the exact
         vectors, read from the memory-mapped store (RAM holds only the codes). None: 10 for
-        compressed layouts (PQ, PCA), 0 for the others."""
+        compressed layouts (PQ, PCA), 0 for the others.
+
+        `stream`: train on a sample and add the store shard by shard, so memory holds the index and
+        one shard, not the matrix (None: when the matrix is above 1 GiB). `engine="ray"` streams
+        and adds the shard ranges in parallel on a Ray cluster (`ray_address`), then merges."""
         faiss = _faiss()
         store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
         layer = store.check_layer(layer)
@@ -133,9 +138,17 @@ class Index:
         if len(ids) == 0:
             raise StoreError(f"store '{store.path}' has no successfully extracted rows to index; "
                              "check `featx info` for the errors")
-        X = _prepare(store.features(layer)[ids], metric)
-        check_rows_finite(X, f"store '{store.path}' layer '{layer}'")
-        n, d = X.shape
+        if engine not in ("local", "ray"):
+            raise InputError(f"unknown --engine '{engine}'; allowed: local, ray")
+        from featx import index_stream
+
+        streaming = index_stream.should_stream(store, layer, stream, engine)
+        if streaming:
+            X, n, d = None, len(ids), int(np.prod(store._shape(layer)))
+        else:
+            X = _prepare(store.features(layer)[ids], metric)
+            check_rows_finite(X, f"store '{store.path}' layer '{layer}'")
+            n, d = X.shape
         reduce_dim = _parse_reduce(reduce, d, n)
         budget = parse_size(memory_budget)
         faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
@@ -143,7 +156,12 @@ class Index:
 
         if rerank is not None and rerank < 0:
             raise InputError(f"--rerank {rerank} must be 0 (off) or a positive factor")
-        if kind == "auto":
+        if streaming:
+            index, plan, tuned = index_stream.build_streaming(
+                store, layer, ids, d, kind=kind, metric=metric, faiss_metric=faiss_metric, reduce_dim=reduce_dim,
+                budget=budget, nlist=nlist, pq_m=pq_m, nprobe=nprobe, rerank=rerank, seed=seed, engine=engine,
+                ray_address=ray_address)
+        elif kind == "auto":
             index, plan, tuned = _auto(X, ids, d, reduce_dim, faiss_metric, budget, seed, rerank)
         else:
             plan = _factory(kind, d, n, nlist=nlist, pq_m=pq_m, reduce_dim=reduce_dim)
@@ -159,6 +177,7 @@ class Index:
             "extractor": store.config, "layer": layer, "kind": plan.kind, "factory": plan.factory,
             "metric": metric, "reduce": reduce, "params": {**plan.params, **tuned}, "ntotal": int(index.ntotal),
             "rows_covered": len(store), "dim": d, "versions": library_versions(),
+            "built": {"streamed": streaming, "engine": engine},
             "build_options": {"kind": kind, "metric": metric, "reduce": reduce, "memory_budget": memory_budget,
                               "nlist": nlist, "pq_m": pq_m, "nprobe": nprobe, "rerank": rerank, "seed": seed},
         }
@@ -178,7 +197,7 @@ class Index:
 
     @classmethod
     def load(cls, folder: str | Path, store: FeatureStore | str | Path | None = None, *,
-             allow_stale: bool = False) -> "Index":
+             allow_stale: bool = False, mmap: bool = False) -> "Index":
         """Verify index.json's seal and the index file's checksum before FAISS reads a byte, then
         that the store still holds the rows (ids and contents) the index was built from."""
         faiss = _faiss()
@@ -189,7 +208,10 @@ class Index:
                                  f"{', '.join(METRICS)}. Rebuild it with `featx index`")
         file = folder / INDEX_FILE
         verify_recorded_sha256(file, info.get("sha256"), INDEX_JSON, "rebuild it with `featx index`")
-        index = faiss.deserialize_index(np.fromfile(file, dtype=np.uint8))
+        if mmap:  # out-of-core search: the vectors stay on disk, the OS pages in what queries touch
+            index = faiss.read_index(str(file), mmap_flags(info["kind"]))
+        else:
+            index = faiss.deserialize_index(np.fromfile(file, dtype=np.uint8))
         if index.ntotal != info["ntotal"]:
             raise IntegrityError(f"index holds {index.ntotal} vectors, {INDEX_JSON} says {info['ntotal']}; rebuild it")
         if store is None and Path(info["store"]).exists():
@@ -571,6 +593,21 @@ def _auto(X: np.ndarray, ids: np.ndarray, d: int, reduce_dim: int | None, faiss_
         if plan.kind == "flat" or tuned.get("tuned_recall@10", 0) >= TARGET_RECALL:
             return last
     return last
+
+
+def mmap_flags(kind: str) -> int:
+    """How FAISS maps an index file instead of reading it: IVF kinds get on-disk inverted lists
+    (`OnDiskInvertedLists` over the file: the codes, the bulk of the index, are paged in by the
+    queries that visit them; centroids and transforms are loaded); flat maps its vectors
+    (`IO_FLAG_MMAP_IFC`); HNSW maps its vectors but loads its graph."""
+    faiss = _faiss()
+    read_only = faiss.IO_FLAG_READ_ONLY
+    if kind in ("ivf", "ivfpq", "opq-ivfpq", "ivf-sq8"):
+        return faiss.IO_FLAG_MMAP | read_only
+    if kind in ("flat", "hnsw"):
+        return faiss.IO_FLAG_MMAP_IFC | read_only
+    raise InputError(f"--mmap: index kind {kind!r} cannot be memory-mapped; rebuild it as ivf, ivf-sq8, ivfpq, "
+                     "opq-ivfpq, flat or hnsw")
 
 
 def build_index(store, **options) -> Index:

@@ -471,29 +471,39 @@ class StoreWriter:
     def commit_shard(self, start: int, features: dict[str, np.ndarray], meta: pd.DataFrame) -> None:
         """Write one row range's arrays and results, then list them in the manifest (the commit)."""
         self._require_lock()
-        stop = start + len(meta)
+        self._check_range(start, start + len(meta))
+        self.commit_written(write_shard(self.path, start, features, meta))
+
+    def _check_range(self, start: int, stop: int) -> None:
         if start < 0 or stop > self.manifest["n_rows"]:
             raise StoreError(f"internal: shard {start}..{stop} lies outside the {self.manifest['n_rows']} planned rows")
         for shard in self.manifest["shards"]:
             if start < shard["stop"] and shard["start"] < stop:
                 raise StoreError(f"internal: shard {start}..{stop} overlaps committed rows "
                                  f"{shard['start']}..{shard['stop']}")
-        results = _results_frame(meta, start)
-        features = _refuse_non_finite(features, results)
-        name = f"{start:012d}-{stop:012d}-{secrets.token_hex(3)}"
-        entry = {"start": start, "stop": stop, "features": {}}
-        for layer, array in features.items():
-            if len(array) != len(results):
-                raise StoreError(f"internal: layer {layer} has {len(array)} rows for {len(results)} metadata rows")
-            relative = f"features/{_layer_dir(layer)}/{name}.npy"
-            sha = _save_npy(self.path / relative, array)
-            entry["features"][layer] = {"path": relative, "sha256": sha, "shape": list(array.shape)}
-            recorded = self.manifest["layers"].setdefault(layer, {"shape": list(array.shape[1:]), "dtype": str(array.dtype),
-                                                                  "format": (self.config.get("layer_formats") or {}).get(layer)})
-            if recorded["shape"] != list(array.shape[1:]):
-                raise StoreError(f"internal: layer {layer} changed shape {recorded['shape']} -> {array.shape[1:]}")
-        relative = f"meta/{name}.parquet"
-        entry["meta"] = {"path": relative, "sha256": _save_parquet(self.path / relative, results)}
+
+    def is_committed(self, start: int, stop: int) -> bool:
+        """True when exactly this range is already listed (a retried worker delivered it twice)."""
+        return any(s["start"] == start and s["stop"] == stop for s in self.manifest["shards"])
+
+    def commit_written(self, entry: dict) -> None:
+        """List a shard that `write_shard` wrote (here or on another machine) in the manifest: the
+        commit point. Shards may arrive in any order; an overlap with committed rows is refused."""
+        self._require_lock()
+        self._check_range(entry["start"], entry["stop"])
+        for layer, item in entry["features"].items():
+            shape = list(item["shape"][1:])
+            recorded = self.manifest["layers"].setdefault(
+                layer, {"shape": shape, "dtype": item["dtype"], "format": (self.config.get("layer_formats") or {}).get(layer)})
+            if recorded["shape"] != shape:
+                raise StoreError(f"internal: layer {layer} changed shape {recorded['shape']} -> {shape}")
+        for item in [entry["meta"], *entry["features"].values()]:
+            if not (self.path / item["path"]).is_file():
+                raise StoreError(f"internal: shard file '{item['path']}' is not in store '{self.path}': the "
+                                 "worker that wrote it does not share this folder (a shared filesystem is needed)")
+        entry = {"start": entry["start"], "stop": entry["stop"], "meta": entry["meta"],
+                 "features": {k: {"path": v["path"], "sha256": v["sha256"], "shape": v["shape"]}
+                              for k, v in entry["features"].items()}}
         self.manifest["shards"] = sorted(self.manifest["shards"] + [entry], key=lambda s: s["start"])
         self.manifest["complete"] = False
         self._write_manifest()  # the commit point
@@ -565,6 +575,29 @@ class StoreWriter:
             for file in (self.path / folder).rglob("*") if (self.path / folder).is_dir() else ():
                 if file.is_file() and file.relative_to(self.path).as_posix() not in referenced:
                     file.unlink(missing_ok=True)
+
+
+def write_shard(store_path: str | Path, start: int, features: dict[str, np.ndarray], meta: pd.DataFrame) -> dict:
+    """Write one row range's arrays and results into the store folder under fresh names (atomic:
+    write, fsync, rename), without touching the manifest: any process that sees the folder may
+    call it, and the store's writer commits the returned entry (`StoreWriter.commit_written`).
+    A range written twice (a retried task) leaves only unlisted files, removed as garbage."""
+    store_path = Path(store_path)
+    stop = start + len(meta)
+    results = _results_frame(meta, start)
+    features = _refuse_non_finite(features, results)
+    name = f"{start:012d}-{stop:012d}-{secrets.token_hex(3)}"
+    entry = {"start": int(start), "stop": int(stop), "features": {}}
+    for layer, array in features.items():
+        if len(array) != len(results):
+            raise StoreError(f"internal: layer {layer} has {len(array)} rows for {len(results)} metadata rows")
+        relative = f"features/{_layer_dir(layer)}/{name}.npy"
+        sha = _save_npy(store_path / relative, array)
+        entry["features"][layer] = {"path": relative, "sha256": sha, "shape": list(array.shape),
+                                    "dtype": str(array.dtype)}
+    relative = f"meta/{name}.parquet"
+    entry["meta"] = {"path": relative, "sha256": _save_parquet(store_path / relative, results)}
+    return entry
 
 
 def _results_frame(meta: pd.DataFrame, start: int) -> pd.DataFrame:

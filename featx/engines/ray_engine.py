@@ -1,0 +1,148 @@
+"""`featx extract --engine ray`: the planned shards run on a Ray cluster through Ray Data.
+
+The driver plans (it holds the store's lock), turns each missing row range into one Ray Data row
+(start, stop, planned paths) and streams them through `map_batches` on a pool of actors. Each actor
+holds one loaded extractor, rebuilt from the store's config, reads and hashes the files itself,
+decodes each row with featx's own decoder (a bad file is one error row, never a lost block — which
+is why Ray Data's `read_images` is not used) and writes its shard files straight into the store
+folder (atomic: write, fsync, rename). Only a small entry (file names, sha256, shape) travels back;
+the driver commits it to the manifest as it lands. A dead actor is restarted and its shard retried
+(`max_restarts`, `max_task_retries`); a shard delivered twice is committed once; a killed driver
+leaves committed shards that the next run keeps, extracting only the missing ranges."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from featx.errors import ConfigMismatchError, InputError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'featx[ray]'"
+DEFAULT_CPUS_PER_WORKER = 4
+
+
+def import_ray():
+    """Ray, imported only when an engine needs it; a clear error when it is not installed."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise InputError(f"--engine ray needs Ray Data, which is not installed ({exc}); install it with "
+                         f"`{INSTALL_HINT}`, or use --engine local") from None
+    return ray
+
+
+class ShardWorker:
+    """A Ray Data actor: one loaded extractor, shards in, committed-to-be shard entries out."""
+
+    def __init__(self, config: dict, config_hash: str, store_path: str, runtime: dict, threads: int | None):
+        import torch
+
+        from featx.extract import extractor_from_config
+        from featx.store import config_hash as hash_of
+
+        if threads:  # the actor's share of the node's cores, not all of them
+            torch.set_num_threads(max(1, int(threads)))
+        self.extractor = extractor_from_config(config, **runtime)
+        own = hash_of(self.extractor.config | {"weights_source": config.get("weights_source")})
+        if own != config_hash:  # e.g. another featx / timm version on this node
+            raise ConfigMismatchError(f"the extractor rebuilt on node {os.uname().nodename} has config hash {own}, "
+                                      f"the store expects {config_hash}; install the same featx, torch and timm "
+                                      "versions on every node")
+        self.store_path = store_path
+
+    def __call__(self, batch: dict) -> dict:
+        from featx.store import write_shard
+        from featx.worker import extract_shard
+
+        entries, ok = [], []
+        for start, paths in zip(batch["start"], batch["paths"]):
+            start = int(start)
+            rows = [{"row_id": start + i, "path": str(p)} for i, p in enumerate(paths)]
+            features, meta = extract_shard(self.extractor, rows)
+            entry = write_shard(self.store_path, start, features, meta)
+            entries.append(json.dumps(entry))
+            ok.append(int((meta["status"] == "ok").sum()))
+        return {"start": np.asarray(batch["start"], dtype=np.int64), "stop": np.asarray(batch["stop"], dtype=np.int64),
+                "entry": np.asarray(entries, dtype=object), "ok": np.asarray(ok, dtype=np.int64)}
+
+
+def _pool_size(ray, n_shards: int, cpus: float, gpus: float | None) -> int:
+    resources = ray.cluster_resources()
+    if gpus:
+        available = int(resources.get("GPU", 0) // gpus)
+        if available < 1:
+            raise InputError(f"--num-gpus-per-worker {gpus}: the Ray cluster has {resources.get('GPU', 0):g} GPUs; "
+                             "start nodes with GPUs, or drop the option to run on CPUs")
+    else:
+        available = int(resources.get("CPU", 1) // cpus)
+        if available < 1:
+            raise InputError(f"--cpus-per-worker {cpus:g} is more than the Ray cluster's {resources.get('CPU', 0):g} CPUs")
+    return max(1, min(available, n_shards))
+
+
+def run_shards(writer, plan: pd.DataFrame, shards: list[tuple[int, int]], *, ray_address: str | None = None,
+               num_gpus_per_worker: float | None = None, cpus_per_worker: float | None = None,
+               batch_size: int = 32, device: str = "auto", amp: str = "none", workers: int | None = None,
+               progress: bool = True) -> None:
+    """Extract `shards` (row ranges of `plan`) on Ray and commit each through `writer` as it lands."""
+    if not shards:
+        return
+    if num_gpus_per_worker is not None and num_gpus_per_worker <= 0:
+        raise InputError(f"--num-gpus-per-worker {num_gpus_per_worker} must be above 0 (or left out for CPU workers)")
+    if cpus_per_worker is not None and cpus_per_worker <= 0:
+        raise InputError(f"--cpus-per-worker {cpus_per_worker} must be above 0")
+    if amp != "none" and not num_gpus_per_worker:
+        raise InputError(f"--amp {amp} needs GPU workers: add --num-gpus-per-worker 1, or use --amp none")
+    ray = import_ray()
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=ray_address, logging_level=logging.WARNING, include_dashboard=False)
+    try:
+        cpus = float(cpus_per_worker or min(DEFAULT_CPUS_PER_WORKER, max(1.0, ray.cluster_resources().get("CPU", 1))))
+        size = _pool_size(ray, len(shards), cpus, num_gpus_per_worker)
+        threads = max(1, int(cpus))
+        # decoding processes beside the forward pass, inside the actor's own share of cores
+        decoders = workers if workers is not None else min(8, threads - 1)
+        runtime = {"device": device if num_gpus_per_worker else "cpu", "amp": amp, "batch_size": batch_size,
+                   "workers": decoders}
+        paths = plan["path"].to_numpy(dtype=object)
+        items = [{"start": start, "stop": stop, "paths": [str(p) for p in paths[start:stop]]} for start, stop in shards]
+        # Ray Data's own INFO lines only with `featx -v`
+        logging.getLogger("ray.data").setLevel(logging.getLogger("featx").getEffectiveLevel())
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # featx shows one bar: rows committed
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            ShardWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size),
+            fn_constructor_kwargs={"config": writer.config, "config_hash": writer.hash,
+                                   "store_path": str(Path(writer.path).resolve()), "runtime": runtime,
+                                   "threads": threads},
+            # Ray Data's actor pools restart a killed actor and retry its unfinished shards without
+            # limit (max_restarts=-1, max_task_retries=-1 are its defaults; passing them is deprecated)
+            num_cpus=cpus, num_gpus=num_gpus_per_worker or None)
+        log.info("ray: %d shards on %d actors (%g CPUs%s each)", len(items), size, cpus,
+                 f", {num_gpus_per_worker:g} GPUs" if num_gpus_per_worker else "")
+        _commit_as_they_land(writer, dataset, sum(b - a for a, b in shards), progress)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _commit_as_they_land(writer, dataset, total_rows: int, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total_rows, desc="extract (ray)", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for row in dataset.iter_rows():
+            entry = json.loads(row["entry"])
+            if writer.is_committed(entry["start"], entry["stop"]):  # a retried shard delivered twice
+                log.info("ray: rows %d..%d arrived twice; the second copy is dropped", entry["start"], entry["stop"])
+                continue
+            writer.commit_written(entry)
+            bar.update(entry["stop"] - entry["start"])

@@ -1,0 +1,208 @@
+"""Index builds that never hold the store's whole feature matrix.
+
+Train on a sample of rows (gathered from the memory-mapped shards), then add the store shard by
+shard, so peak memory is about the index plus one shard. With `engine="ray"` the shard ranges are
+added to copies of the one trained (empty) index in parallel Ray tasks, and the sub-indexes are
+merged in row order (`faiss.merge_into`): the inverted lists then hold the same ids in the same
+order as a single-machine build with that quantizer, so search results are identical. Tuning
+compares against an exact search that is itself streamed shard by shard."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+
+from featx.errors import InputError
+from featx.store import FeatureStore, check_rows_finite
+
+log = logging.getLogger(__name__)
+
+TRAIN_SAMPLE = 200_000  # what _train_and_add trains on, too
+AUTO_SAMPLE = 100_000  # rows the auto choice of layout is made on
+STREAM_ABOVE_BYTES = 1 << 30  # a matrix above this is streamed (in-memory builds copy it twice)
+MERGEABLE = ("flat", "ivf", "ivfpq", "opq-ivfpq", "ivf-sq8")  # HNSW graphs cannot be merged
+
+
+def _idx():
+    from featx import index
+
+    return index
+
+
+def should_stream(store: FeatureStore, layer: str, requested: bool | None, engine: str) -> bool:
+    if engine == "ray" or requested is not None:
+        return engine == "ray" or bool(requested)
+    d = int(np.prod(store.manifest["layers"][layer]["shape"]))
+    return int(store.ok.sum()) * d * 4 > STREAM_ABOVE_BYTES
+
+
+def _gather(store: FeatureStore, layer: str, rows: np.ndarray, metric: str) -> np.ndarray:
+    X = _idx()._prepare(store.gather(layer, rows), metric)
+    check_rows_finite(X, f"store '{store.path}' layer '{layer}'")
+    return X
+
+
+def _sample(ids: np.ndarray, n: int, seed: int) -> np.ndarray:
+    if len(ids) <= n:
+        return ids
+    return np.sort(np.random.default_rng(seed).choice(ids, n, replace=False))
+
+
+def choose_plan(store, layer, ids, d, kind, metric, faiss_metric, reduce_dim, budget, nlist, pq_m, seed, rerank):
+    """The layout for the whole store. `auto` runs featx's usual choice on a sample of rows, then
+    sizes the inverted lists for the full row count."""
+    index = _idx()
+    n = len(ids)
+    if kind != "auto":
+        return index._factory(kind, d, n, nlist=nlist, pq_m=pq_m, reduce_dim=reduce_dim)
+    sample = _sample(ids, AUTO_SAMPLE, seed)
+    _, plan, _ = index._auto(_gather(store, layer, sample, metric), sample, d, reduce_dim, faiss_metric,
+                             budget, seed, rerank)
+    if "nlist" in plan.params:
+        full = index._factory("ivf", d, n, nlist=nlist, pq_m=None, reduce_dim=None).params["nlist"]
+        plan.factory = re.sub(r"IVF\d+", f"IVF{full}", plan.factory)
+        plan.params["nlist"] = full
+    return plan
+
+
+def trained_empty(plan, store, layer, ids, d, metric, faiss_metric, seed):
+    """The index of `plan`, trained on a sample of at most TRAIN_SAMPLE rows, holding no vectors."""
+    index = _idx()
+    faiss = index._faiss()
+    index._check_enough_vectors(plan, len(ids), index.plan_dim(plan, d))
+    empty = faiss.index_factory(d, plan.factory, faiss_metric)
+    if plan.kind in ("flat", "hnsw"):
+        empty = faiss.IndexIDMap2(empty)
+    if not empty.is_trained:
+        index._quiet_training(empty, seed)
+        empty.train(_gather(store, layer, _sample(ids, TRAIN_SAMPLE, seed), metric))
+    return empty
+
+
+def add_shards(faiss_index, store: FeatureStore, layer: str, metric: str, shard_numbers=None) -> int:
+    """Add the ok rows of the store's shards (all, or those numbered) one shard at a time."""
+    index = _idx()
+    ok = store.ok
+    added = 0
+    shards = store.manifest["shards"]
+    for number in range(len(shards)) if shard_numbers is None else shard_numbers:
+        shard = shards[number]
+        rows = np.flatnonzero(ok[shard["start"]:shard["stop"]])
+        if not len(rows):
+            continue
+        X = index._prepare(np.asarray(store._shard_array(shard, layer)[rows]), metric)
+        check_rows_finite(X, f"store '{store.path}' layer '{layer}'")
+        faiss_index.add_with_ids(X, (rows + shard["start"]).astype(np.int64))
+        added += len(rows)
+    return added
+
+
+def _add_range_task(blob: np.ndarray, store_path: str, layer: str, metric: str, numbers: list[int]) -> np.ndarray:
+    """On a Ray worker: the trained empty index plus the given shards, serialized."""
+    import faiss
+
+    sub = faiss.deserialize_index(blob)
+    add_shards(sub, FeatureStore.open(store_path), layer, metric, numbers)
+    return faiss.serialize_index(sub)
+
+
+def add_shards_on_ray(faiss_index, store: FeatureStore, layer: str, metric: str, plan_kind: str,
+                      ray_address: str | None = None, parts: int | None = None) -> None:
+    """Fill `faiss_index` (trained, empty) with sub-indexes built in parallel, merged in row order."""
+    from featx.engines.ray_engine import import_ray
+
+    if plan_kind not in MERGEABLE:
+        raise InputError(f"--engine ray merges sub-indexes, which --kind {plan_kind} cannot do; use one of "
+                         f"{', '.join(MERGEABLE)}, or --engine local")
+    faiss = _idx()._faiss()
+    ray = import_ray()
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=ray_address, logging_level=logging.WARNING, include_dashboard=False)
+    try:
+        n_shards = len(store.manifest["shards"])
+        parts = max(1, min(n_shards, parts or int(ray.cluster_resources().get("CPU", 1))))
+        groups = [list(g) for g in np.array_split(np.arange(n_shards), parts) if len(g)]
+        task = ray.remote(_add_range_task).options(max_retries=3)
+        blob = ray.put(faiss.serialize_index(faiss_index))
+        refs = [task.remote(blob, str(store.path.resolve()), layer, metric, [int(i) for i in g]) for g in groups]
+        from tqdm.auto import tqdm
+
+        for ref in tqdm(refs, desc="index (ray)", unit="part", disable=len(refs) < 2):
+            sub = faiss.deserialize_index(ray.get(ref))
+            faiss.merge_into(faiss_index, sub, False)  # in row order: same lists as one sequential add
+            del sub
+        log.info("index: %d sub-indexes built on Ray and merged (%d vectors)", len(groups), faiss_index.ntotal)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def exact_neighbours(store: FeatureStore, layer: str, Q: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """Row ids of the exact top-k of each query over the ok rows, one shard in memory at a time."""
+    faiss = _idx()._faiss()
+    l2 = metric == "l2"
+    heap = faiss.ResultHeap(len(Q), k, keep_max=not l2)
+    ok = store.ok
+    for shard in store.manifest["shards"]:
+        rows = np.flatnonzero(ok[shard["start"]:shard["stop"]])
+        if not len(rows):
+            continue
+        X = _idx()._prepare(np.asarray(store._shard_array(shard, layer)[rows]), metric)
+        D, I = faiss.knn(Q, X, min(k, len(X)), metric=faiss.METRIC_L2 if l2 else faiss.METRIC_INNER_PRODUCT)
+        ids = np.where(I >= 0, rows[np.clip(I, 0, None)] + shard["start"], -1)
+        if D.shape[1] < k:  # pad a small shard's answer to k columns
+            pad = np.full((len(Q), k - D.shape[1]), np.inf if l2 else -np.inf, dtype=np.float32)
+            D, ids = np.hstack([D, pad]), np.hstack([ids, np.full(pad.shape, -1)])
+        heap.add_result(np.ascontiguousarray(D, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    heap.finalize()
+    return heap.I
+
+
+def tune_streaming(faiss_index, plan, store, layer, ids, metric, seed, fixed=None, rerank=0, k=10) -> dict:
+    """`featx.index._tune` without the matrix: queries are sampled rows, the truth is streamed."""
+    index = _idx()
+    faiss = index._faiss()
+    extra = {"rerank": rerank} if rerank else {}
+    if plan.kind in ("ivf", "ivfpq", "opq-ivfpq", "ivf-sq8"):
+        name, values = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v <= plan.params["nlist"]]
+    elif plan.kind == "hnsw":
+        name, values = "efSearch", [16, 32, 64, 128, 256, 512]
+    else:
+        return extra
+    space = faiss.ParameterSpace()
+    if fixed is not None:
+        space.set_index_parameter(faiss_index, name, int(fixed))
+        return {name: int(fixed), **extra}
+    queries = _sample(ids, index.TUNE_QUERIES, seed + 1)
+    Q = _gather(store, layer, queries, metric)
+    truth = exact_neighbours(store, layer, Q, k + 1, metric)
+    if rerank:
+        exact_of = lambda rows: _gather(store, layer, rows, metric)  # noqa: E731
+        search = lambda q, kk: index._search_reranked(faiss_index, q, kk, rerank, metric, exact_of)[1]  # noqa: E731
+    else:
+        search = lambda q, kk: faiss_index.search(q, kk)[1]  # noqa: E731
+    recall = 0.0
+    for value in values:
+        space.set_index_parameter(faiss_index, name, value)
+        recall = index._recall(search, Q, truth, queries, k)
+        if recall >= index.TARGET_RECALL:
+            break
+    return {name: value, "tuned_recall@10": round(recall, 4), **extra}
+
+
+def build_streaming(store, layer, ids, d, *, kind, metric, faiss_metric, reduce_dim, budget, nlist, pq_m, nprobe,
+                    rerank, seed, engine="local", ray_address=None):
+    """(faiss index, plan, tuned params), built without loading the feature matrix."""
+    index = _idx()
+    plan = choose_plan(store, layer, ids, d, kind, metric, faiss_metric, reduce_dim, budget, nlist, pq_m, seed, rerank)
+    built = trained_empty(plan, store, layer, ids, d, metric, faiss_metric, seed)
+    if engine == "ray":
+        add_shards_on_ray(built, store, layer, metric, plan.kind, ray_address)
+    else:
+        add_shards(built, store, layer, metric)
+    tuned = tune_streaming(built, plan, store, layer, ids, metric, seed, fixed=nprobe,
+                           rerank=index._rerank_factor(plan, rerank))
+    return built, plan, tuned

@@ -1,0 +1,163 @@
+"""`extract --engine ray` on a local Ray cluster: same vectors and statuses as the local engine,
+an actor killed mid-run loses nothing, a killed driver resumes, nothing is lost or duplicated."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featx.extract import extract
+from featx.store import FeatureStore
+from tests.conftest import REPO, TINY, make_class_folder
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'featx[ray]')")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    os.environ.setdefault("PYTHONPATH", str(REPO))  # the actors import this checkout's featx
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def _same_store(a: FeatureStore, b: FeatureStore) -> None:
+    assert a.meta[["row_id", "path", "label", "status", "sha256"]].equals(b.meta[["row_id", "path", "label", "status",
+                                                                                   "sha256"]])
+    fa, fb = a.features(), b.features()
+    assert fa.shape == fb.shape
+    assert np.array_equal(np.isnan(fa), np.isnan(fb))
+    ok = ~np.isnan(fa).any(axis=1)
+    assert np.abs(fa[ok] - fb[ok]).max() <= 1e-5
+
+
+def test_ray_engine_equals_local_engine(ray_cluster, tmp_path):
+    images = make_class_folder(tmp_path / "images", per_class=7)
+    (images / "cats" / "empty.jpg").write_bytes(b"")
+    (images / "dogs" / "text.png").write_text("not an image")
+    local = extract(images, tmp_path / "local", shard_size=4, **TINY)
+    remote = extract(images, tmp_path / "ray", shard_size=4, engine="ray", cpus_per_worker=1, **TINY)
+    assert len(remote) == 16 and remote.complete and remote.verify() == []
+    assert sorted(remote.meta.loc[~remote.ok, "status"]) == ["empty", "not_image"]
+    _same_store(local, remote)
+    assert [(s["start"], s["stop"]) for s in remote.manifest["shards"]] == [(0, 4), (4, 8), (8, 12), (12, 16)]
+    # a re-run of the finished store has nothing to extract and keeps the shards
+    again = extract(images, tmp_path / "ray", shard_size=4, engine="ray", cpus_per_worker=1, **TINY)
+    assert again.manifest["shards"] == remote.manifest["shards"]
+
+
+def test_ray_options_need_the_ray_engine(tmp_path, image_folder):
+    from featx.errors import InputError
+
+    with pytest.raises(InputError, match="need --engine ray"):
+        extract(image_folder, tmp_path / "s", cpus_per_worker=2, **TINY)
+    with pytest.raises(InputError, match="unknown --engine 'spark'; allowed: local, ray"):
+        extract(image_folder, tmp_path / "s", engine="spark", **TINY)
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _descends_from_us(pid: int) -> bool:
+    """Only actors of the Ray cluster this test process started (its raylet is our child)."""
+    while pid > 1:
+        pid = _parent(pid)
+        if pid == os.getpid():
+            return True
+    return False
+
+
+def _actor_pids() -> set[int]:
+    """Processes of our own Ray cluster whose title names a featx shard actor (Ray sets the title)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"ray::" in title and b"ShardWorker" in title and _descends_from_us(int(entry.name)):
+                pids.add(int(entry.name))
+    return pids
+
+
+def _committed(store: Path) -> int:
+    try:
+        return len(FeatureStore.open(store).manifest["shards"])
+    except Exception:
+        return 0
+
+
+@pytest.mark.slow  # about 2-5 minutes on a shared 2-core machine
+def test_killed_actor_loses_no_row(ray_cluster, tmp_path):
+    images = make_class_folder(tmp_path / "images", per_class=60, size=(640, 480))
+    out = tmp_path / "ray"
+    result, killed = {}, {}
+
+    def run():
+        result["store"] = extract(images, out, shard_size=4, engine="ray", cpus_per_worker=1, **TINY)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and not killed:
+        if _committed(out) >= 2 and (pids := _actor_pids()):
+            pid = sorted(pids)[0]
+            os.kill(pid, signal.SIGKILL)
+            killed.update(pid=pid, committed=_committed(out))
+        time.sleep(0.05)
+    thread.join(timeout=300)
+    assert killed and killed["committed"] < 30, f"the run ended before an actor could be killed: {killed}"
+    store = result["store"]
+    assert len(store) == 120 and store.complete and store.verify() == []
+    starts = [s["start"] for s in store.manifest["shards"]]
+    assert starts == list(range(0, 120, 4))  # every row once: no gap, no duplicate
+    local = extract(images, tmp_path / "local", shard_size=4, **TINY)
+    _same_store(local, store)
+
+
+DRIVER = """
+import sys, ray
+ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+from featx.extract import extract
+extract(sys.argv[1], sys.argv[2], shard_size=4, engine="ray", cpus_per_worker=1, model="resnet18", weights="random",
+        image_size=64, workers=0, batch_size=8, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_only_missing_ranges(ray_cluster, tmp_path):
+    images = make_class_folder(tmp_path / "images", per_class=60, size=(640, 480))
+    out = tmp_path / "ray"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(images), str(out)], env=env)
+    deadline = time.time() + 180
+    while time.time() < deadline and _committed(out) < 3 and driver.poll() is None:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    partial = FeatureStore.open(out)
+    kept = {(s["start"], s["stop"]): s["features"]["flatten"]["sha256"] for s in partial.manifest["shards"]}
+    missing = partial.missing_ranges()
+    assert kept and missing, "the driver was killed after the run finished; nothing to resume"
+    time.sleep(2)  # the killed driver's local cluster goes down with it
+    store = extract(images, out, shard_size=4, engine="ray", cpus_per_worker=1, **TINY)
+    assert store.complete and store.verify() == [] and len(store) == 120
+    after = {(s["start"], s["stop"]): s["features"]["flatten"]["sha256"] for s in store.manifest["shards"]}
+    assert all(after[r] == sha for r, sha in kept.items())  # committed shards were kept, not re-extracted
+    assert sorted(after) == [(a, a + 4) for a in range(0, 120, 4)]
+    local = extract(images, tmp_path / "local", shard_size=4, **TINY)
+    _same_store(local, store)
