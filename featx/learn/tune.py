@@ -210,6 +210,9 @@ def _prepare(pipeline, X_train, y_train, X_valid):
             continue
         step = clone(step)
         if hasattr(step, "fit_resample"):  # SMOTE: training rows only
+            if isinstance(getattr(step, "k_neighbors", None), int):  # an inner fold holds fewer of the rarest class
+                fewest = int(np.unique(y_train, return_counts=True)[1].min())
+                step.set_params(k_neighbors=max(1, min(step.k_neighbors, fewest - 1)))
             X_train, y_train = step.fit_resample(X_train, y_train)
             continue
         X_train = step.fit_transform(X_train, y_train)
