@@ -46,6 +46,10 @@ class ExtractOptions(_Strict):
     decode: Decoder = "auto"
     resize: Resize = Field("crop", description="crop (the weights' recipe), full (squash) or pad (letterbox)")
     frozen: bool = Field(False, description="refuse any difference between the inputs and an existing store")
+    engine: Literal["local", "ray"] = Field("local", description="local, or ray: the shards run on a Ray cluster")
+    ray_address: Optional[str] = Field(None, description="Ray cluster: auto or ray://HOST:PORT (engine ray)")
+    num_gpus_per_worker: Optional[float] = Field(None, ge=0, description="GPUs per Ray actor (engine ray)")
+    cpus_per_worker: Optional[float] = Field(None, gt=0, description="CPUs per Ray actor (engine ray)")
 
 
 class ExtractJobRequest(_Strict):

@@ -126,7 +126,7 @@ def test_balance_options(tmp_path):
 
 
 def test_product_quantization_reports_compression(tmp_path):
-    X, y = blobs(n_per_class=150, dim=64)
+    X, y = blobs(n_per_class=200, dim=64)  # inner folds of the tuning need >= 256 rows for PQ
     model = train_shallow(make_feature_store(tmp_path / "s", X, y), reduce="pq:8", cv=3, learning_curve=False)
     reduction = model.report["reduction"]
     assert reduction["compression_ratio"] == 32 and reduction["bytes_per_vector"] == 8
