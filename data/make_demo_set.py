@@ -1,30 +1,23 @@
-"""Maintainers only: rebuild data/fashion-mnist-demo.tar.gz from the Debian package
-`dataset-fashion-mnist` (MIT). Users never run this: the archive is committed, and
-`data/unpack_demo_set.py` (run by `make demo` / `make test`) unpacks it.
+"""Build data/fashion-mnist-demo/ (1,000 PNGs) from Debian's `dataset-fashion-mnist` (MIT licence in
+LICENSE.fashion-mnist). `make demo` and `make test` run it; the images are not committed.
 
-Takes the first 100 images of each class from the test split (t10k), writes them as PNG files in
-one folder per class, and packs them reproducibly (sorted names, fixed owner and time, gzip without
-a timestamp), so the same Debian files always give the same archive bytes. Prints its sha256, which
-goes into unpack_demo_set.ARCHIVE_SHA256.
-"""
+Takes the first 100 images of each class from the test split (t10k) and writes them as PNG files,
+one folder per class. The images are built in a staging folder and a `.complete` marker is written
+last, so an interrupted build is redone."""
 
 import gzip
-import hashlib
-import io
+import shutil
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
-ARCHIVE = Path(__file__).parent / "fashion-mnist-demo.tar.gz"
+OUT = Path(__file__).resolve().parent / "fashion-mnist-demo"
 CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
            "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 PER_CLASS = 100
-MTIME = 1503619200  # 2017-08-25, the Fashion-MNIST release
 
 
 def read_idx(path: Path, offset: int) -> np.ndarray:
@@ -32,40 +25,28 @@ def read_idx(path: Path, offset: int) -> np.ndarray:
         return np.frombuffer(f.read(), dtype=np.uint8, offset=offset)
 
 
-def build_images(out: Path) -> None:
-    images = read_idx(SOURCE / "t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
-    labels = read_idx(SOURCE / "t10k-labels-idx1-ubyte.gz", 8)
+def build(out: Path = OUT, source: Path = SOURCE) -> Path:
+    marker = out / ".complete"
+    if marker.is_file():
+        return out
+    if not (source / "t10k-images-idx3-ubyte.gz").is_file():
+        sys.exit(f"Fashion-MNIST not found in {source}; install it with `apt-get install dataset-fashion-mnist` "
+                 "(Debian/Ubuntu), then run this script again")
+    images = read_idx(source / "t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
+    labels = read_idx(source / "t10k-labels-idx1-ubyte.gz", 8)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
     for class_id, name in enumerate(CLASSES):
-        folder = out / name
+        folder = staging / name
         folder.mkdir(parents=True, exist_ok=True)
         for n, index in enumerate(np.flatnonzero(labels == class_id)[:PER_CLASS]):
             Image.fromarray(images[index], mode="L").save(folder / f"{name}_{n:03d}.png", optimize=True)
-
-
-def pack(folder: Path, archive: Path) -> str:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(p for p in folder.rglob("*.png")):
-            info = tar.gettarinfo(path, arcname=f"fashion-mnist-demo/{path.relative_to(folder).as_posix()}")
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.mtime, info.mode = MTIME, 0o644
-            with path.open("rb") as f:
-                tar.addfile(info, f)
-    with archive.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
-        gz.write(buffer.getvalue())
-    return hashlib.sha256(archive.read_bytes()).hexdigest()
-
-
-def main() -> None:
-    if not (SOURCE / "t10k-images-idx3-ubyte.gz").is_file():
-        sys.exit(f"Fashion-MNIST not found in {SOURCE}; install it with `apt-get install dataset-fashion-mnist` "
-                 "(Debian/Ubuntu), then run this script again")
-    with tempfile.TemporaryDirectory() as tmp:
-        build_images(Path(tmp))
-        sha = pack(Path(tmp), ARCHIVE)
-    print(f"{ARCHIVE} ({ARCHIVE.stat().st_size:,} bytes), sha256 {sha}")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    marker.write_text(f"{PER_CLASS * len(CLASSES)} images from {source}\n")
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    print(f"demo images in {build(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT)}")
