@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -25,6 +23,7 @@ from featx.extract import Extractor, _rows_per_shard, _weights_source
 from featx.images import ImageRecord
 from featx.pooling import check_pooling, pool
 from featx.store import FeatureStore, StoreWriter
+from featx.worker import extract_shards
 
 log = logging.getLogger(__name__)
 
@@ -96,26 +95,15 @@ def extract_multipool(records: list[ImageRecord], stores: dict[str, Path], extra
     missing = sorted({r for w in works.values() for r in w.missing})
     shards = sorted({(s, min(s + rows_per_shard, stop)) for start, stop in missing
                      for s in range(start, stop, rows_per_shard)})
-    batches = [list(range(b, min(b + extractor.batch_size, stop))) for start, stop in shards
-               for b in range(start, stop, extractor.batch_size)]
-    paths = plan["path"].tolist()
     plan_rows = plan[["row_id", "path"]].to_dict("records")
-    shard_stop = dict(shards)
-    current, buffered, meta_rows = None, {}, []
     began = time.perf_counter()
-    for batch in extractor.run(paths, batches, progress=progress, description=description):
-        if batch.indices[0] in shard_stop:  # batches never cross a shard boundary
-            current, buffered, meta_rows = batch.indices[0], {k: [] for k in extractor.layers}, []
-        for key in extractor.layers:
-            buffered[key].append(batch.features[key])
-        meta_rows.extend({**plan_rows[i], **{k: it[k] for k in ("sha256", "status", "error")}}
-                         for i, it in zip(batch.indices, batch.meta))
-        if batch.indices[-1] + 1 == shard_stop[current]:
-            meta = pd.DataFrame(meta_rows)
-            for how, writer in writers.items():
-                if any(a <= current and shard_stop[current] <= b for a, b in works[how].missing):
-                    writer.commit_shard(current, {layer: np.concatenate(buffered[_key(layer, how)])
-                                                  for layer in extractor.probed_layers}, meta)
+    for start, features, meta in extract_shards(extractor, plan_rows, shards, progress=progress,
+                                                description=description):
+        stop = start + len(meta)
+        for how, writer in writers.items():
+            if any(a <= start and stop <= b for a, b in works[how].missing):
+                writer.commit_shard(start, {layer: features[_key(layer, how)] for layer in extractor.probed_layers},
+                                    meta)
     seconds = time.perf_counter() - began
     done = {how: writer.finalize() for how, writer in writers.items()}
     return done, {"images": sum(b - a for a, b in shards), "seconds": seconds}

@@ -420,21 +420,13 @@ async def _predict(request: Request, state: ServerState) -> dict:
     with state.registry.use() as registry:
         loaded = registry.model(body.model)
         model = loaded.model
+        store = None
         if body.rows is not None:
-            if uploads or body.paths:
-                raise InputError("send either rows, paths or files, not several")
             from featx.store import require_same_config
 
             store = registry.store(body.store)
             require_same_config(model.extractor_config, store.config, f"model '{loaded.name}'")
-            X = await run_in_threadpool(_rows, store, body.rows, model.layer)
-            names = [f"row {r}" for r in body.rows]
-        else:
-            uploads = await _images_of(state, uploads, body.paths)
-            if not uploads:
-                raise InputError("nothing to classify: send image files, 'paths' or 'rows'")
-            X = await _features(state, registry, loaded.name, uploads)
-            names = [u.name for u in uploads]
+        X, names = await _query_vectors(state, registry, loaded.name, body, uploads, store, model.layer, "classify")
         scores = await run_in_threadpool(model.scores, X)
         classes = list(model.classes)
         results = []
@@ -447,23 +439,28 @@ async def _predict(request: Request, state: ServerState) -> dict:
                 "score_kind": "probability" if model.has_proba else "decision", "results": results}
 
 
+async def _query_vectors(state: ServerState, registry, artifact: str, body, uploads, store, layer: str,
+                         what: str) -> tuple[np.ndarray, list[str]]:
+    """The query vectors of a request, with a name each: stored rows of `store`, or uploaded /
+    `paths` images through `artifact`'s network."""
+    if body.rows is not None:
+        if uploads or body.paths:
+            raise InputError("send either rows, paths or files, not several")
+        return await run_in_threadpool(_rows, store, body.rows, layer), [f"row {r}" for r in body.rows]
+    uploads = await _images_of(state, uploads, body.paths)
+    if not uploads:
+        raise InputError(f"nothing to {what}: send image files, 'paths' or 'rows'")
+    return await _features(state, registry, artifact, uploads), [u.name for u in uploads]
+
+
 async def _search(request: Request, state: ServerState) -> dict:
     body, uploads = await _parse(request, state, SearchRequest)
     with state.registry.use() as registry:
         loaded = registry.index(body.index)
         index, store = loaded.index, registry.stores[loaded.store]
-        exclude = None
-        if body.rows is not None:
-            if uploads or body.paths:
-                raise InputError("send either rows, paths or files, not several")
-            X = await run_in_threadpool(_rows, store, body.rows, index.info["layer"])
-            names, exclude = [f"row {r}" for r in body.rows], body.rows
-        else:
-            uploads = await _images_of(state, uploads, body.paths)
-            if not uploads:
-                raise InputError("nothing to search with: send image files, 'paths' or 'rows'")
-            X = await _features(state, registry, loaded.name, uploads)
-            names = [u.name for u in uploads]
+        exclude = body.rows
+        X, names = await _query_vectors(state, registry, loaded.name, body, uploads, store, index.info["layer"],
+                                        "search with")
         k = min(body.k, int(index.faiss_index.ntotal) - (1 if exclude else 0))
         if k < 1:
             raise InputError(f"index '{loaded.name}' holds too few vectors for a search")
