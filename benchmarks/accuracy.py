@@ -22,63 +22,21 @@ training step only."""
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
-import shutil
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+import fashion_mnist  # benchmarks/fashion_mnist.py
+
 REPO = Path(__file__).resolve().parents[1]
 HYMENOPTERA = Path(os.environ.get("FEATX_HYMENOPTERA", REPO.parent / "shared" / "datasets" / "hymenoptera"))
-FMNIST_SOURCE = Path("/usr/share/datasets/fashion-mnist")
-FMNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 REFERENCE_CS = np.logspace(-6, 2, 17)
 
 
 # --- data ----------------------------------------------------------------------------------------
-
-def _read_idx(path: Path, offset: int) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        return np.frombuffer(f.read(), dtype=np.uint8, offset=offset)
-
-
-def ensure_fmnist_package() -> None:
-    if (FMNIST_SOURCE / "t10k-images-idx3-ubyte.gz").is_file():
-        return
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    print("installing Debian package dataset-fashion-mnist …", flush=True)
-    subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True)
-    subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], check=True)
-
-
-def fmnist_images(folder: Path, per_class: int, test_per_class: int | None) -> Path:
-    """train/<class>/ with `per_class` images per class from the train split (the first ones), and
-    test/<class>/ with the standard test split (all 10,000, or its first `test_per_class` per class).
-    A `.complete` marker is written last."""
-    marker = folder / ".complete"
-    if marker.is_file() and marker.read_text().strip() == f"{per_class} {test_per_class}":
-        return folder
-    from PIL import Image
-
-    ensure_fmnist_package()
-    if folder.exists():
-        shutil.rmtree(folder)
-    for split, prefix, limit in (("train", "train", per_class), ("test", "t10k", test_per_class)):
-        images = _read_idx(FMNIST_SOURCE / f"{prefix}-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
-        labels = _read_idx(FMNIST_SOURCE / f"{prefix}-labels-idx1-ubyte.gz", 8)
-        for class_id, name in enumerate(FMNIST_CLASSES):
-            out = folder / split / name
-            out.mkdir(parents=True, exist_ok=True)
-            for n, index in enumerate(np.flatnonzero(labels == class_id)[:limit]):
-                Image.fromarray(images[index], mode="L").save(out / f"{name}_{n:05d}.png")
-    marker.write_text(f"{per_class} {test_per_class}\n")
-    return folder
-
 
 def cached_store(images: Path, store_dir: Path):
     """Extract once with the default extractor; a re-run resumes an interrupted extraction."""
@@ -167,7 +125,7 @@ def main() -> None:
     if "fmnist" in args.only:
         test = args.fmnist_test_per_class
         folder = args.cache / f"fmnist-{args.fmnist_per_class}-{test or 'all'}"
-        images = fmnist_images(folder / "images", args.fmnist_per_class, test)
+        images = fashion_mnist.write_images(folder / "images", {"train": args.fmnist_per_class, "test": test})
         datasets[f"Fashion-MNIST ({args.fmnist_per_class}/class → {'10,000' if test is None else f'{test}/class'} test)"] = \
             (images, folder)
     rows = []

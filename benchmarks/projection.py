@@ -10,7 +10,6 @@ the quality numbers (trustworthiness and kNN accuracy on a 2,000-point sample)."
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import subprocess
 import sys
@@ -19,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+import fashion_mnist  # benchmarks/fashion_mnist.py
+
 REPO = Path(__file__).resolve().parents[1]
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 CHILD = r"""
 import json, resource, sys, time, warnings
@@ -35,12 +35,9 @@ print(json.dumps({"seconds": elapsed, "peak_mb": resource.getrusage(resource.RUS
 
 
 def load_vectors(n: int) -> tuple[np.ndarray, np.ndarray, str]:
-    if (FASHION / "train-images-idx3-ubyte.gz").is_file():
-        def read(name, offset):
-            with gzip.open(FASHION / name) as f:
-                return np.frombuffer(f.read(), np.uint8, offset=offset)
-        X = np.concatenate([read("train-images-idx3-ubyte.gz", 16), read("t10k-images-idx3-ubyte.gz", 16)]).reshape(-1, 784)
-        y = np.concatenate([read("train-labels-idx1-ubyte.gz", 8), read("t10k-labels-idx1-ubyte.gz", 8)])
+    if fashion_mnist.available():
+        (train, train_y), (test, test_y) = fashion_mnist.load("train"), fashion_mnist.load("test")
+        X, y = np.concatenate([train, test]).reshape(-1, 784), np.concatenate([train_y, test_y])
         return X[:n].astype(np.float32) / 255, y[:n].astype(str), "Fashion-MNIST pixels (784-d)"
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 4, (10, 256))

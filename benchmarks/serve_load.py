@@ -6,7 +6,7 @@ and end, next to the offline baselines measured in the same run with the same mo
 extract` throughput (img/s) and one image's decode + forward.
 
     python benchmarks/serve_load.py --images ../shared/datasets/hymenoptera/val --requests 20
-    python benchmarks/serve_load.py --model runs/demo/model --images data/fashion-mnist-demo
+    python benchmarks/serve_load.py --model runs/demo/model --images data/digits-demo
 
 Without --model it first builds one (default backbone, logreg) from --images in a temp folder."""
 

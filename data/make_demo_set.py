@@ -1,11 +1,14 @@
-"""Build data/fashion-mnist-demo/ (1,000 PNGs) from Debian's `dataset-fashion-mnist` (MIT licence in
-LICENSE.fashion-mnist). `make demo` and `make test` run it; the images are not committed.
+"""Build data/digits-demo/ (1,000 PNGs, 100 per class) from the handwritten digits that ship inside
+scikit-learn (`sklearn.datasets.load_digits`: the UCI "Optical Recognition of Handwritten Digits"
+test set, CC BY 4.0). scikit-learn is one of featx's own dependencies, so this needs no root, no
+network and no particular operating system. `make demo` and `make test` run it; the images are not
+committed.
 
-Takes the first 100 images of each class from the test split (t10k) and writes them as PNG files,
-one folder per class. The images are built in a staging folder and a `.complete` marker is written
-last, so an interrupted build is redone."""
+Each image is the original 8×8 grid of ink levels 0…16, scaled to 0…255 and saved as a greyscale
+PNG, the first 100 of each digit in the data set's order, one folder per class (`zero` … `nine`).
+The images are built in a staging folder and a `.complete` marker is written last, so an
+interrupted build is redone."""
 
-import gzip
 import shutil
 import sys
 from pathlib import Path
@@ -13,38 +16,31 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-SOURCE = Path("/usr/share/datasets/fashion-mnist")
-OUT = Path(__file__).resolve().parent / "fashion-mnist-demo"
-CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
-           "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
+OUT = Path(__file__).resolve().parent / "digits-demo"
+CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 PER_CLASS = 100
+MAX_INK = 16  # load_digits counts ink in 4×4 blocks of a 32×32 bitmap: 0…16
 
 
-def read_idx(path: Path, offset: int) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        return np.frombuffer(f.read(), dtype=np.uint8, offset=offset)
-
-
-def build(out: Path = OUT, source: Path = SOURCE) -> Path:
+def build(out: Path = OUT) -> Path:
     marker = out / ".complete"
     if marker.is_file():
         return out
-    if not (source / "t10k-images-idx3-ubyte.gz").is_file():
-        sys.exit(f"Fashion-MNIST not found in {source}; install it with `apt-get install dataset-fashion-mnist` "
-                 "(Debian/Ubuntu), then run this script again")
-    images = read_idx(source / "t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
-    labels = read_idx(source / "t10k-labels-idx1-ubyte.gz", 8)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.round(digits.images * (255 / MAX_INK)).astype(np.uint8)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     for class_id, name in enumerate(CLASSES):
         folder = staging / name
         folder.mkdir(parents=True, exist_ok=True)
-        for n, index in enumerate(np.flatnonzero(labels == class_id)[:PER_CLASS]):
-            Image.fromarray(images[index], mode="L").save(folder / f"{name}_{n:03d}.png", optimize=True)
+        for n, index in enumerate(np.flatnonzero(digits.target == class_id)[:PER_CLASS]):
+            Image.fromarray(pixels[index], mode="L").save(folder / f"{name}_{n:03d}.png")
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
-    marker.write_text(f"{PER_CLASS * len(CLASSES)} images from {source}\n")
+    marker.write_text(f"{PER_CLASS * len(CLASSES)} images from sklearn.datasets.load_digits\n")
     return out
 
 

@@ -18,7 +18,7 @@ from featx.errors import InputError, UnknownNameError
 from featx.learn import probe_score
 from featx.learn.candidates import auto_layers, stage_outputs
 from featx.learn.probe import parse_budget, probe
-from tests.conftest import DEMO, HYMENOPTERA, TINY, make_class_folder, needs_hymenoptera
+from tests.conftest import HYMENOPTERA, TINY, make_class_folder, needs_hymenoptera
 
 # TINY as probe options (probe has no `model`/`weights` singular, and shows no progress in tests)
 PROBE_TINY = dict(models=["resnet18"], weights="random", image_size=64, workers=0, batch_size=8, progress=False,
@@ -227,9 +227,26 @@ def _noise_images(folder: Path, n: int = 48) -> list[str]:
     return paths
 
 
+FASHION_MNIST_TEST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+
+
+def _fashion_mnist_images(folder: Path, n: int = 48) -> list[str]:
+    """The first `n` Fashion-MNIST test images as PNGs (from Debian's dataset-fashion-mnist)."""
+    import gzip
+
+    with gzip.open(FASHION_MNIST_TEST, "rb") as f:
+        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    folder.mkdir(parents=True)
+    paths = [str(folder / f"{i:03d}.png") for i in range(n)]
+    for path, pixels in zip(paths, images[:n]):
+        Image.fromarray(pixels, mode="L").save(path)
+    return paths
+
+
 @pytest.mark.slow
 @needs_hymenoptera()
-@pytest.mark.skipif(not DEMO.is_dir(), reason="demo images not built (python data/make_demo_set.py)")
+@pytest.mark.skipif(not FASHION_MNIST_TEST.is_file(),
+                    reason="Debian's dataset-fashion-mnist is not installed (`make test-slow` installs it where apt-get can)")
 def test_domain_shift_orders_near_far_farthest(tmp_path):
     """Measured with the real EfficientNet-Lite0 weights: hymenoptera photos (near ImageNet) <
     Fashion-MNIST (grayscale products on black) < uniform noise, by BN distance and by the head."""
@@ -242,7 +259,7 @@ def test_domain_shift_orders_near_far_farthest(tmp_path):
     names = addressable_layers(backbone.model).names
     layers = auto_layers(featx.describe_layers("efficientnet_lite0"))
     sets = {"hymenoptera": sorted(str(p) for p in HYMENOPTERA.rglob("*.jpg")),
-            "fashion": sorted(str(p) for p in DEMO.rglob("*.png")),
+            "fashion": _fashion_mnist_images(tmp_path / "fashion"),
             "noise": _noise_images(tmp_path / "noise")}
     reports = {}
     for name, paths in sets.items():

@@ -73,7 +73,7 @@ def test_shipped_recipes_validate(name):
     if name == "hymenoptera.yaml" and not (REPO.parent / "shared" / "datasets" / "hymenoptera").is_dir():
         pytest.skip("../shared/datasets/hymenoptera is absent")
     if name != "hymenoptera.yaml" and not DEMO.is_dir():
-        pytest.skip("data/fashion-mnist-demo is not built; `make test` builds it (data/make_demo_set.py)")
+        pytest.skip("data/digits-demo is not built; `make test` builds it (data/make_demo_set.py)")
     recipe = load_recipe(path)
     assert recipe.steps["extract"]["inputs"] and "report" in recipe.steps
 
