@@ -223,7 +223,8 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from featx.extract import Extractor, decode_plan, resolve_device, usable_cores
+    from featx.extract import Extractor, decode_plan, resolve_device
+    from featx.parallel import usable_cores
 
     device = resolve_device(args.device)
     cores = usable_cores()

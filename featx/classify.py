@@ -19,6 +19,7 @@ from featx.artifacts import check_output, seal
 from featx.errors import ConfigMismatchError, InputError, IntegrityError, StaleArtifactError
 from featx.evaluate import classification_metrics, plot_confusion, plot_learning_curve, write_report
 from featx.learn.tune import STRENGTHS, TunedPipeline, cv_splitter, grid_for, plot_validation_curve
+from featx.parallel import thread_map
 from featx.reduce import make_normalizer, make_reducer
 from featx.store import (FeatureStore, check_rows_finite, file_sha256, library_versions, read_record,
                          require_same_config, verify_recorded_sha256)
@@ -47,7 +48,9 @@ def make_classifier(name: str, balance: str, seed: int, tuned: bool = False):
 
     weight = "balanced" if balance == "class-weight" else None
     makers = {
-        "linear-svm": lambda: LinearSVC(C=1.0, class_weight=weight, max_iter=5000, random_state=seed),
+        # dual: sklearn's "auto" picks the primal solver when rows outnumber features, 2-4× slower on
+        # CNN features (thousands of rows × ~1,000 dims) at the C values tuning picks
+        "linear-svm": lambda: LinearSVC(C=1.0, dual=True, class_weight=weight, max_iter=5000, random_state=seed),
         "rbf-svm": lambda: SVC(kernel="rbf", C=1.0, gamma="scale", class_weight=weight),
         "logreg": lambda: LogisticRegression(C=1.0, max_iter=3000, class_weight=weight),
         "knn": lambda: KNeighborsClassifier(n_neighbors=5),
@@ -305,7 +308,7 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = None,
                               seed=seed, n_samples=n_samples, n_features=X_train.shape[1],
                               smallest_class=smallest_class, tuned=tune)
 
-    def estimator_for(reduce_spec: str, n_samples: int, smallest_class: int):
+    def estimator_for(reduce_spec: str, n_samples: int, smallest_class: int, n_jobs: int | None):
         if not tune:
             return pipeline_for(reduce_spec, n_samples, smallest_class)
         inner = max(2, min(cv, smallest_class))
@@ -315,7 +318,8 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = None,
         extra = reducer_grid(pipeline.named_steps["reduce"]) if search else {}
         return TunedPipeline(pipeline=pipeline, param=strength.param, grid=grid_for(strength, tune_rows),
                              extra_grid=extra, warm_start=strength.warm_start,
-                             stop_early=strength.stop_early, cv=cv, max_rows=TUNE_MAX_ROWS, seed=seed)
+                             stop_early=strength.stop_early, cv=cv, max_rows=TUNE_MAX_ROWS, seed=seed,
+                             n_jobs=n_jobs)
 
     def fit(estimator, X, y, groups):
         return estimator.fit(X, y, groups=groups) if tune else estimator.fit(X, y)
@@ -323,20 +327,28 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = None,
     def evaluate(reduce_spec: str):
         """Predictions on the evaluation rows, their truth, per-fold scores, fold estimators, final estimator."""
         if X_eval is not None:
-            fitted = fit(estimator_for(reduce_spec, len(y_train), smallest), X_train, y_train, g_train)
+            fitted = fit(estimator_for(reduce_spec, len(y_train), smallest, n_jobs=None), X_train, y_train, g_train)
             predicted = fitted.predict(X_eval)
             return predicted, y_eval, [classification_metrics(y_eval, predicted, classes)], [fitted], fitted
+
+        def fit_on(rows):  # one task: an outer training fold, or (rows=None) every row for the final model
+            rows = np.arange(len(y_train)) if rows is None else rows
+            fold_smallest = int(pd.Series(y_train[rows]).value_counts().min())
+            return fit(estimator_for(reduce_spec, len(rows), fold_smallest, n_jobs=1),
+                       X_train[rows], y_train[rows], _take(g_train, rows))
+
+        # the outer folds and the final fit are independent: one per core (liblinear and BLAS
+        # release the GIL, so threads share the feature matrix instead of copying it)
+        splits = list(outer.split(X_train, y_train, g_train))
+        with tqdm(total=len(splits) + 1, desc="outer folds + final fit", leave=False,
+                  disable=not log.isEnabledFor(logging.INFO)) as bar:
+            *fold_estimators, fitted = thread_map(fit_on, [train for train, _ in splits] + [None],
+                                                  progress=bar.update)
         predicted = np.empty(len(y_train), dtype=object)
-        fold_metrics, fold_estimators = [], []
-        for train_idx, test_idx in tqdm(list(outer.split(X_train, y_train, g_train)), desc="outer folds",
-                                        leave=False, disable=not log.isEnabledFor(logging.INFO)):
-            fold_smallest = int(pd.Series(y_train[train_idx]).value_counts().min())
-            estimator = fit(estimator_for(reduce_spec, len(train_idx), fold_smallest),
-                            X_train[train_idx], y_train[train_idx], _take(g_train, train_idx))
+        fold_metrics = []
+        for (_, test_idx), estimator in zip(splits, fold_estimators):
             predicted[test_idx] = estimator.predict(X_train[test_idx])
             fold_metrics.append(classification_metrics(y_train[test_idx], predicted[test_idx], classes))
-            fold_estimators.append(estimator)
-        fitted = fit(estimator_for(reduce_spec, len(y_train), smallest), X_train, y_train, g_train)
         return predicted.astype(str), y_train, fold_metrics, fold_estimators, fitted
 
     # every warning (non-convergence, a failed grid point…) goes into the report instead of being lost

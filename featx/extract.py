@@ -21,6 +21,7 @@ from featx.backbones.preprocess import check_resize
 from featx.errors import InputError, WeightsError
 from featx.images import DecodeError, decode_image, read_bytes, scan_inputs
 from featx.layers import LayerTap, addressable_layers, default_layer, output_formats
+from featx.parallel import usable_cores
 from featx.pooling import check_pool_name, check_pool_with_tta, check_pooling, pool
 from featx.tensor_decode import decode_on, plain_jpeg
 from featx.store import FeatureStore, StoreWriter
@@ -287,10 +288,6 @@ class Extractor:
                  for l, d in self.pooled_dims.items()}
         stacked = {l: np.concatenate(v) if v else empty[l] for l, v in layers.items()}
         return stacked, pd.DataFrame(rows, columns=["path", "sha256", "status", "error"])
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

@@ -263,3 +263,33 @@ def test_group_cv_is_used_when_the_store_has_groups(tmp_path):
     assert plain.report["accuracy"] > 0.9 and plain.report["groups"] is None
     assert grouped.report["accuracy"] < 0.75 and grouped.report["groups"] == {"column": "group", "n_groups": 16}
     assert "group 4-fold" in grouped.report["evaluation"]
+
+
+@pytest.mark.parametrize("classifier", ["linear-svm", "logreg"])
+def test_parallel_tuning_equals_serial_tuning(classifier):
+    """The inner folds run on threads: the curve, the choice and the refitted model must not
+    depend on how many (warm-started models keep one per fold, so no thread sees another's)."""
+    from sklearn.base import clone
+
+    from featx.classify import build_pipeline
+    from featx.learn.tune import TunedPipeline
+
+    X, y = blobs(n_per_class=40, classes=3, dim=32, spread=5.0, seed=2)
+    strength = STRENGTHS[classifier]
+    pipeline = build_pipeline(classifier=classifier, n_samples=len(y), n_features=X.shape[1], smallest_class=40,
+                              tuned=True)
+    fitted = {}
+    for n_jobs in (1, 3):
+        fitted[n_jobs] = TunedPipeline(pipeline=clone(pipeline), param=strength.param, grid=strength.grid,
+                                       warm_start=strength.warm_start, stop_early=strength.stop_early, cv=4,
+                                       n_jobs=n_jobs).fit(X, y)
+    assert fitted[1].curve_ == fitted[3].curve_
+    assert fitted[1].best_value_ == fitted[3].best_value_
+    np.testing.assert_allclose(fitted[1].decision_function(X), fitted[3].decision_function(X), rtol=1e-6, atol=1e-9)
+
+
+def test_outer_folds_on_threads_give_the_same_report_twice(blob_store):
+    first = train_shallow(blob_store, cv=3, learning_curve=False).report
+    second = train_shallow(blob_store, cv=3, learning_curve=False).report
+    assert first["tuning"]["chosen_per_outer_fold"] == second["tuning"]["chosen_per_outer_fold"]
+    assert first["fold_scores"] == second["fold_scores"] and first["accuracy"] == second["accuracy"]

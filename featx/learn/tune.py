@@ -24,6 +24,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from featx.errors import InputError
+from featx.parallel import thread_map
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
     stopped early), `failures_` (grid points that raised), `inner_folds_`, `tune_rows_`."""
 
     def __init__(self, *, pipeline, param: str, grid, extra_grid=None, warm_start: bool = False,
-                 stop_early: bool = False, cv: int = 5, max_rows: int = 2000, patience: int = 2, seed: int = 0):
+                 stop_early: bool = False, cv: int = 5, max_rows: int = 2000, patience: int = 2, seed: int = 0,
+                 n_jobs: int | None = 1):
         self.pipeline = pipeline
         self.param = param
         self.grid = grid
@@ -119,6 +121,7 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
         self.max_rows = max_rows
         self.patience = patience
         self.seed = seed
+        self.n_jobs = n_jobs  # threads for the inner folds (None: the usable cores)
 
     def fit(self, X, y, groups=None):
         X = np.asarray(X)
@@ -171,17 +174,9 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
                 curve.append({"value": value, "train_mean": None, "train_std": None, "cv_mean": None,
                               "cv_std": None, "skipped": True})
                 continue
-            train_scores, cv_scores = [], []
-            for fold, (Xt, yt, Xv, yv, model, look) in enumerate(prepared):
-                try:
-                    model.set_params(**{key: value}).fit(Xt, yt)
-                    cv_scores.append(balanced_accuracy_score(yv, model.predict(Xv)))
-                    train_scores.append(balanced_accuracy_score(yt[look], model.predict(Xt[look])))
-                except Exception as exc:  # a failed point is reported, not fatal
-                    self.failures_.append({**combo, self.param: value, "fold": fold, "error": f"{type(exc).__name__}: {exc}"})
-                    warnings.warn(f"tuning: {self.param.split('__')[-1]}={value} failed in inner fold {fold}: {exc}")
-                    cv_scores.append(np.nan)
-                    train_scores.append(np.nan)
+            scores = thread_map(lambda fold: self._fit_score(prepared[fold], key, value, combo, fold),
+                                range(len(prepared)), self.n_jobs)
+            train_scores, cv_scores = [t for t, _ in scores], [c for _, c in scores]
             point = {"value": value, "train_mean": _mean(train_scores), "train_std": _std(train_scores),
                      "cv_mean": _mean(cv_scores), "cv_std": _std(cv_scores), "skipped": False}
             curve.append(point)
@@ -195,6 +190,18 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
                 best, stale = max(best, score), stale + 1
             # else: a plateau the model can still climb from (e.g. chance level at the strong end)
         return curve
+
+    def _fit_score(self, prepared_fold, key, value, combo, fold) -> tuple[float, float]:
+        """(train, CV) balanced accuracy of one inner fold's model at one grid value; NaN if it failed."""
+        Xt, yt, Xv, yv, model, look = prepared_fold
+        try:
+            model.set_params(**{key: value}).fit(Xt, yt)
+            return (balanced_accuracy_score(yt[look], model.predict(Xt[look])),
+                    balanced_accuracy_score(yv, model.predict(Xv)))
+        except Exception as exc:  # a failed point is reported, not fatal
+            self.failures_.append({**combo, self.param: value, "fold": fold, "error": f"{type(exc).__name__}: {exc}"})
+            warnings.warn(f"tuning: {self.param.split('__')[-1]}={value} failed in inner fold {fold}: {exc}")
+            return np.nan, np.nan
 
     def predict(self, X):
         return self.pipeline_.predict(X)
