@@ -318,8 +318,8 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = None,
         extra = reducer_grid(pipeline.named_steps["reduce"]) if search else {}
         return TunedPipeline(pipeline=pipeline, param=strength.param, grid=grid_for(strength, tune_rows),
                              extra_grid=extra, warm_start=strength.warm_start,
-                             stop_early=strength.stop_early, cv=cv, max_rows=TUNE_MAX_ROWS, seed=seed,
-                             n_jobs=n_jobs)
+                             stop_early=strength.stop_early, walk_tol=strength.walk_tol, cv=cv,
+                             max_rows=TUNE_MAX_ROWS, seed=seed, n_jobs=n_jobs)
 
     def fit(estimator, X, y, groups):
         return estimator.fit(X, y, groups=groups) if tune else estimator.fit(X, y)
@@ -489,22 +489,31 @@ def _learning_curve(make_pipeline, X_train, y_train, g_train, X_eval, y_eval, se
     n_classes = len(np.unique(y_train))
     rng = np.random.default_rng(seed)
     by_class = {c: np.flatnonzero(y_train == c) for c in np.unique(y_train)}
-    points = []
+    draws = []  # the rows of every fit, drawn up front in a fixed order so threads cannot change them
     for n in steps:
         repeats = 5 if n <= 5 else 3 if n < per_class_max and n * n_classes <= 1000 else 1
-        scores = []
-        for _ in range(repeats):
-            chosen = np.concatenate([rng.choice(idx, size=n, replace=False) for idx in by_class.values()])
-            try:
-                pipeline = make_pipeline(len(chosen), n)
-                pipeline.fit(X_train[chosen], y_train[chosen])
-                scores.append(float(np.mean(pipeline.predict(X_eval) == y_eval)))
-            except (ValueError, InputError) as exc:  # e.g. PCA with more components than images
-                log.info("learning curve: %d per class skipped (%s)", n, exc)
-                break
-        if scores:
-            points.append({"per_class": int(n), "accuracy": float(np.mean(scores)), "std": float(np.std(scores)),
-                           "repeats": len(scores)})
+        draws += [(n, np.concatenate([rng.choice(idx, size=n, replace=False) for idx in by_class.values()]))
+                  for _ in range(repeats)]
+
+    def score(draw):
+        n, chosen = draw
+        try:
+            pipeline = make_pipeline(len(chosen), n)
+            pipeline.fit(X_train[chosen], y_train[chosen])
+            return float(np.mean(pipeline.predict(X_eval) == y_eval))
+        except (ValueError, InputError) as exc:  # e.g. PCA with more components than images
+            log.info("learning curve: %d per class skipped (%s)", n, exc)
+            return None
+
+    # the largest fits first, so the threads finish together
+    order = sorted(range(len(draws)), key=lambda i: -len(draws[i][1]))
+    scores = dict(zip(order, thread_map(score, [draws[i] for i in order])))
+    points = []
+    for n in steps:
+        done = [scores[i] for i, (m, _) in enumerate(draws) if m == n and scores[i] is not None]
+        if done:
+            points.append({"per_class": int(n), "accuracy": float(np.mean(done)), "std": float(np.std(done)),
+                           "repeats": len(done)})
     return points
 
 
