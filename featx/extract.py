@@ -3,6 +3,7 @@ forward pass for all layers, pooling, TTA averaging) and writer (the feature sto
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -388,9 +389,16 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
                           dtype=dtype, batch_size=batch_size, workers=workers, decode=decode, resize=resize)
     config = extractor.config | {"weights_source": _weights_source(weights)}
     rows_per_shard = _rows_per_shard(int(shard_size), extractor)
-    with StoreWriter(out, config, overwrite=overwrite, append=append, frozen=frozen,
-                     rows_per_shard=rows_per_shard) as writer:
-        work = writer.prepare(records)
+    if engine == "ray":
+        from featx.engines.ray_engine import Connection, RayFiles
+
+        session = Connection(ray_address)  # connects when first needed
+        files = RayFiles(session, progress=progress)  # change detection runs on the workers
+    else:
+        session, files = contextlib.nullcontext(), None
+    with session, StoreWriter(out, config, overwrite=overwrite, append=append, frozen=frozen,
+                              rows_per_shard=rows_per_shard) as writer:
+        work = writer.prepare(records, files=files)
         log.info("store %s: %s", out, work.changes.line())
         shards = [(s, min(s + rows_per_shard, stop)) for start, stop in work.missing
                   for s in range(start, stop, rows_per_shard)]

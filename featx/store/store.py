@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 import io
 import logging
-import os
 import platform
 import secrets
 import shutil
@@ -415,9 +414,10 @@ class StoreWriter:
         self.lock.release()
 
     # --- planning ---
-    def prepare(self, records, sha_of=None) -> PendingWork:
-        """Lock the store and decide what is left to do. `sha_of(path)` gives a file's content hash
-        (to tell moved and changed files); None reads the file."""
+    def prepare(self, records, files=None) -> PendingWork:
+        """Lock the store and decide what is left to do. `files` stats and hashes the inputs to
+        tell changed and moved files (see `featx.store.reconcile.LocalFiles`, the default; an
+        engine passes one that runs on its workers)."""
         is_store = check_output(self.path, "store")
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
@@ -439,8 +439,7 @@ class StoreWriter:
                 "or pass --overwrite to replace it")
         store = FeatureStore(self.path, self.manifest)
         plan = store.plan
-        new_plan, changes = reconcile(plan, store.results(), records, append=self.append,
-                                      sha_of=sha_of or _sha_or_none)
+        new_plan, changes = reconcile(plan, store.results(), records, append=self.append, files=files)
         if changes and self.frozen:
             raise InputsChangedError(f"--frozen: the inputs differ from store '{self.path}': {changes.line()}. "
                                      "Run without --frozen to apply these changes to the store")
@@ -683,15 +682,6 @@ def _clear_folder(folder: Path) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
-
-
-def _sha_or_none(path: str) -> str | None:
-    try:
-        if not os.path.isfile(path):
-            return None
-        return file_sha256(path)
-    except OSError:
-        return None
 
 
 def _config_diff(old: dict, new: dict) -> str:
