@@ -128,11 +128,12 @@ class Extractor:
     def __init__(self, model: str = DEFAULT_BACKBONE, *, weights: str = "default", layers: Sequence[str] | None = None,
                  pool: str = "avg", image_size: int | None = None, tta: int = 1, device: str = "auto",
                  amp: str = "none", dtype: str = "float32", batch_size: int = 32, workers: int | None = None,
-                 per_view: bool = False, decode: str = "pil", resize: str = "crop"):
+                 per_view: bool = False, decode: str = "pil", resize: str = "crop", cores: int | None = None):
         """`per_view=True` keeps the TTA views apart: features are (N, views, D) instead of the mean.
         `resize`: crop | full | pad (see `featx.views`). `workers`: None picks the fastest plan for
         the device and core count (`decode_plan`); 0 decodes in this process; N > 0 uses N
-        DataLoader worker processes."""
+        DataLoader worker processes. `cores`: the cores this extractor may use (None: every core
+        this process may run on; a Ray actor passes its own share)."""
         if amp not in AMP_MODES:
             raise InputError(f"unknown --amp '{amp}'; allowed: {', '.join(AMP_MODES)}")
         if dtype not in DTYPES:
@@ -153,6 +154,7 @@ class Extractor:
             raise InputError(f"unknown --decode '{decode}'; allowed: {', '.join(DECODERS)}")
         self.decode = ("torch" if self.device.type == "cuda" else "pil") if decode == "auto" else decode
         self.workers = None if workers is None else int(workers)
+        self.cores = None if cores is None else max(1, int(cores))
         if self.workers is not None and self.workers < 0:
             raise InputError(f"--workers {workers} must be 0 (decode in this process) or more")
         self.backbone = load_backbone(model, weights, image_size)
@@ -219,7 +221,7 @@ class Extractor:
         if batches is None:
             batches = [list(range(i, min(i + self.batch_size, len(paths)))) for i in range(0, len(paths), self.batch_size)]
         dataset = ImageViews(paths, self.backbone.preprocess, self.tta, self.decode)
-        plan = decode_plan(self.device, self.workers)
+        plan = decode_plan(self.device, self.workers, self.cores)
         total = sum(len(b) for b in batches)
         from tqdm.auto import tqdm
 

@@ -174,10 +174,12 @@ def run_shards(writer, plan: pd.DataFrame, shards: list[tuple[int, int]], *, ray
         cpus = float(cpus_per_worker or min(DEFAULT_CPUS_PER_WORKER, max(1.0, ray.cluster_resources().get("CPU", 1))))
         size = _pool_size(ray, len(shards), cpus, num_gpus_per_worker)
         threads = max(1, int(cpus))
-        # decoding processes beside the forward pass, inside the actor's own share of cores
-        decoders = workers if workers is not None else min(8, threads - 1)
+        # the actor plans decoding as the local engine does, within its own share of the node's
+        # cores: on CPUs decoding and the forward pass take turns on all of them (a decoding
+        # process beside the forward pass stalls torch's threads, and forking one per shard
+        # cost seconds); beside a GPU, decoding processes on the cores left
         runtime = {"device": device if num_gpus_per_worker else "cpu", "amp": amp, "batch_size": batch_size,
-                   "workers": decoders}
+                   "workers": workers, "cores": threads}
         paths = plan["path"].to_numpy(dtype=object)
         items = [{"start": start, "stop": stop, "paths": [str(p) for p in paths[start:stop]]} for start, stop in shards]
         # Ray Data's own INFO lines only with `featx -v`
