@@ -59,17 +59,21 @@ def make_store(path: Path, rows: int, dim: int, shard: int = 4096) -> None:
 
 
 CHILD = """
-import json, resource, sys, time
+import json, os, resource, sys, tempfile, time
 sys.path.insert(0, {repo!r})
 import faiss
 from featx.index import build_index
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 baseline = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()  # RSS after imports
 start = time.perf_counter()
 index = build_index({store!r}, kind={kind!r}, nlist={nlist}, nprobe=16, rerank=0, stream={stream})
 seconds = time.perf_counter() - start
-print(json.dumps({{"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "seconds": seconds,
-                  "baseline": baseline,
-                  "index_bytes": int(faiss.serialize_index(index.faiss_index).nbytes)}}))
+built = peak()
+with tempfile.TemporaryDirectory() as folder:
+    index.save(folder + "/index")  # what `featx index` does next
+    size = os.path.getsize(folder + "/index/index.faiss")
+print(json.dumps({{"peak_rss": built, "peak_after_save": peak(), "seconds": seconds, "baseline": baseline,
+                  "index_bytes": size}}))
 """
 
 
@@ -126,12 +130,17 @@ def main() -> None:
             matrix = args.rows * args.dim * 4
             print(f"store: {args.rows} x {args.dim} float32 = {matrix / 2**20:.0f} MiB, "
                   f"written in {time.perf_counter() - t:.0f} s", flush=True)
-            print(f"{'build':<10}{'peak RSS MiB':>14}{'after imports':>15}{'growth':>8}{'index MiB':>11}{'seconds':>9}")
+            shard = 4096 * args.dim * 4
+            print(f"one shard: 4096 rows = {shard / 2**20:.0f} MiB; growth = peak RSS minus RSS after imports")
+            print(f"{'build':<10}{'peak RSS MiB':>14}{'after imports':>15}{'growth':>8}{'+ save':>8}"
+                  f"{'index MiB':>11}{'growth / (index + shard)':>26}{'seconds':>9}")
             for stream in (True, False):
                 r = measure_build(tmp / "store", args.kind, args.nlist, stream)
+                growth, saved = r["peak_rss"] - r["baseline"], r["peak_after_save"] - r["baseline"]
                 print(f"{'streamed' if stream else 'in-memory':<10}{r['peak_rss'] / 2**20:>14.0f}"
-                      f"{r['baseline'] / 2**20:>15.0f}{(r['peak_rss'] - r['baseline']) / 2**20:>8.0f}"
-                      f"{r['index_bytes'] / 2**20:>11.0f}{r['seconds']:>9.0f}", flush=True)
+                      f"{r['baseline'] / 2**20:>15.0f}{growth / 2**20:>8.0f}{saved / 2**20:>8.0f}"
+                      f"{r['index_bytes'] / 2**20:>11.0f}{growth / (r['index_bytes'] + shard):>26.2f}"
+                      f"{r['seconds']:>9.0f}", flush=True)
         print(f"{'shards':>7}{'before /s':>11}{'after /s, first 100':>21}{'after /s, last 100':>20}"
               f"{'ratio':>8}{'manifest MiB':>14}")
         for shards in args.commits:

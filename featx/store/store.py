@@ -242,6 +242,15 @@ class FeatureStore:
 
     @property
     def ok(self) -> np.ndarray:
+        """Rows with a usable vector. A finished store reads only the status column, so an index
+        build over millions of rows never holds every path and hash as Python strings."""
+        if self._meta is None and self.complete and self.manifest.get("meta"):
+            import pyarrow.compute as pc
+            import pyarrow.parquet as pq
+
+            entry = self.manifest["meta"]
+            status = pq.read_table(_checked(self.path / entry["path"], entry["sha256"]), columns=["status"])["status"]
+            return pc.fill_null(pc.equal(status, "ok"), False).to_numpy(zero_copy_only=False).astype(bool)
         meta = self.meta
         return ((meta["status"] == "ok") & meta["active"].astype(bool)).to_numpy()
 
