@@ -63,7 +63,12 @@ import json, os, resource, sys, tempfile, time
 sys.path.insert(0, {repo!r})
 import faiss
 from featx.index import build_index
-peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from featx.store import library_versions
+library_versions()  # the build records them: torch, torchvision and scikit-learn are imported before the baseline
+# VmHWM: this program's own high-water mark. ru_maxrss is not: Linux carries the pre-exec image's
+# peak over into it, i.e. the RSS of the benchmark process that forked this one (≈ 1 GiB after
+# writing the store), which had hidden the streamed build's real peak
+peak = lambda: int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:"))) * 1024
 baseline = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()  # RSS after imports
 start = time.perf_counter()
 index = build_index({store!r}, kind={kind!r}, nlist={nlist}, nprobe=16, rerank=0, stream={stream})
