@@ -32,13 +32,15 @@ CACHE = Path(os.environ.get("FEATX_BENCH_CACHE", Path.home() / ".cache" / "featx
 
 def copied_jpegs(count: int) -> Path:
     """`count` JPEG files copied from the hymenoptera photos under distinct names (cached)."""
-    sources = sorted(HYMENOPTERA.resolve().rglob("*.jpg"))
-    if not sources:
-        sys.exit(f"no JPEG files under {HYMENOPTERA}; this benchmark needs ../shared/datasets/hymenoptera")
     folder = CACHE / f"jpegs-{count}"
     folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        target = folder / f"{i:06d}.jpg"
+    targets = [folder / f"{i:06d}.jpg" for i in range(count)]
+    if all(t.exists() for t in targets):  # cached: the photos themselves are not needed
+        return folder
+    sources = sorted(HYMENOPTERA.resolve().rglob("*.jpg"))
+    if not sources:
+        sys.exit(f"no JPEG files under {HYMENOPTERA}; set FEATX_HYMENOPTERA to the hymenoptera dataset folder")
+    for i, target in enumerate(targets):
         if not target.exists():
             shutil.copyfile(sources[i % len(sources)], target)
     return folder

@@ -1,19 +1,23 @@
 """Peak memory of `featx index`: streamed (sample-trained, shard-by-shard add) against in-memory,
 side by side on the same synthetic store, each build in a fresh process (growth = peak RSS minus
-the RSS after imports); and the driver's commit
-rate (manifest commits per second) for the scaling model.
+the RSS after imports); and the driver's commit rate (shards committed per second) for the
+scaling model.
 
     python benchmarks/index_memory.py [--rows 1000000] [--dim 256] [--kind ivf-sq8] [--nlist 1024]
-                                      [--commits 2000]
+                                      [--commits 2000 20000] [--skip-index]
 
 Prints, per build mode: peak RSS, the index's own size (serialized bytes), the store's matrix size
-and the build time; then commit_shard / commit_written calls per second at the first and last
-hundred commits of a store with --commits shards (the manifest grows with every shard)."""
+and the build time. Then, per store size in --commits: the driver's `commit_written` calls per
+second (what the Ray driver does per shard that lands) now, with the commit log (one fsync'd
+line per shard), over the first and the last 100 commits; and before, when every commit rewrote
+and resealed the whole manifest (the same call followed by the full manifest write, timed at
+that store size)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -54,17 +59,26 @@ def make_store(path: Path, rows: int, dim: int, shard: int = 4096) -> None:
 
 
 CHILD = """
-import json, resource, sys, time
+import json, os, resource, sys, tempfile, time
 sys.path.insert(0, {repo!r})
 import faiss
 from featx.index import build_index
+from featx.store import library_versions
+library_versions()  # the build records them: torch, torchvision and scikit-learn are imported before the baseline
+# VmHWM: this program's own high-water mark. ru_maxrss is not: Linux carries the pre-exec image's
+# peak over into it, i.e. the RSS of the benchmark process that forked this one (≈ 1 GiB after
+# writing the store), which had hidden the streamed build's real peak
+peak = lambda: int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:"))) * 1024
 baseline = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()  # RSS after imports
 start = time.perf_counter()
 index = build_index({store!r}, kind={kind!r}, nlist={nlist}, nprobe=16, rerank=0, stream={stream})
 seconds = time.perf_counter() - start
-print(json.dumps({{"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "seconds": seconds,
-                  "baseline": baseline,
-                  "index_bytes": int(faiss.serialize_index(index.faiss_index).nbytes)}}))
+built = peak()
+with tempfile.TemporaryDirectory() as folder:
+    index.save(folder + "/index")  # what `featx index` does next
+    size = os.path.getsize(folder + "/index/index.faiss")
+print(json.dumps({{"peak_rss": built, "peak_after_save": peak(), "seconds": seconds, "baseline": baseline,
+                  "index_bytes": size}}))
 """
 
 
@@ -74,32 +88,33 @@ def measure_build(store: Path, kind: str, nlist: int, stream: bool) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def commit_rate(folder: Path, commits: int, rows: int = 8, dim: int = 256) -> dict:
-    """Calls per second of the driver's commit: whole shards (write + manifest) and entries of
-    shards a worker wrote already (manifest only: what the Ray driver does)."""
+def commit_rate(folder: Path, shards: int, rows: int = 8, dim: int = 256) -> dict:
+    """Commits per second of a store growing to `shards` shards of `rows` rows: through the log
+    (now) and with the whole manifest resealed per commit (before), at the same size."""
     from featx.store import StoreWriter, write_shard
 
-    result = {}
-    for mode in ("commit_shard", "commit_written"):
-        writer = StoreWriter(folder / mode, CONFIG, rows_per_shard=rows)
-        work = writer.prepare(records(commits * rows))
-        X = np.zeros((rows, dim), np.float32)
-        times = []
-        for k in range(commits):
-            start = k * rows
-            meta = work.plan.iloc[start:start + rows][["row_id", "path"]].copy()
-            meta["sha256"], meta["status"], meta["error"], meta["size"], meta["mtime_ns"] = "0" * 64, "ok", None, 1, 1
-            if mode == "commit_written":
-                entry = write_shard(writer.path, start, {"vec": X}, meta)  # a worker's part, not timed
-                t = time.perf_counter()
-                writer.commit_written(entry)
-            else:
-                t = time.perf_counter()
-                writer.commit_shard(start, {"vec": X}, meta)
-            times.append(time.perf_counter() - t)
-        writer.close()
-        result[mode] = {"first_100_per_s": 100 / sum(times[:100]), "last_100_per_s": 100 / sum(times[-100:]),
-                        "manifest_bytes": (writer.path / "manifest.json").stat().st_size}
+    before_commits = 100 if shards <= 5000 else 20  # the old way costs seconds per commit at 20,000
+    writer = StoreWriter(folder / str(shards), CONFIG, rows_per_shard=rows)
+    writer.prepare(records((shards + before_commits) * rows))
+    # a worker's part, done once and not timed: every entry names the same (real) files, so the
+    # entries and the manifest have the sizes of real ones without writing 20,000 shards
+    meta = pd.DataFrame({"row_id": np.arange(rows), "path": [f"/synthetic/{i:08d}.jpg" for i in range(rows)],
+                         "sha256": "0" * 64, "status": "ok", "error": None, "size": 1, "mtime_ns": 1})
+    template = write_shard(writer.path, 0, {"vec": np.zeros((rows, dim), np.float32)}, meta)
+    times = []
+    for k in range(shards + before_commits):
+        entry = json.loads(json.dumps(template)) | {"start": k * rows, "stop": (k + 1) * rows}
+        t = time.perf_counter()
+        writer.commit_written(entry)
+        if k >= shards:
+            writer._write_manifest()  # the commit before the log: the whole manifest resealed and rewritten
+        times.append(time.perf_counter() - t)
+    result = {"after_first_100_per_s": 100 / sum(times[:100]),
+              "after_last_100_per_s": 100 / sum(times[shards - 100:shards]),
+              "before_per_s": before_commits / sum(times[shards:]), "before_commits": before_commits,
+              "manifest_bytes": (writer.path / "manifest.json").stat().st_size}
+    writer.close()
+    shutil.rmtree(writer.path)
     return result
 
 
@@ -109,7 +124,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--kind", default="ivf-sq8")
     parser.add_argument("--nlist", type=int, default=1024)
-    parser.add_argument("--commits", type=int, default=2000)
+    parser.add_argument("--commits", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--skip-index", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="featx-index-memory-") as tmp:
@@ -120,16 +135,24 @@ def main() -> None:
             matrix = args.rows * args.dim * 4
             print(f"store: {args.rows} x {args.dim} float32 = {matrix / 2**20:.0f} MiB, "
                   f"written in {time.perf_counter() - t:.0f} s", flush=True)
-            print(f"{'build':<10}{'peak RSS MiB':>14}{'after imports':>15}{'growth':>8}{'index MiB':>11}{'seconds':>9}")
+            shard = 4096 * args.dim * 4
+            print(f"one shard: 4096 rows = {shard / 2**20:.0f} MiB; growth = peak RSS minus RSS after imports")
+            print(f"{'build':<10}{'peak RSS MiB':>14}{'after imports':>15}{'growth':>8}{'+ save':>8}"
+                  f"{'index MiB':>11}{'growth / (index + shard)':>26}{'seconds':>9}")
             for stream in (True, False):
                 r = measure_build(tmp / "store", args.kind, args.nlist, stream)
+                growth, saved = r["peak_rss"] - r["baseline"], r["peak_after_save"] - r["baseline"]
                 print(f"{'streamed' if stream else 'in-memory':<10}{r['peak_rss'] / 2**20:>14.0f}"
-                      f"{r['baseline'] / 2**20:>15.0f}{(r['peak_rss'] - r['baseline']) / 2**20:>8.0f}"
-                      f"{r['index_bytes'] / 2**20:>11.0f}{r['seconds']:>9.0f}", flush=True)
-        rates = commit_rate(tmp / "commits", args.commits)
-        for mode, r in rates.items():
-            print(f"{mode}: {r['first_100_per_s']:.0f}/s over the first 100 commits, {r['last_100_per_s']:.0f}/s over "
-                  f"the last 100 (manifest {r['manifest_bytes'] / 2**20:.1f} MiB at {args.commits} shards)")
+                      f"{r['baseline'] / 2**20:>15.0f}{growth / 2**20:>8.0f}{saved / 2**20:>8.0f}"
+                      f"{r['index_bytes'] / 2**20:>11.0f}{growth / (r['index_bytes'] + shard):>26.2f}"
+                      f"{r['seconds']:>9.0f}", flush=True)
+        print(f"{'shards':>7}{'before /s':>11}{'after /s, first 100':>21}{'after /s, last 100':>20}"
+              f"{'ratio':>8}{'manifest MiB':>14}")
+        for shards in args.commits:
+            r = commit_rate(tmp / "commits", shards)
+            print(f"{shards:>7}{r['before_per_s']:>11.1f}{r['after_first_100_per_s']:>21.0f}"
+                  f"{r['after_last_100_per_s']:>20.0f}{r['after_last_100_per_s'] / r['before_per_s']:>8.0f}"
+                  f"{r['manifest_bytes'] / 2**20:>14.1f}", flush=True)
 
 
 if __name__ == "__main__":

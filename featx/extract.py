@@ -3,6 +3,7 @@ forward pass for all layers, pooling, TTA averaging) and writer (the feature sto
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -128,11 +129,12 @@ class Extractor:
     def __init__(self, model: str = DEFAULT_BACKBONE, *, weights: str = "default", layers: Sequence[str] | None = None,
                  pool: str = "avg", image_size: int | None = None, tta: int = 1, device: str = "auto",
                  amp: str = "none", dtype: str = "float32", batch_size: int = 32, workers: int | None = None,
-                 per_view: bool = False, decode: str = "pil", resize: str = "crop"):
+                 per_view: bool = False, decode: str = "pil", resize: str = "crop", cores: int | None = None):
         """`per_view=True` keeps the TTA views apart: features are (N, views, D) instead of the mean.
         `resize`: crop | full | pad (see `featx.views`). `workers`: None picks the fastest plan for
         the device and core count (`decode_plan`); 0 decodes in this process; N > 0 uses N
-        DataLoader worker processes."""
+        DataLoader worker processes. `cores`: the cores this extractor may use (None: every core
+        this process may run on; a Ray actor passes its own share)."""
         if amp not in AMP_MODES:
             raise InputError(f"unknown --amp '{amp}'; allowed: {', '.join(AMP_MODES)}")
         if dtype not in DTYPES:
@@ -153,6 +155,7 @@ class Extractor:
             raise InputError(f"unknown --decode '{decode}'; allowed: {', '.join(DECODERS)}")
         self.decode = ("torch" if self.device.type == "cuda" else "pil") if decode == "auto" else decode
         self.workers = None if workers is None else int(workers)
+        self.cores = None if cores is None else max(1, int(cores))
         if self.workers is not None and self.workers < 0:
             raise InputError(f"--workers {workers} must be 0 (decode in this process) or more")
         self.backbone = load_backbone(model, weights, image_size)
@@ -219,7 +222,7 @@ class Extractor:
         if batches is None:
             batches = [list(range(i, min(i + self.batch_size, len(paths)))) for i in range(0, len(paths), self.batch_size)]
         dataset = ImageViews(paths, self.backbone.preprocess, self.tta, self.decode)
-        plan = decode_plan(self.device, self.workers)
+        plan = decode_plan(self.device, self.workers, self.cores)
         total = sum(len(b) for b in batches)
         from tqdm.auto import tqdm
 
@@ -385,9 +388,16 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
                           dtype=dtype, batch_size=batch_size, workers=workers, decode=decode, resize=resize)
     config = extractor.config | {"weights_source": _weights_source(weights)}
     rows_per_shard = _rows_per_shard(int(shard_size), extractor)
-    with StoreWriter(out, config, overwrite=overwrite, append=append, frozen=frozen,
-                     rows_per_shard=rows_per_shard) as writer:
-        work = writer.prepare(records)
+    if engine == "ray":
+        from featx.engines.ray_engine import Connection, RayFiles
+
+        session = Connection(ray_address)  # connects when first needed
+        files = RayFiles(session, progress=progress)  # change detection runs on the workers
+    else:
+        session, files = contextlib.nullcontext(), None
+    with session, StoreWriter(out, config, overwrite=overwrite, append=append, frozen=frozen,
+                              rows_per_shard=rows_per_shard) as writer:
+        work = writer.prepare(records, files=files)
         log.info("store %s: %s", out, work.changes.line())
         shards = [(s, min(s + rows_per_shard, stop)) for start, stop in work.missing
                   for s in range(start, stop, rows_per_shard)]

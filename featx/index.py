@@ -190,7 +190,11 @@ class Index:
         folder = Path(folder)
         check_output(folder, "index", inputs=[self.info.get("store")])
         folder.mkdir(parents=True, exist_ok=True)
-        self.info["sha256"] = atomic.write_hashed(folder / INDEX_FILE, faiss.serialize_index(self.faiss_index).tobytes())
+        # written by FAISS straight to the file: serializing to bytes first held two more copies
+        # of the index in memory (3x its size at the end of a streamed build)
+        with atomic.atomic_path(folder / INDEX_FILE) as tmp:
+            faiss.write_index(self.faiss_index, str(tmp))
+            self.info["sha256"] = atomic.file_sha256(tmp)
         self.info["ntotal"] = int(self.faiss_index.ntotal)
         self.info = atomic.write_sealed_json(folder / INDEX_JSON, self.info)
         return folder

@@ -20,6 +20,12 @@ from featx.store import FeatureStore, check_rows_finite
 log = logging.getLogger(__name__)
 
 TRAIN_SAMPLE = 200_000  # what _train_and_add trains on, too
+# a streamed IVF build trains on this many rows per inverted list (FAISS asks for 30-256 per
+# centroid; below 39 its k-means warns): a sample far below the index's size, so training never
+# holds more memory than the finished index (a fixed 200,000 rows x 256 dims, copied as residuals
+# for SQ/PQ training, was most of the streamed build's peak)
+TRAIN_PER_LIST = 64
+MIN_TRAIN_SAMPLE = 20_000
 AUTO_SAMPLE = 100_000  # rows the auto choice of layout is made on
 STREAM_ABOVE_BYTES = 1 << 30  # a matrix above this is streamed (in-memory builds copy it twice)
 MERGEABLE = ("flat", "ivf", "ivfpq", "opq-ivfpq", "ivf-sq8")  # HNSW graphs cannot be merged
@@ -39,9 +45,19 @@ def should_stream(store: FeatureStore, layer: str, requested: bool | None, engin
 
 
 def _gather(store: FeatureStore, layer: str, rows: np.ndarray, metric: str) -> np.ndarray:
-    X = _idx()._prepare(store.gather(layer, rows), metric)
+    X = np.ascontiguousarray(store.gather(layer, rows), dtype=np.float32)  # a new array: normalised in place
     check_rows_finite(X, f"store '{store.path}' layer '{layer}'")
+    if metric == "cosine":
+        _idx()._faiss().normalize_L2(X)
     return X
+
+
+def train_sample_size(plan) -> int:
+    """Rows a streamed build trains on: TRAIN_PER_LIST per inverted list, at most TRAIN_SAMPLE."""
+    nlist = plan.params.get("nlist")
+    if not nlist:
+        return TRAIN_SAMPLE
+    return min(TRAIN_SAMPLE, max(MIN_TRAIN_SAMPLE, TRAIN_PER_LIST * int(nlist)))
 
 
 def _sample(ids: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -68,7 +84,7 @@ def choose_plan(store, layer, ids, d, kind, metric, faiss_metric, reduce_dim, bu
 
 
 def trained_empty(plan, store, layer, ids, d, metric, faiss_metric, seed):
-    """The index of `plan`, trained on a sample of at most TRAIN_SAMPLE rows, holding no vectors."""
+    """The index of `plan`, trained on a sample (`train_sample_size`), holding no vectors."""
     index = _idx()
     faiss = index._faiss()
     index._check_enough_vectors(plan, len(ids), index.plan_dim(plan, d))
@@ -77,7 +93,9 @@ def trained_empty(plan, store, layer, ids, d, metric, faiss_metric, seed):
         empty = faiss.IndexIDMap2(empty)
     if not empty.is_trained:
         index._quiet_training(empty, seed)
-        empty.train(_gather(store, layer, _sample(ids, TRAIN_SAMPLE, seed), metric))
+        sample = _gather(store, layer, _sample(ids, train_sample_size(plan), seed), metric)
+        empty.train(sample)
+        del sample
     return empty
 
 

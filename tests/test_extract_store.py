@@ -31,6 +31,9 @@ def test_bad_files_become_rows_and_good_ones_are_kept(image_folder, tmp_path):
     assert meta.loc["zero.jpg", "status"] == "empty" and meta.loc["text.jpg", "status"] == "not_image"
     assert "0 bytes" in meta.loc["zero.jpg", "error"]
     assert store.ok.sum() == 12 and np.isnan(store.features()[~store.ok]).all()
+    # a freshly opened store reads only the status column for `ok`: the same rows
+    reopened = FeatureStore.open(tmp_path / "store")
+    assert np.array_equal(reopened.ok, (store.meta["status"] == "ok").to_numpy()) and reopened._meta is None
 
 
 def test_multiple_layers_and_pooling(image_folder, tmp_path):

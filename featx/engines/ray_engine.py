@@ -8,7 +8,11 @@ is why Ray Data's `read_images` is not used) and writes its shard files straight
 folder (atomic: write, fsync, rename). Only a small entry (file names, sha256, shape) travels back;
 the driver commits it to the manifest as it lands. A dead actor is restarted and its shard retried
 (`max_restarts`, `max_task_retries`); a shard delivered twice is committed once; a killed driver
-leaves committed shards that the next run keeps, extracting only the missing ranges."""
+leaves committed shards that the next run keeps, extracting only the missing ranges.
+
+Change detection for re-runs and `--append` (each file's size and mtime, and the content hash of
+the files whose size or mtime moved or that may be moved files) also runs on the cluster, as Ray
+tasks over chunks of paths (`RayFiles`): the driver only compares the answers with the store."""
 
 from __future__ import annotations
 
@@ -37,6 +41,70 @@ def import_ray():
         raise InputError(f"--engine ray needs Ray Data, which is not installed ({exc}); install it with "
                          f"`{INSTALL_HINT}`, or use --engine local") from None
     return ray
+
+
+class Connection:
+    """A connection to `address` (None: a local cluster), made on first use (`get`) and shut
+    down at the end of the `with` block when this object made it."""
+
+    def __init__(self, address: str | None):
+        self.address, self.started = address, False
+
+    def get(self):
+        ray = import_ray()
+        if not ray.is_initialized():
+            ray.init(address=self.address, logging_level=logging.WARNING, include_dashboard=False)
+            self.started = True
+        return ray
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.started:
+            import_ray().shutdown()
+            self.started = False
+
+
+def _probe_chunk(what: str, paths: list[str]) -> list:
+    from featx.store.reconcile import file_sha256_or_none, file_stat
+
+    return [(file_stat if what == "stat" else file_sha256_or_none)(p) for p in paths]
+
+
+class RayFiles:
+    """Stats and content hashes of many files, computed by Ray tasks on the cluster's nodes (the
+    files live on the shared filesystem every node sees), `chunk` paths per task."""
+
+    def __init__(self, connection: Connection, chunk: int = 256, progress: bool = True):
+        self.connection, self.chunk, self.progress = connection, chunk, progress
+
+    def _map(self, what: str, paths: list[str]) -> list:
+        if not paths:
+            return []
+        ray = self.connection.get()
+        from tqdm.auto import tqdm
+
+        task = ray.remote(_probe_chunk).options(num_cpus=1, scheduling_strategy="SPREAD", max_retries=3)
+        chunks = [paths[i:i + self.chunk] for i in range(0, len(paths), self.chunk)]
+        refs = [task.remote(what, chunk) for chunk in chunks]
+        order = {ref: k for k, ref in enumerate(refs)}
+        results: list = [None] * len(refs)
+        pending = list(refs)
+        with tqdm(total=len(paths), desc=f"{what} (ray)", unit="file", dynamic_ncols=True,
+                  disable=not self.progress or len(chunks) < 2) as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                k = order[done[0]]
+                results[k] = ray.get(done[0])
+                bar.update(len(chunks[k]))
+        return [value for part in results for value in part]
+
+    def stat(self, paths: list[str]) -> list:
+        return [tuple(s) if s is not None else None for s in self._map("stat", list(paths))]
+
+    def sha256(self, paths: list[str]) -> list:
+        return self._map("sha256", list(paths))
 
 
 class ShardWorker:
@@ -101,18 +169,17 @@ def run_shards(writer, plan: pd.DataFrame, shards: list[tuple[int, int]], *, ray
         raise InputError(f"--cpus-per-worker {cpus_per_worker} must be above 0")
     if amp != "none" and not num_gpus_per_worker:
         raise InputError(f"--amp {amp} needs GPU workers: add --num-gpus-per-worker 1, or use --amp none")
-    ray = import_ray()
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=ray_address, logging_level=logging.WARNING, include_dashboard=False)
-    try:
+    with Connection(ray_address) as connection:  # already connected when change detection ran on Ray
+        ray = connection.get()
         cpus = float(cpus_per_worker or min(DEFAULT_CPUS_PER_WORKER, max(1.0, ray.cluster_resources().get("CPU", 1))))
         size = _pool_size(ray, len(shards), cpus, num_gpus_per_worker)
         threads = max(1, int(cpus))
-        # decoding processes beside the forward pass, inside the actor's own share of cores
-        decoders = workers if workers is not None else min(8, threads - 1)
+        # the actor plans decoding as the local engine does, within its own share of the node's
+        # cores: on CPUs decoding and the forward pass take turns on all of them (a decoding
+        # process beside the forward pass stalls torch's threads, and forking one per shard
+        # cost seconds); beside a GPU, decoding processes on the cores left
         runtime = {"device": device if num_gpus_per_worker else "cpu", "amp": amp, "batch_size": batch_size,
-                   "workers": decoders}
+                   "workers": workers, "cores": threads}
         paths = plan["path"].to_numpy(dtype=object)
         items = [{"start": start, "stop": stop, "paths": [str(p) for p in paths[start:stop]]} for start, stop in shards]
         # Ray Data's own INFO lines only with `featx -v`
@@ -130,9 +197,6 @@ def run_shards(writer, plan: pd.DataFrame, shards: list[tuple[int, int]], *, ray
         log.info("ray: %d shards on %d actors (%g CPUs%s each)", len(items), size, cpus,
                  f", {num_gpus_per_worker:g} GPUs" if num_gpus_per_worker else "")
         _commit_as_they_land(writer, dataset, sum(b - a for a, b in shards), progress)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _commit_as_they_land(writer, dataset, total_rows: int, progress: bool) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -60,6 +59,38 @@ def file_stat(path: str) -> tuple[int, int] | None:
     return int(st.st_size), int(st.st_mtime_ns)
 
 
+def file_sha256_or_none(path: str) -> str | None:
+    from featx.atomic import file_sha256
+
+    try:
+        return file_sha256(path) if os.path.isfile(path) else None
+    except OSError:
+        return None
+
+
+class LocalFiles:
+    """Change detection on this machine: stats and content hashes of many files, in threads
+    (hashlib and the kernel release the GIL, so reads overlap). An engine can pass its own object
+    with the same two methods to run them near the data (`featx.engines.ray_engine.RayFiles`)."""
+
+    def __init__(self, threads: int = 8):
+        self.threads = threads
+
+    def _map(self, function, paths: list[str]) -> list:
+        if len(paths) < 2 * self.threads:
+            return [function(p) for p in paths]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="featx-probe") as pool:
+            return list(pool.map(function, paths, chunksize=64))
+
+    def stat(self, paths: list[str]) -> list[tuple[int, int] | None]:
+        return self._map(file_stat, paths)
+
+    def sha256(self, paths: list[str]) -> list[str | None]:
+        return self._map(file_sha256_or_none, paths)
+
+
 def _same(a, b) -> bool:
     a = None if a is None or (isinstance(a, float) and np.isnan(a)) else str(a)
     b = None if b is None or (isinstance(b, float) and np.isnan(b)) else str(b)
@@ -67,10 +98,13 @@ def _same(a, b) -> bool:
 
 
 def reconcile(plan: pd.DataFrame, results: pd.DataFrame, records, *, append: bool,
-              sha_of: Callable[[str], str | None], stat_of=file_stat) -> tuple[pd.DataFrame, Changes]:
+              files=None) -> tuple[pd.DataFrame, Changes]:
     """`plan`: the store's rows (PLAN_COLUMNS); `results`: what extraction recorded for committed
     rows (row_id, sha256, status, size, mtime_ns). `append=True` keeps rows that are absent from
-    the inputs while their file still exists. Returns the new plan and what changed."""
+    the inputs while their file still exists. `files` stats and hashes files in batches
+    (`LocalFiles()` when None): every stat, then every hash that is needed, in one call each.
+    Returns the new plan and what changed."""
+    files = files or LocalFiles()
     changes = Changes()
     plan = plan.copy()
     current = plan[plan["active"]].merge(results, on="row_id", how="left")
@@ -85,19 +119,9 @@ def reconcile(plan: pd.DataFrame, results: pd.DataFrame, records, *, append: boo
                 setattr(changes, counter, getattr(changes, counter) + 1)
                 plan.at[at, key] = new[key]
 
-    gone = []
-    for row in current.itertuples(index=False):
-        if row.path not in incoming.index:
-            gone.append(row)
-            continue
-        new = incoming.loc[row.path]
-        if isinstance(row.status, str) and _content_changed(row, stat_of, sha_of):
-            plan.at[position[row.row_id], "active"] = False
-            additions.append({"path": row.path, **{k: new[k] for k in _KEYS}})
-            changes.changed += 1
-        else:
-            update_keys(row.row_id, new)
-
+    rows = list(current.itertuples(index=False))
+    staying = [row for row in rows if row.path in incoming.index]
+    gone = [row for row in rows if row.path not in incoming.index]
     known = set(current["path"])
     arriving = [p for p in incoming.index if p not in known]
     if append:  # rows absent from the inputs stay while their file exists
@@ -106,9 +130,27 @@ def reconcile(plan: pd.DataFrame, results: pd.DataFrame, records, *, append: boo
     for row in gone:
         if isinstance(row.sha256, str) and row.status == "ok":
             by_sha.setdefault(row.sha256, []).append(row)
+
+    # size and modification time first (cheap); content hashes only where they moved, and of the
+    # arriving files only when some removed file could have moved there
+    committed = [row for row in staying if isinstance(row.status, str)]
+    stats = dict(zip((row.path for row in committed), files.stat([row.path for row in committed])))
+    to_hash = [row.path for row in committed if _needs_hash(row, stats[row.path])]
+    to_hash += arriving if by_sha else []
+    shas = dict(zip(to_hash, files.sha256(to_hash))) if to_hash else {}
+
+    for row in staying:
+        new = incoming.loc[row.path]
+        if isinstance(row.status, str) and _content_changed(row, stats[row.path], shas):
+            plan.at[position[row.row_id], "active"] = False
+            additions.append({"path": row.path, **{k: new[k] for k in _KEYS}})
+            changes.changed += 1
+        else:
+            update_keys(row.row_id, new)
+
     moved_ids = set()
     for path in arriving:
-        digest = sha_of(path) if by_sha else None
+        digest = shas.get(path)
         if digest in by_sha and by_sha[digest]:
             row = by_sha[digest].pop(0)
             plan.at[position[row.row_id], "path"] = path
@@ -131,12 +173,16 @@ def reconcile(plan: pd.DataFrame, results: pd.DataFrame, records, *, append: boo
     return plan, changes
 
 
-def _content_changed(row, stat_of, sha_of) -> bool:
-    """Size and modification time first (cheap); the content hash only when they moved."""
-    stat = stat_of(row.path)
+def _needs_hash(row, stat) -> bool:
     recorded = (row.size, row.mtime_ns)
     if stat is None:
-        return row.status != "missing"
-    if not any(pd.isna(v) for v in recorded) and stat == (int(recorded[0]), int(recorded[1])):
         return False
-    return sha_of(row.path) != (row.sha256 if isinstance(row.sha256, str) else None)
+    return any(pd.isna(v) for v in recorded) or stat != (int(recorded[0]), int(recorded[1]))
+
+
+def _content_changed(row, stat, shas: dict) -> bool:
+    if stat is None:
+        return row.status != "missing"
+    if not _needs_hash(row, stat):
+        return False
+    return shas[row.path] != (row.sha256 if isinstance(row.sha256, str) else None)

@@ -1,17 +1,19 @@
 """The feature store: `manifest.json` + a plan + `features/<layer>/<range>.npy` shards.
 
-The manifest is the commit point: a file exists for readers only once the (sealed) manifest lists
-it, and every file is written atomically under a fresh name. Shards are named by the row range
-they hold and may be committed in any order, so a resume extracts exactly the missing ranges and
-many workers can write at once. One writer at a time holds the store's lock."""
+The manifest and its commit log are the commit point: a file exists for readers only once the
+(sealed) manifest or a whole line of `commits.jsonl` lists it, and every file is written atomically
+under a fresh name. Shards are named by the row range they hold and may be committed in any order,
+so a resume extracts exactly the missing ranges and many workers can write at once. A commit
+appends one fsync'd line (constant cost at any store size); every manifest write folds the log
+in. One writer at a time holds the store's lock."""
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import hashlib
 import io
 import logging
-import os
 import platform
 import secrets
 import shutil
@@ -23,8 +25,10 @@ import pandas as pd
 
 from featx import atomic
 from featx.atomic import file_sha256
-from featx.artifacts import check_output, read_record, seal
+from featx.artifacts import SEAL, check_output, read_record, seal
 from featx.errors import ConfigMismatchError, InputError, InputsChangedError, IntegrityError, StoreError
+from featx.store import commit_log
+from featx.store.commit_log import CommitLog
 from featx.store.lock import LOCK_FILE, StoreLock
 from featx.store.reconcile import PLAN_COLUMNS, Changes, plan_from_records, reconcile
 
@@ -136,6 +140,9 @@ def _open_manifest(path: Path) -> dict:
         raise StoreError(f"store '{path}' has schema version {version}; this featx reads version {SCHEMA_VERSION} "
                          "(shards by row range, sealed manifest, reconciled inputs). Re-extract it: "
                          f"`featx extract IMAGES -o {path} --overwrite`")
+    logged = commit_log.replay(path, manifest[SEAL], f"The store is damaged: {REOPEN_FIX}")
+    if logged:  # an unfinished run's commits since the manifest was last written
+        manifest["shards"] = sorted(manifest["shards"] + logged, key=lambda s: s["start"])
     return manifest
 
 
@@ -235,6 +242,15 @@ class FeatureStore:
 
     @property
     def ok(self) -> np.ndarray:
+        """Rows with a usable vector. A finished store reads only the status column, so an index
+        build over millions of rows never holds every path and hash as Python strings."""
+        if self._meta is None and self.complete and self.manifest.get("meta"):
+            import pyarrow.compute as pc
+            import pyarrow.parquet as pq
+
+            entry = self.manifest["meta"]
+            status = pq.read_table(_checked(self.path / entry["path"], entry["sha256"]), columns=["status"])["status"]
+            return pc.fill_null(pc.equal(status, "ok"), False).to_numpy(zero_copy_only=False).astype(bool)
         meta = self.meta
         return ((meta["status"] == "ok") & meta["active"].astype(bool)).to_numpy()
 
@@ -392,6 +408,8 @@ class StoreWriter:
         self.rows_per_shard = int(rows_per_shard)
         self.manifest: dict | None = None
         self.lock = StoreLock(self.path)
+        self._log: CommitLog | None = None
+        self._starts: list[int] = []  # the committed shards' starts, sorted (manifest["shards"] order)
 
     def __enter__(self) -> "StoreWriter":
         return self
@@ -400,12 +418,15 @@ class StoreWriter:
         self.close()
 
     def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
         self.lock.release()
 
     # --- planning ---
-    def prepare(self, records, sha_of=None) -> PendingWork:
-        """Lock the store and decide what is left to do. `sha_of(path)` gives a file's content hash
-        (to tell moved and changed files); None reads the file."""
+    def prepare(self, records, files=None) -> PendingWork:
+        """Lock the store and decide what is left to do. `files` stats and hashes the inputs to
+        tell changed and moved files (see `featx.store.reconcile.LocalFiles`, the default; an
+        engine passes one that runs on its workers)."""
         is_store = check_output(self.path, "store")
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
@@ -427,8 +448,7 @@ class StoreWriter:
                 "or pass --overwrite to replace it")
         store = FeatureStore(self.path, self.manifest)
         plan = store.plan
-        new_plan, changes = reconcile(plan, store.results(), records, append=self.append,
-                                      sha_of=sha_of or _sha_or_none)
+        new_plan, changes = reconcile(plan, store.results(), records, append=self.append, files=files)
         if changes and self.frozen:
             raise InputsChangedError(f"--frozen: the inputs differ from store '{self.path}': {changes.line()}. "
                                      "Run without --frozen to apply these changes to the store")
@@ -459,9 +479,17 @@ class StoreWriter:
                 "meta": None, "fingerprint": None, "content_fingerprint": None}
 
     def _write_manifest(self) -> None:
+        """Write the whole manifest (it holds every shard committed so far, so the log is folded
+        in), then start an empty log on top of it."""
         self.manifest["updated"] = _now()
         self.manifest = seal(self.manifest)
         atomic.write_json(self.path / MANIFEST, self.manifest)
+        # a kill between these two steps leaves a log that names the old seal: stale, ignored
+        if self._log is not None:
+            self._log.close()
+        commit_log.remove(self.path)
+        self._log = CommitLog(self.path, self.manifest[SEAL])
+        self._starts = [s["start"] for s in self.manifest["shards"]]
 
     def _require_lock(self) -> None:
         if not self.lock.held:
@@ -475,26 +503,33 @@ class StoreWriter:
         self.commit_written(write_shard(self.path, start, features, meta))
 
     def _check_range(self, start: int, stop: int) -> None:
-        if start < 0 or stop > self.manifest["n_rows"]:
+        if start < 0 or stop > self.manifest["n_rows"] or stop <= start:
             raise StoreError(f"internal: shard {start}..{stop} lies outside the {self.manifest['n_rows']} planned rows")
-        for shard in self.manifest["shards"]:
+        # committed shards never overlap, so only the neighbours of `start` can (binary search)
+        shards, at = self.manifest["shards"], bisect.bisect_right(self._starts, start)
+        for shard in shards[max(0, at - 1):at + 1]:
             if start < shard["stop"] and shard["start"] < stop:
                 raise StoreError(f"internal: shard {start}..{stop} overlaps committed rows "
                                  f"{shard['start']}..{shard['stop']}")
 
     def is_committed(self, start: int, stop: int) -> bool:
         """True when exactly this range is already listed (a retried worker delivered it twice)."""
-        return any(s["start"] == start and s["stop"] == stop for s in self.manifest["shards"])
+        at = bisect.bisect_left(self._starts, start)
+        return at < len(self._starts) and self._starts[at] == start and self.manifest["shards"][at]["stop"] == stop
 
     def commit_written(self, entry: dict) -> None:
         """List a shard that `write_shard` wrote (here or on another machine) in the manifest: the
         commit point. Shards may arrive in any order; an overlap with committed rows is refused."""
         self._require_lock()
         self._check_range(entry["start"], entry["stop"])
+        new_layers = False
         for layer, item in entry["features"].items():
             shape = list(item["shape"][1:])
-            recorded = self.manifest["layers"].setdefault(
-                layer, {"shape": shape, "dtype": item["dtype"], "format": (self.config.get("layer_formats") or {}).get(layer)})
+            if layer not in self.manifest["layers"]:
+                new_layers = True
+                self.manifest["layers"][layer] = {"shape": shape, "dtype": item["dtype"],
+                                                  "format": (self.config.get("layer_formats") or {}).get(layer)}
+            recorded = self.manifest["layers"][layer]
             if recorded["shape"] != shape:
                 raise StoreError(f"internal: layer {layer} changed shape {recorded['shape']} -> {shape}")
         for item in [entry["meta"], *entry["features"].values()]:
@@ -504,9 +539,16 @@ class StoreWriter:
         entry = {"start": entry["start"], "stop": entry["stop"], "meta": entry["meta"],
                  "features": {k: {"path": v["path"], "sha256": v["sha256"], "shape": v["shape"]}
                               for k, v in entry["features"].items()}}
-        self.manifest["shards"] = sorted(self.manifest["shards"] + [entry], key=lambda s: s["start"])
-        self.manifest["complete"] = False
-        self._write_manifest()  # the commit point
+        at = bisect.bisect_left(self._starts, entry["start"])
+        self._starts.insert(at, entry["start"])
+        self.manifest["shards"].insert(at, entry)
+        if new_layers or self.manifest["complete"]:
+            # the first shard names the layers (their shape and dtype live in the manifest): one
+            # full write per run; every later commit is one line in the log
+            self.manifest["complete"] = False
+            self._write_manifest()  # the commit point
+        else:
+            self._log.append(entry)  # the commit point
 
     def finalize(self, n_planned: int | None = None) -> FeatureStore:
         """Compact removed rows away, write the full metadata and the fingerprint, release the lock."""
@@ -649,15 +691,6 @@ def _clear_folder(folder: Path) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
-
-
-def _sha_or_none(path: str) -> str | None:
-    try:
-        if not os.path.isfile(path):
-            return None
-        return file_sha256(path)
-    except OSError:
-        return None
 
 
 def _config_diff(old: dict, new: dict) -> str:
