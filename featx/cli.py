@@ -432,17 +432,17 @@ def project_cmd(
     import warnings
 
     from featx.artifacts import check_output
-    from featx.project import project, write_projection
+    from featx.project import fit_projection, write_projection
 
     check_output(out, "projection", inputs=[store])  # before the work, not after
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        coords = project(store, method=method, layer=layer, dims=dims, pre_pca=pre_pca, sample=sample, seed=seed,
+        coords, placer = fit_projection(store, method=method, layer=layer, dims=dims, pre_pca=pre_pca, sample=sample, seed=seed,
                          perplexity=perplexity, n_neighbors=n_neighbors, min_dist=min_dist)
     for warning in caught:
         if "--perplexity" in str(warning.message) or "--n-neighbors" in str(warning.message):
             err_console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
-    files = write_projection(coords, out, color=color)
+    files = write_projection(coords, out, color=color, placer=placer)
     info, quality = coords.attrs["info"], coords.attrs["quality"]
     console.print(f"{info['method']} of {info['rows']} images ({info['skipped_failed_rows']} failed rows skipped): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in quality.items() if isinstance(v, float)), highlight=False)
@@ -478,6 +478,9 @@ def serve_cmd(
     model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="NAME=MODEL_DIR (repeatable)."),
     index: Optional[List[str]] = typer.Option(None, "--index", "-i", help="NAME=INDEX_DIR (repeatable)."),
     store: Optional[List[str]] = typer.Option(None, "--store", "-s", help="NAME=STORE_DIR (repeatable)."),
+    projection: Optional[List[str]] = typer.Option(None, "--projection", "-p",
+                                                   help="NAME=PROJECTION_DIR from `featx project` (repeatable): the "
+                                                        "page draws the map and places each query on it."),
     data_root: Optional[Path] = typer.Option(None, help="The only folder request paths and extract jobs may read."),
     state_dir: Optional[Path] = typer.Option(None, help="Where extract jobs keep their records and stores."),
     host: str = typer.Option("127.0.0.1", help="Any other address needs --token-file."),
@@ -501,7 +504,8 @@ def serve_cmd(
     try:
         options = ServeOptions(
             models=named_folders(model, "--model"), indexes=named_folders(index, "--index"),
-            stores=named_folders(store, "--store"), data_root=str(data_root) if data_root else None,
+            stores=named_folders(store, "--store"), projections=named_folders(projection, "--projection"),
+            data_root=str(data_root) if data_root else None,
             state_dir=str(state_dir) if state_dir else None, host=host, port=port,
             token_file=str(token_file) if token_file else None, device=device, max_batch=max_batch,
             max_wait_ms=max_wait_ms, max_queue=max_queue, decode_workers=decode_workers, max_body_mb=max_body_mb,

@@ -81,6 +81,15 @@ class SearchRequest(_Strict):
     k: int = Field(10, ge=1, le=MAX_K)
 
 
+class PlaceRequest(_Strict):
+    """POST /v1/place as JSON: where store rows (or files under --data-root) land on a loaded map."""
+
+    projection: Optional[str] = Field(None, description="loaded projection name; default: the only one loaded")
+    rows: Optional[list[int]] = Field(None, max_length=MAX_ROWS_PER_REQUEST,
+                                      description="rows of the projection's store (on the map: their own point)")
+    paths: Optional[list[str]] = Field(None, max_length=MAX_ROWS_PER_REQUEST)
+
+
 class EmbedRequest(_Strict):
     """POST /v1/embed as JSON: feature vectors of files under --data-root, or of store rows."""
 
@@ -97,6 +106,8 @@ class ServeOptions(_Strict):
     models: dict[str, str] = Field(default_factory=dict, description="name -> model folder")
     indexes: dict[str, str] = Field(default_factory=dict, description="name -> index folder")
     stores: dict[str, str] = Field(default_factory=dict, description="name -> store folder")
+    projections: dict[str, str] = Field(default_factory=dict,
+                                        description="name -> projection folder (`featx project`): queries are placed on it")
     data_root: Optional[str] = Field(None, description="the only folder request paths may name")
     state_dir: Optional[str] = Field(None, description="where extract jobs keep their records and stores")
     host: str = "127.0.0.1"

@@ -28,7 +28,7 @@ from starlette.datastructures import UploadFile
 
 from featx.errors import ConfigMismatchError, FeatxError, InputError, IntegrityError, StoreError
 from featx.images import DecodeError
-from featx.options import EmbedRequest, ExtractJobRequest, PredictRequest, SearchRequest, ServeOptions
+from featx.options import EmbedRequest, ExtractJobRequest, PlaceRequest, PredictRequest, SearchRequest, ServeOptions
 from featx.serve.batching import MicroBatcher, QueueFull
 from featx.serve.errors import Forbidden, NotFound, UnsupportedMedia
 from featx.serve.metrics import Metrics
@@ -370,6 +370,16 @@ def _routes(app: FastAPI, state: ServerState) -> None:
     async def search(request: Request):
         return await _limited(state, _search(request, state))
 
+    @app.post("/v1/place", summary="Where images (multipart) or store rows / paths (JSON) land on a loaded map",
+              openapi_extra=_json_or_multipart(PlaceRequest))
+    async def place(request: Request):
+        return await _limited(state, _place(request, state))
+
+    @app.get("/v1/projections/{name}", summary="A loaded map's points: coordinates, label and row id each")
+    async def projection_points(name: str):
+        loaded = state.registry.projection(name)
+        return await run_in_threadpool(_map_points, loaded)
+
     @app.post("/v1/embed", summary="Feature vectors, as JSON or .npy",
               openapi_extra=_json_or_multipart(EmbedRequest))
     async def embed(request: Request):
@@ -481,6 +491,41 @@ async def _search(request: Request, state: ServerState) -> dict:
             results.append({"input": name, "neighbours": neighbours})
         return {"index": loaded.name, "store": loaded.store, "metric": index.info["metric"],
                 "generation": registry.generation, "results": results}
+
+
+async def _place(request: Request, state: ServerState) -> dict:
+    """Stored rows that are on the map answer with their own point; anything else is placed by the
+    map's fitted reducer (UMAP / openTSNE transform, PCA) in a worker thread."""
+    body, uploads = await _parse(request, state, PlaceRequest)
+    with state.registry.use() as registry:
+        loaded = registry.projection(body.projection)
+        projection = loaded.projection
+        store = registry.stores[loaded.store]
+        X, names = await _query_vectors(state, registry, loaded.name, body, uploads, store, projection.layer,
+                                        "place")
+        stored = [projection.stored(r) for r in body.rows] if body.rows is not None else [None] * len(names)
+        missing = [i for i, point in enumerate(stored) if point is None]
+        placed = await run_in_threadpool(projection.place, X[missing]) if missing else []
+        for i, point in zip(missing, placed):
+            stored[i] = point
+        return {"projection": loaded.name, "store": loaded.store, "method": projection.info.get("method"),
+                "generation": registry.generation,
+                "results": [{"input": name, "coords": [float(v) for v in point],
+                             "how": "transform" if i in missing else "stored"}
+                            for i, (name, point) in enumerate(zip(names, stored))]}
+
+
+def _map_points(loaded) -> dict:
+    coords = loaded.projection.coords
+    labels = coords["label"].astype(object).where(coords["label"].notna(), None).tolist()
+    names = sorted({str(v) for v in labels if v is not None})
+    index_of = {name: i for i, name in enumerate(names)}
+    axes = [c for c in "xyz" if c in coords]
+    xy = np.round(coords[axes[:2]].to_numpy(np.float64), 5).tolist()
+    return {"projection": loaded.name, "store": loaded.store, "method": loaded.projection.info.get("method"),
+            "labels": names, "columns": ["x", "y", "label", "row_id"],
+            "points": [[x, y, -1 if label is None else index_of[str(label)], int(row)]
+                       for (x, y), label, row in zip(xy, labels, coords["row_id"].tolist())]}
 
 
 async def _embed(request: Request, state: ServerState):

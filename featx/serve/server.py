@@ -36,9 +36,9 @@ def serve(options: ServeOptions, *, log_level: str = "info") -> None:
     from featx.serve.app import check_binding, create_app
 
     check_binding(options)
-    if not (options.models or options.indexes or options.stores):
-        raise InputError("nothing to serve: give --model NAME=MODEL_DIR, --index NAME=INDEX_DIR or "
-                         "--store NAME=STORE_DIR (each repeatable)")
+    if not (options.models or options.indexes or options.stores or options.projections):
+        raise InputError("nothing to serve: give --model NAME=MODEL_DIR, --index NAME=INDEX_DIR, "
+                         "--store NAME=STORE_DIR or --projection NAME=PROJECTION_DIR (each repeatable)")
     app = create_app(options, handle_sighup=True)
     uvicorn.run(app, host=options.host, port=options.port, log_level=log_level, server_header=False,
                 timeout_graceful_shutdown=int(options.timeout_s) + 1)
