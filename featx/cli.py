@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from featx.errors import FeatxError
+from featx.options import (Amp, Decoder, Device, Dtype, ExtractEngine, ExtractOptions, Pool, Resize,  # pydantic only
+                           ServeOptions)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Frozen CNN features for shallow classifiers, retrieval and 2-D maps.")
@@ -34,6 +36,24 @@ def _friendly(fn):
             raise typer.Exit(2)
 
     return wrapper
+
+
+def _opt(model, field: str, *decls: str, **extra):
+    """A typer option whose default, bounds and help come from the step's option model in
+    featx.options (its choices come from the Literal type the parameter is annotated with): one
+    definition feeds the Python API, the CLI, recipes and the HTTP bodies."""
+    import annotated_types
+
+    info = model.model_fields[field]
+    kwargs = {"help": info.description}
+    for bound in info.metadata:
+        if isinstance(bound, annotated_types.Ge):
+            kwargs["min"] = bound.ge
+        elif isinstance(bound, annotated_types.Le):
+            kwargs["max"] = bound.le
+    kwargs.update(extra)
+    default = info.get_default(call_default_factory=True)
+    return typer.Option(None if default in ([], {}) else default, *decls, **kwargs)
 
 
 def command(name: str):
@@ -88,29 +108,27 @@ def layers_cmd(model: str = typer.Argument("efficientnet_lite0"),
 def extract_cmd(
     inputs: List[str] = typer.Argument(..., help="Folders, CSV/Parquet manifests, image files or globs."),
     out: Path = typer.Option(..., "--out", "-o", help="Feature store folder."),
-    model: str = typer.Option("efficientnet_lite0", "--model", "-m"),
-    weights: str = typer.Option("default", help="'default', 'random' or a local state dict file."),
-    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Repeat for several layers; default: pooled penultimate."),
-    pool: str = typer.Option("avg", help="avg|max|avgmax|gem|flatten"),
-    image_size: Optional[int] = typer.Option(None, help="Override the weights' crop size."),
-    tta: int = typer.Option(1, help="Average N deterministic views (1..10)."),
-    batch_size: int = typer.Option(32),
-    workers: Optional[int] = typer.Option(None, help="Decoding worker processes; default: CPU: decode and forward take "
-                                          "turns on every core; GPU: cores - 1 processes. 0 = in this process."),
-    device: str = typer.Option("auto", help="auto|cpu|cuda|mps"),
-    amp: str = typer.Option("none", help="none|bf16|fp16: mixed precision on CUDA; bf16 also on CPUs with native bfloat16 (AVX512-BF16/AMX)"),
-    dtype: str = typer.Option("float32", help="float32|float16 for stored features"),
-    shard_size: int = typer.Option(4096, help="Rows per shard."),
+    model: str = _opt(ExtractOptions, "model", "--model", "-m"),
+    weights: str = _opt(ExtractOptions, "weights"),
+    layer: Optional[List[str]] = _opt(ExtractOptions, "layers", "--layer", "-l"),
+    pool: Pool = _opt(ExtractOptions, "pool"),
+    image_size: Optional[int] = _opt(ExtractOptions, "image_size"),
+    tta: int = _opt(ExtractOptions, "tta"),
+    batch_size: int = _opt(ExtractOptions, "batch_size"),
+    workers: Optional[int] = _opt(ExtractOptions, "workers"),
+    device: Device = _opt(ExtractOptions, "device"),
+    amp: Amp = _opt(ExtractOptions, "amp"),
+    dtype: Dtype = _opt(ExtractOptions, "dtype"),
+    shard_size: int = _opt(ExtractOptions, "shard_size"),
     overwrite: bool = typer.Option(False, help="Replace an existing featx store (never anything else)."),
     append: bool = typer.Option(False, help="Add the inputs; keep store rows absent from them while their files exist."),
-    frozen: bool = typer.Option(False, help="Refuse (exit 2) if the inputs differ from the store in any way."),
-    decode: str = typer.Option("auto", help="auto|pil|torch: torch decodes JPEGs on the device (GPU); auto = torch on CUDA"),
-    resize: str = typer.Option("crop", help="crop|full|pad: crop = shorter side resized, centre-cropped (the weights' "
-                               "recipe); full = whole image squashed; pad = letterboxed (keeps the borders)"),
-    engine: str = typer.Option("local", help="local|ray: ray runs the shards on a Ray cluster (pip install 'featx[ray]')"),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster: auto, ray://HOST:PORT; default: a local one."),
-    num_gpus_per_worker: Optional[float] = typer.Option(None, help="GPUs per Ray actor (default: CPU actors)."),
-    cpus_per_worker: Optional[float] = typer.Option(None, help="CPUs per Ray actor (default: min(4, cluster CPUs))."),
+    frozen: bool = _opt(ExtractOptions, "frozen"),
+    decode: Decoder = _opt(ExtractOptions, "decode"),
+    resize: Resize = _opt(ExtractOptions, "resize"),
+    engine: ExtractEngine = _opt(ExtractOptions, "engine"),
+    ray_address: Optional[str] = _opt(ExtractOptions, "ray_address"),
+    num_gpus_per_worker: Optional[float] = _opt(ExtractOptions, "num_gpus_per_worker"),
+    cpus_per_worker: Optional[float] = _opt(ExtractOptions, "cpus_per_worker"),
 ):
     """Extract features of images into a resumable feature store."""
     from featx.extract import extract
@@ -242,7 +260,7 @@ def predict_cmd(
     tta: Optional[int] = typer.Option(None, help="Classify N views and combine them."),
     output_format: str = typer.Option("table", "--format", help="table|csv|json"),
     top_k: Optional[int] = typer.Option(None, help="Show the K best classes per image."),
-    device: str = typer.Option("auto"),
+    device: Device = _opt(ExtractOptions, "device"),
 ):
     """Predict labels of new images with a trained model (its own extractor first)."""
     from featx.predict import predict
@@ -380,7 +398,7 @@ def search_cmd(
     html: Optional[Path] = typer.Option(None, help="Write a self-contained results page."),
     evaluate: bool = typer.Option(False, "--evaluate", help="Leave-one-out retrieval metrics over the store."),
     evaluate_json: Optional[Path] = typer.Option(None, "--json", help="Where --evaluate writes its JSON."),
-    device: str = typer.Option("auto"),
+    device: Device = _opt(ExtractOptions, "device"),
     mmap: bool = typer.Option(False, "--mmap", help="Memory-map the index file (indexes bigger than RAM)."),
 ):
     """Find the stored images most similar to query images (or evaluate the index)."""
@@ -475,25 +493,25 @@ def run_cmd(
 
 @command("serve")
 def serve_cmd(
-    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="NAME=MODEL_DIR (repeatable)."),
-    index: Optional[List[str]] = typer.Option(None, "--index", "-i", help="NAME=INDEX_DIR (repeatable)."),
-    store: Optional[List[str]] = typer.Option(None, "--store", "-s", help="NAME=STORE_DIR (repeatable)."),
-    projection: Optional[List[str]] = typer.Option(None, "--projection", "-p",
-                                                   help="NAME=PROJECTION_DIR from `featx project` (repeatable): the "
-                                                        "page draws the map and places each query on it."),
-    data_root: Optional[Path] = typer.Option(None, help="The only folder request paths and extract jobs may read."),
-    state_dir: Optional[Path] = typer.Option(None, help="Where extract jobs keep their records and stores."),
-    host: str = typer.Option("127.0.0.1", help="Any other address needs --token-file."),
-    port: int = typer.Option(8000),
-    token_file: Optional[Path] = typer.Option(None, help="File holding the bearer token clients must send."),
-    device: str = typer.Option("auto", help="auto|cpu|cuda|mps"),
-    max_batch: int = typer.Option(32, help="Images per forward pass."),
-    max_wait_ms: float = typer.Option(5.0, help="How long a batch waits for more requests."),
-    max_queue: int = typer.Option(256, help="Images waiting for the network; beyond: 503."),
-    decode_workers: int = typer.Option(2, help="Threads decoding uploads."),
-    max_body_mb: float = typer.Option(20.0, help="Larger request bodies get 413."),
-    timeout: float = typer.Option(30.0, "--timeout", help="Per-request time limit in seconds."),
-    cors_origin: Optional[List[str]] = typer.Option(None, help="Allow this CORS origin (repeatable); default: CORS off."),
+    model: Optional[List[str]] = _opt(ServeOptions, "models", "--model", "-m"),
+    index: Optional[List[str]] = _opt(ServeOptions, "indexes", "--index", "-i"),
+    store: Optional[List[str]] = _opt(ServeOptions, "stores", "--store", "-s"),
+    projection: Optional[List[str]] = _opt(ServeOptions, "projections", "--projection", "-p"),
+    data_root: Optional[Path] = _opt(ServeOptions, "data_root"),
+    state_dir: Optional[Path] = _opt(ServeOptions, "state_dir"),
+    host: str = _opt(ServeOptions, "host"),
+    port: int = _opt(ServeOptions, "port"),
+    token_file: Optional[Path] = _opt(ServeOptions, "token_file"),
+    device: Device = _opt(ServeOptions, "device"),
+    max_batch: int = _opt(ServeOptions, "max_batch"),
+    max_wait_ms: float = _opt(ServeOptions, "max_wait_ms"),
+    max_queue: int = _opt(ServeOptions, "max_queue"),
+    decode_workers: int = _opt(ServeOptions, "decode_workers"),
+    max_body_mb: float = _opt(ServeOptions, "max_body_mb"),
+    max_files: int = _opt(ServeOptions, "max_files"),
+    max_pixels: int = _opt(ServeOptions, "max_pixels"),
+    timeout: float = _opt(ServeOptions, "timeout_s", "--timeout"),
+    cors_origin: Optional[List[str]] = _opt(ServeOptions, "cors_origins", "--cors-origin"),
 ):
     """Serve models, indexes and stores over HTTP, with a web page at / (SIGHUP reloads them)."""
     from pydantic import ValidationError
@@ -509,7 +527,7 @@ def serve_cmd(
             state_dir=str(state_dir) if state_dir else None, host=host, port=port,
             token_file=str(token_file) if token_file else None, device=device, max_batch=max_batch,
             max_wait_ms=max_wait_ms, max_queue=max_queue, decode_workers=decode_workers, max_body_mb=max_body_mb,
-            timeout_s=timeout, cors_origins=cors_origin or [])
+            max_files=max_files, max_pixels=max_pixels, timeout_s=timeout, cors_origins=cors_origin or [])
     except ValidationError as exc:
         raise FeatxError("; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
                                    for e in exc.errors()))
@@ -548,7 +566,7 @@ def probe_cmd(
     image_size: Optional[int] = typer.Option(None, help="Override the weights' crop size."),
     batch_size: int = typer.Option(32),
     workers: Optional[int] = typer.Option(None, help="Decoding worker processes; default: cores - 1."),
-    device: str = typer.Option("auto", help="auto|cpu|cuda|mps"),
+    device: Device = _opt(ExtractOptions, "device"),
     cv: int = typer.Option(5, help="Folds when the inputs have no train/val split."),
     seed: int = typer.Option(0),
 ):

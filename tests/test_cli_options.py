@@ -1,0 +1,63 @@
+"""The CLI's choices, defaults, bounds and help are the option models' (featx.options): one definition."""
+
+from __future__ import annotations
+
+import typing
+
+import annotated_types
+import pytest
+import typer
+
+from featx.cli import app
+from featx.options import ExtractOptions, ServeOptions
+
+EXTRACT = {"model": "model", "weights": "weights", "layer": "layers", "pool": "pool", "image_size": "image_size",
+           "tta": "tta", "batch_size": "batch_size", "workers": "workers", "device": "device", "amp": "amp",
+           "dtype": "dtype", "shard_size": "shard_size", "frozen": "frozen", "decode": "decode", "resize": "resize",
+           "engine": "engine", "ray_address": "ray_address", "num_gpus_per_worker": "num_gpus_per_worker",
+           "cpus_per_worker": "cpus_per_worker"}
+SERVE = {"model": "models", "index": "indexes", "store": "stores", "projection": "projections",
+         "data_root": "data_root", "state_dir": "state_dir", "host": "host", "port": "port",
+         "token_file": "token_file", "device": "device", "max_batch": "max_batch", "max_wait_ms": "max_wait_ms",
+         "max_queue": "max_queue", "decode_workers": "decode_workers", "max_body_mb": "max_body_mb",
+         "max_files": "max_files", "max_pixels": "max_pixels", "timeout": "timeout_s", "cors_origin": "cors_origins"}
+
+
+def choices(annotation) -> tuple | None:
+    while typing.get_origin(annotation) in (typing.Union, typing.Optional):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
+
+
+def params(command: str) -> dict:
+    return {p.name: p for p in typer.main.get_command(app).commands[command].params}
+
+
+@pytest.mark.parametrize("command,model,mapping", [("extract", ExtractOptions, EXTRACT), ("serve", ServeOptions, SERVE)])
+def test_cli_options_equal_the_option_model(command, model, mapping):
+    found = params(command)
+    for name, field_name in mapping.items():
+        option, field = found[name], model.model_fields[field_name]
+        assert choices(option.type_descriptor.annotation) == choices(field.annotation), name
+        default = field.get_default(call_default_factory=True)
+        assert option.default == (None if default in ([], {}) else default), name
+        assert option.help == field.description, name
+        bounds = {type(b): b for b in field.metadata}
+        assert option.min == (bounds[annotated_types.Ge].ge if annotated_types.Ge in bounds else None), name
+        assert option.max == (bounds[annotated_types.Le].le if annotated_types.Le in bounds else None), name
+    # every option the model has a choice list for is offered with exactly those choices
+    assert {f for f, i in model.model_fields.items() if choices(i.annotation)} <= set(mapping.values())
+
+
+def test_every_device_option_offers_the_devices_the_library_accepts():
+    device = choices(ExtractOptions.model_fields["device"].annotation)
+    for command in ("extract", "predict", "search", "serve", "probe"):
+        assert choices(params(command)["device"].type_descriptor.annotation) == device, command
+
+
+def test_a_choice_outside_the_model_is_refused_with_the_allowed_values(tmp_path):
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["extract", str(tmp_path), "--out", str(tmp_path / "s"), "--pool", "median"])
+    assert result.exit_code == 2
+    assert "median" in result.output and "avgmax" in result.output
