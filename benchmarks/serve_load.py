@@ -5,8 +5,12 @@ Reports req/s, p50/p95/p99 latency, mean batch size (from /metrics) and the serv
 and end, next to the offline baselines measured in the same run with the same model: `featx
 extract` throughput (img/s) and one image's decode + forward.
 
+`--soak N` adds a leg of N more requests (at `--soak-clients` clients) with the server's RSS
+sampled ten times along it: flat RSS over 10,000 requests is one of the service's targets.
+
     python benchmarks/serve_load.py --images ../shared/datasets/hymenoptera/val --requests 20
     python benchmarks/serve_load.py --model runs/demo/model --images data/fashion-mnist-demo
+    python benchmarks/serve_load.py --model MODEL_DIR --images IMAGES --clients 1 --soak 10000
 
 Without --model it first builds one (default backbone, logreg) from --images in a temp folder."""
 
@@ -80,6 +84,19 @@ async def run_level(base: str, blobs: list[tuple[str, bytes]], clients: int, req
             "mean_batch": (after[0] - before[0]) / batches if batches else float("nan")}
 
 
+def run_soak(base: str, blobs: list[tuple[str, bytes]], pid: int, total: int, clients: int) -> dict:
+    """`total` requests in ten chunks, the server's RSS after each (and before the first)."""
+    per_client = max(1, total // (10 * clients))
+    rss, legs = [rss_mb(pid)], []
+    for _ in range(10):
+        legs.append(asyncio.run(run_level(base, blobs, clients, per_client)))
+        rss.append(rss_mb(pid))
+        print(f"  soak: {sum(l['requests'] for l in legs)} requests, RSS {rss[-1]:.0f} MB", file=sys.stderr, flush=True)
+    requests = sum(l["requests"] for l in legs)
+    return {"requests": requests, "clients": clients, "errors": sum(l["errors"] for l in legs),
+            "req_per_s": requests / sum(l["requests"] / l["req_per_s"] for l in legs), "rss_mb": rss}
+
+
 def offline_baselines(model_dir: Path, paths: list[str]) -> dict:
     """`featx extract`'s img/s with the model's own extractor, and one image's decode + forward."""
     from featx.classify import ShallowModel
@@ -125,6 +142,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads for the baselines and the server (OMP_NUM_THREADS); "
                                                      "on a shared, oversubscribed machine 1 is fairer")
     parser.add_argument("--work", type=Path, help="keep the model built from --images here (reused next time)")
+    parser.add_argument("--soak", type=int, default=0, help="then N more requests, RSS sampled 10 times (e.g. 10000)")
+    parser.add_argument("--soak-clients", type=int, default=8)
     args = parser.parse_args()
 
     if args.threads:
@@ -168,12 +187,13 @@ def main() -> None:
                 levels.append(asyncio.run(run_level(base, blobs, int(clients), args.requests)))
                 levels[-1]["rss_mb"] = rss_mb(server.pid)
             rss_end = rss_mb(server.pid)
+            soak = run_soak(base, blobs, server.pid, args.soak, args.soak_clients) if args.soak else None
             after = offline_baselines(model, paths)
             baselines = {k: [baselines[k], after[k]] for k in baselines}
         finally:
             server.send_signal(signal.SIGINT)
             server.wait(30)
-    results = {"baselines": baselines, "levels": levels, "rss_mb_start": rss_start, "rss_mb_end": rss_end,
+    results = {"baselines": baselines, "levels": levels, "rss_mb_start": rss_start, "rss_mb_end": rss_end, "soak": soak,
                "requests_total": sum(level["requests"] for level in levels), "cpu_cores": os.cpu_count(),
                "torch_threads": args.threads, "load_average": os.getloadavg()}
     print(f"offline (before / after the load): extract {baselines['extract_img_per_s'][0]:.1f} / "
@@ -193,6 +213,12 @@ def main() -> None:
               f"{level['p50_ms']:>8.1f} {level['p95_ms']:>8.1f} {level['p99_ms']:>8.1f} {level['mean_batch']:>6.1f} {level['rss_mb']:>7.0f}  {note}")
     print(f"server RSS: {rss_start:.0f} MB at start, {rss_end:.0f} MB after {results['requests_total']} requests; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    if soak:
+        points = soak["rss_mb"]
+        print(f"soak: {soak['requests']} requests at {soak['clients']} clients, {soak['errors']} errors, "
+              f"{soak['req_per_s']:.1f} req/s; server RSS (MB) after every {soak['requests'] // len(points[1:])}: "
+              + " ".join(f"{v:.0f}" for v in points)
+              + f"; first to last {points[-1] - points[0]:+.1f} MB, second half {points[-1] - points[len(points) // 2]:+.1f} MB")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

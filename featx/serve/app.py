@@ -312,10 +312,12 @@ async def _features(state: ServerState, registry: Registry, artifact: str | None
             exc.message = f"{upload.name}: {exc.message}"
             raise
 
-    views = await asyncio.gather(*(decode(i, u) for i, u in enumerate(uploads)))
     import torch
 
-    outputs = await engine.batcher.submit(torch.cat(views), len(uploads))
+    with engine.batcher.expecting(len(uploads)):  # lets a batch being formed wait for these images
+        views = await asyncio.gather(*(decode(i, u) for i, u in enumerate(uploads)))
+        batch = torch.cat(views) if len(views) > 1 else views[0]
+    outputs = await engine.batcher.submit(batch, len(uploads))
     return outputs[layer]
 
 
