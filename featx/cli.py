@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from featx.errors import FeatxError
-from featx.options import (Amp, Decoder, Device, Dtype, ExtractEngine, ExtractOptions, Pool, Resize,  # pydantic only
-                           ServeOptions)
+from featx.options import (Amp, AuditClassifier, AuditOptions, Balance, Calibration, Classifier, Decoder,  # pydantic only
+                           Device, Dtype, ExtractEngine, ExtractOptions, IndexKind, IndexOptions, MapColor, MapMethod,
+                           Metric, Normalizer, Pool, ProjectOptions, Resize, ServeOptions, TrainShallowOptions)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Frozen CNN features for shallow classifiers, retrieval and 2-D maps.")
@@ -193,19 +194,16 @@ def verify_cmd(store: Path):
 def train_shallow_cmd(
     store: Path = typer.Argument(..., help="Feature store."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
-    layer: Optional[str] = typer.Option(None, help="Stored layer; default: the store's first."),
-    classifier: Optional[str] = typer.Option(None, help="linear-svm|logreg|rbf-svm|knn|tree|forest|hgb; "
-                                                        "default: linear-svm (best on average once tuned)"),
-    normalize: str = typer.Option("zscore", help="none|l2|zscore|minmax"),
-    reduce: str = typer.Option("none", help="none|pca:K|pca:0.95|pca:K:whiten|pq:M"),
-    cv: int = typer.Option(5, help="Folds when the store has no train/val split (and of the inner tuning CV)."),
-    val: Optional[Path] = typer.Option(None, help="A second store to score on."),
-    tune: bool = typer.Option(True, "--tune/--no-tune",
-                              help="Choose the classifier's strength (C, k, leaf size, iterations) by inner CV on "
-                                   "the training rows only; --no-tune keeps fixed values (C=1, k=5, …)."),
-    search: bool = typer.Option(False, help="Also search PCA's K (half, given, double) with the strength."),
-    balance: str = typer.Option("none", help="none|class-weight|smote"),
-    seed: int = typer.Option(0),
+    layer: Optional[str] = _opt(TrainShallowOptions, "layer"),
+    classifier: Classifier = _opt(TrainShallowOptions, "classifier"),
+    normalize: Normalizer = _opt(TrainShallowOptions, "normalize"),
+    reduce: str = _opt(TrainShallowOptions, "reduce"),
+    cv: int = _opt(TrainShallowOptions, "cv"),
+    val: Optional[Path] = _opt(TrainShallowOptions, "val"),
+    tune: bool = _opt(TrainShallowOptions, "tune", "--tune/--no-tune"),
+    search: bool = _opt(TrainShallowOptions, "search"),
+    balance: Balance = _opt(TrainShallowOptions, "balance"),
+    seed: int = _opt(TrainShallowOptions, "seed"),
     report: Optional[Path] = typer.Option(None, help="Report folder; default MODEL_DIR/report."),
 ):
     """Train a shallow classifier on stored features and report honest held-out metrics.
@@ -299,18 +297,17 @@ def _cell(value) -> str:
 def audit_cmd(
     store: Path = typer.Argument(..., help="Feature store."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for audit.json, suspects.csv, audit.html."),
-    write_manifest: bool = typer.Option(False, "--write-manifest",
-                                        help="Also write manifest.csv: every row, suspects flagged (never removed)."),
-    layer: Optional[str] = typer.Option(None, help="Stored layer; default: the store's first."),
-    classifier: str = typer.Option("logreg", help="logreg|linear-svm (calibrated) for out-of-fold probabilities."),
-    cv: int = typer.Option(5, help="Folds of the out-of-fold probabilities."),
-    k: int = typer.Option(10, "-k", help="Neighbours for outlier scores and near-duplicates."),
-    threshold: Optional[float] = typer.Option(None, help="Near-duplicate cosine similarity; default: calibrated."),
-    calibrate: str = typer.Option("auto", help="auto|copies|distribution: how the threshold is calibrated."),
-    outlier_z: float = typer.Option(3.5, help="Robust z-score of the kNN distance above which an image is an outlier."),
-    outlier_k: Optional[int] = typer.Option(None, help="Outlier score: distance to the K-th nearest image; default 5% of the images (10..50)."),
+    write_manifest: bool = _opt(AuditOptions, "write_manifest", "--write-manifest"),
+    layer: Optional[str] = _opt(AuditOptions, "layer"),
+    classifier: AuditClassifier = _opt(AuditOptions, "classifier"),
+    cv: int = _opt(AuditOptions, "cv"),
+    k: int = _opt(AuditOptions, "k", "-k"),
+    threshold: Optional[float] = _opt(AuditOptions, "threshold"),
+    calibrate: Calibration = _opt(AuditOptions, "calibrate"),
+    outlier_z: float = _opt(AuditOptions, "outlier_z"),
+    outlier_k: Optional[int] = _opt(AuditOptions, "outlier_k"),
     model: Optional[Path] = typer.Option(None, help="A train-shallow model whose learning curve to use."),
-    seed: int = typer.Option(0),
+    seed: int = _opt(AuditOptions, "seed"),
 ):
     """Find label errors, duplicates and train/test leakage, outliers, and whether more data would help."""
     from featx.learn.audit import audit
@@ -350,19 +347,18 @@ def index_cmd(
     store: Optional[Path] = typer.Argument(None, help="Feature store (not with --update)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Index folder to write."),
     update: Optional[Path] = typer.Option(None, help="Add rows appended to the store to this index folder."),
-    layer: Optional[str] = typer.Option(None),
-    kind: str = typer.Option("auto", help="auto|flat|hnsw|ivf|ivfpq|opq-ivfpq"),
-    metric: str = typer.Option("cosine", help="cosine|l2|ip"),
-    reduce: Optional[str] = typer.Option(None, help="pca:K before indexing"),
-    memory_budget: Optional[str] = typer.Option(None, help="e.g. 2GB"),
-    nlist: Optional[int] = typer.Option(None),
-    pq_m: Optional[int] = typer.Option(None),
-    nprobe: Optional[int] = typer.Option(None, help="Fix nprobe/efSearch instead of tuning it."),
-    rerank: Optional[int] = typer.Option(None, help="Re-score k×N candidates with exact vectors (0: off)."),
-    stream: Optional[bool] = typer.Option(None, "--stream/--no-stream",
-                                          help="Train on a sample, add shard by shard (default: above 1 GiB of features)."),
-    engine: str = typer.Option("local", help="local|ray: ray adds shard ranges in parallel and merges (IVF, flat)."),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster for --engine ray: auto, ray://HOST:PORT."),
+    layer: Optional[str] = _opt(IndexOptions, "layer"),
+    kind: IndexKind = _opt(IndexOptions, "kind"),
+    metric: Metric = _opt(IndexOptions, "metric"),
+    reduce: Optional[str] = _opt(IndexOptions, "reduce"),
+    memory_budget: Optional[str] = _opt(IndexOptions, "memory_budget"),
+    nlist: Optional[int] = _opt(IndexOptions, "nlist"),
+    pq_m: Optional[int] = _opt(IndexOptions, "pq_m"),
+    nprobe: Optional[int] = _opt(IndexOptions, "nprobe"),
+    rerank: Optional[int] = _opt(IndexOptions, "rerank"),
+    stream: Optional[bool] = _opt(IndexOptions, "stream", "--stream/--no-stream"),
+    engine: ExtractEngine = _opt(IndexOptions, "engine"),
+    ray_address: Optional[str] = _opt(IndexOptions, "ray_address"),
 ):
     """Build a FAISS retrieval index over stored features (or --update one)."""
     from featx.index import Index, build_index
@@ -435,16 +431,16 @@ def search_cmd(
 def project_cmd(
     store: Path = typer.Argument(..., help="Feature store."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    layer: Optional[str] = typer.Option(None),
-    method: str = typer.Option("umap", help="umap|tsne|pca"),
-    dims: int = typer.Option(2, help="2 or 3"),
-    pre_pca: int = typer.Option(50, help="PCA components before t-SNE/UMAP."),
-    color: str = typer.Option("label", help="label|split|error"),
-    sample: Optional[int] = typer.Option(None, help="Project a seeded sample of N rows."),
-    seed: int = typer.Option(0),
-    perplexity: float = typer.Option(30.0),
-    n_neighbors: int = typer.Option(15),
-    min_dist: float = typer.Option(0.1),
+    layer: Optional[str] = _opt(ProjectOptions, "layer"),
+    method: MapMethod = _opt(ProjectOptions, "method"),
+    dims: int = _opt(ProjectOptions, "dims"),
+    pre_pca: int = _opt(ProjectOptions, "pre_pca"),
+    color: MapColor = _opt(ProjectOptions, "color"),
+    sample: Optional[int] = _opt(ProjectOptions, "sample"),
+    seed: int = _opt(ProjectOptions, "seed"),
+    perplexity: float = _opt(ProjectOptions, "perplexity"),
+    n_neighbors: int = _opt(ProjectOptions, "n_neighbors"),
+    min_dist: float = _opt(ProjectOptions, "min_dist"),
 ):
     """Project features to 2-D/3-D with UMAP, t-SNE or PCA: a PNG, an interactive page, coordinates."""
     import warnings

@@ -5,9 +5,10 @@ API accepts. The choices (`Pool`, `Device`, …) are the ones the library checks
 equal the library's own tuples. This module imports no torch/sklearn/faiss: the CLI can read it
 at start-up for free.
 
-The typer options of `featx extract` and `featx serve` take their choices (the Literal types),
-defaults, bounds and help from these models (`featx.cli._opt`); recipes validate the extract step
-with `ExtractOptions`. Still separate: recipe.SCHEMA's key/type table of the other steps."""
+The typer options of extract, train-shallow, audit, index, project and serve take their choices
+(the Literal types), defaults, bounds and help from these models (`featx.cli._opt`); tests prove the
+models' defaults equal the Python functions' and the choices the library's own tuples. Recipes
+validate the extract step with `ExtractOptions`, the other steps' choices with those same tuples."""
 
 from __future__ import annotations
 
@@ -22,6 +23,15 @@ Dtype = Literal["float32", "float16"]
 Decoder = Literal["auto", "pil", "torch"]
 Resize = Literal["crop", "full", "pad"]
 ExtractEngine = Literal["local", "ray"]
+Classifier = Literal["linear-svm", "rbf-svm", "logreg", "knn", "tree", "forest", "hgb"]
+Normalizer = Literal["none", "l2", "zscore", "minmax"]
+Balance = Literal["none", "class-weight", "smote"]
+AuditClassifier = Literal["logreg", "linear-svm"]
+Calibration = Literal["auto", "copies", "distribution"]
+IndexKind = Literal["auto", "flat", "hnsw", "ivf", "ivfpq", "opq-ivfpq", "ivf-sq8"]
+Metric = Literal["cosine", "l2", "ip"]
+MapMethod = Literal["umap", "tsne", "pca"]
+MapColor = Literal["label", "split", "error"]
 
 MAX_ROWS_PER_REQUEST = 256
 MAX_K = 1000
@@ -61,6 +71,73 @@ class ExtractOptions(_Strict):
     num_gpus_per_worker: Optional[float] = Field(None, ge=0, description="GPUs per Ray actor (default: CPU actors).")
     cpus_per_worker: Optional[float] = Field(None, gt=0, description="CPUs per Ray actor (default: min(4, cluster "
                                                                      "CPUs)).")
+
+
+class TrainShallowOptions(_Strict):
+    """`featx train-shallow` (Python: `featx.train_shallow`), minus the store and the output folders."""
+
+    layer: Optional[str] = Field(None, description="Stored layer; default: the store's first.")
+    classifier: Classifier = Field("linear-svm", description="The classifier (linear-svm: best on average once tuned).")
+    normalize: Normalizer = Field("zscore", description="Feature scaling before the classifier.")
+    reduce: str = Field("none", description="none|pca:K|pca:0.95|pca:K:whiten|pq:M")
+    cv: int = Field(5, ge=2, description="Folds when the store has no train/val split (and of the inner tuning CV).")
+    val: Optional[str] = Field(None, description="A second store to score on.")
+    tune: bool = Field(True, description=(
+        "Choose the classifier's strength (C, k, leaf size, iterations) by inner CV on the training rows only; "
+        "--no-tune keeps fixed values (C=1, k=5, …)."))
+    search: bool = Field(False, description="Also search PCA's K (half, given, double) with the strength.")
+    balance: Balance = Field("none", description="Class imbalance: class weights, or SMOTE oversampling.")
+    seed: int = 0
+
+
+class AuditOptions(_Strict):
+    """`featx audit` (Python: `featx.audit`), minus the store and the output folder."""
+
+    write_manifest: bool = Field(False, description="Also write manifest.csv: every row, suspects flagged (never removed).")
+    layer: Optional[str] = Field(None, description="Stored layer; default: the store's first.")
+    classifier: AuditClassifier = Field("logreg", description="Calibrated classifier of the out-of-fold probabilities.")
+    cv: int = Field(5, ge=2, description="Folds of the out-of-fold probabilities.")
+    k: int = Field(10, ge=1, description="Neighbours for outlier scores and near-duplicates.")
+    threshold: Optional[float] = Field(None, description="Near-duplicate cosine similarity; default: calibrated.")
+    calibrate: Calibration = Field("auto", description="How the near-duplicate threshold is calibrated.")
+    outlier_z: float = Field(3.5, description="Robust z-score of the kNN distance above which an image is an outlier.")
+    outlier_k: Optional[int] = Field(None, ge=1, description=(
+        "Outlier score: distance to the K-th nearest image; default 5% of the images (10..50)."))
+    seed: int = 0
+
+
+class IndexOptions(_Strict):
+    """`featx index` (Python: `featx.build_index`), minus the store and the output folder."""
+
+    layer: Optional[str] = Field(None, description="Stored layer; default: the store's first.")
+    kind: IndexKind = Field("auto", description="FAISS layout; auto picks by size and --memory-budget.")
+    metric: Metric = Field("cosine", description="Similarity of the neighbours.")
+    reduce: Optional[str] = Field(None, description="pca:K before indexing.")
+    memory_budget: Optional[str] = Field(None, description="e.g. 2GB")
+    nlist: Optional[int] = Field(None, ge=1, description="IVF lists; default: by size.")
+    pq_m: Optional[int] = Field(None, ge=1, description="PQ sub-quantizers; default: by size.")
+    nprobe: Optional[int] = Field(None, ge=1, description="Fix nprobe/efSearch instead of tuning it.")
+    rerank: Optional[int] = Field(None, ge=0, description="Re-score k×N candidates with exact vectors (0: off).")
+    seed: int = 0
+    stream: Optional[bool] = Field(None, description=(
+        "Train on a sample, add shard by shard (default: above 1 GiB of features)."))
+    engine: ExtractEngine = Field("local", description="ray adds shard ranges in parallel and merges (IVF, flat).")
+    ray_address: Optional[str] = Field(None, description="Ray cluster for --engine ray: auto, ray://HOST:PORT.")
+
+
+class ProjectOptions(_Strict):
+    """`featx project` (Python: `featx.project`), minus the store and the output folder."""
+
+    layer: Optional[str] = Field(None, description="Stored layer; default: the store's first.")
+    method: MapMethod = Field("umap", description="Each method's fitted map can place new points later (serve --projection).")
+    dims: int = Field(2, ge=2, le=3, description="2 or 3.")
+    pre_pca: int = Field(50, ge=1, description="PCA components before t-SNE/UMAP.")
+    color: MapColor = Field("label", description="What colours the points.")
+    sample: Optional[int] = Field(None, ge=1, description="Project a seeded sample of N rows.")
+    seed: int = 0
+    perplexity: float = Field(30.0, gt=0, description="t-SNE's perplexity.")
+    n_neighbors: int = Field(15, ge=2, description="UMAP's neighbours.")
+    min_dist: float = Field(0.1, ge=0, description="UMAP's minimum distance.")
 
 
 class ExtractJobRequest(_Strict):

@@ -176,13 +176,13 @@ def _public(path: str) -> bool:
 
 
 _ROUTES = ("/", "/healthz", "/readyz", "/metrics", "/v1/info", "/v1/predict", "/v1/search", "/v1/embed",
-           "/v1/reload", "/v1/jobs/extract", "/docs", "/openapi.json")
+           "/v1/place", "/v1/reload", "/v1/jobs/extract", "/docs", "/openapi.json")
 
 
 def _route_label(path: str) -> str:
     if path in _ROUTES:
         return path
-    for prefix in ("/v1/thumbnails/", "/v1/jobs/", "/static/"):
+    for prefix in ("/v1/thumbnails/", "/v1/jobs/", "/v1/projections/", "/static/"):
         if path.startswith(prefix):
             return prefix + "*"
     return "other"
