@@ -1,7 +1,8 @@
 """What `featx info` shows, read without pandas, torch or scikit-learn (it answers in well under
 half a second): a finished store's summary from its sealed manifest and its metadata table (read
-with pyarrow), every file's sha256 checked as `FeatureStore.open` does. An unfinished store, or one
-whose manifest lacks a recorded fingerprint, goes through `FeatureStore` instead."""
+with pyarrow), every file's sha256 checked as `FeatureStore.open` does. An unfinished store, one
+with commits not yet folded into its manifest, or one whose manifest lacks a recorded fingerprint,
+goes through `FeatureStore` instead."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def store_summary(path: str | Path) -> dict:
     """`FeatureStore.summary()`, equal value for value."""
     path = Path(path)
     manifest = store_manifest(path)
-    if not (manifest.get("complete") and manifest.get("meta")):
+    pending_log = path / "commits.jsonl"  # commits not yet folded into the manifest: FeatureStore replays them
+    if not (manifest.get("complete") and manifest.get("meta")) or (pending_log.is_file() and pending_log.stat().st_size):
         from featx.store import FeatureStore
 
         return FeatureStore.open(path).summary()
@@ -79,7 +81,8 @@ def _counts(values: list, rows: list[int]) -> dict:
 
 def store_fingerprint(path: str | Path) -> str | None:
     manifest = store_manifest(path)
-    if manifest.get("fingerprint"):
+    pending_log = Path(path) / "commits.jsonl"
+    if manifest.get("fingerprint") and not (pending_log.is_file() and pending_log.stat().st_size):
         return manifest["fingerprint"]
     from featx.store import FeatureStore
 

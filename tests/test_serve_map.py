@@ -78,6 +78,10 @@ def test_serve_places_an_upload_and_a_row_and_serves_the_map(artifacts, pca_map)
         np.testing.assert_allclose([p[:2] for p in points["points"]], coords[["x", "y"]].to_numpy(), atol=1e-4)
         labels = points["labels"]
         assert [labels[p[2]] for p in points["points"]] == coords["label"].tolist()
+        assert points["total"] == len(coords) and not points["sampled"]
+        few = client.get("/v1/projections/p", params={"limit": 5}).json()
+        assert len(few["points"]) == 5 and few["sampled"] and few["total"] == len(coords)
+        assert {p[3] for p in few["points"]} <= set(coords["row_id"])
 
         # an upload of a stored image lands on that image's point (PCA: exactly)
         row = 7

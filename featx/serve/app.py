@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 PUBLIC_PATHS = ("/", "/favicon.ico")  # the page shell holds no data; its scripts send the token
 PUBLIC_PREFIXES = ("/static/",)
 IMAGE_TYPES_ALLOWED = ("image/", "application/octet-stream")
+MAP_POINTS, MAP_POINTS_MAX = 20_000, 200_000  # points of a map sent to the page by default / at most
 
 
 @dataclass
@@ -378,9 +379,9 @@ def _routes(app: FastAPI, state: ServerState) -> None:
         return await _limited(state, _place(request, state))
 
     @app.get("/v1/projections/{name}", summary="A loaded map's points: coordinates, label and row id each")
-    async def projection_points(name: str):
+    async def projection_points(name: str, limit: int = MAP_POINTS):
         loaded = state.registry.projection(name)
-        return await run_in_threadpool(_map_points, loaded)
+        return await run_in_threadpool(_map_points, loaded, max(1, min(int(limit), MAP_POINTS_MAX)))
 
     @app.post("/v1/embed", summary="Feature vectors, as JSON or .npy",
               openapi_extra=_json_or_multipart(EmbedRequest))
@@ -517,15 +518,19 @@ async def _place(request: Request, state: ServerState) -> dict:
                             for i, (name, point) in enumerate(zip(names, stored))]}
 
 
-def _map_points(loaded) -> dict:
+def _map_points(loaded, limit: int) -> dict:
+    """At most `limit` points (a seeded sample of a bigger map, the same on every call)."""
     coords = loaded.projection.coords
+    total = len(coords)
+    if total > limit:
+        coords = coords.iloc[np.sort(np.random.default_rng(0).choice(total, size=limit, replace=False))]
     labels = coords["label"].astype(object).where(coords["label"].notna(), None).tolist()
     names = sorted({str(v) for v in labels if v is not None})
     index_of = {name: i for i, name in enumerate(names)}
     axes = [c for c in "xyz" if c in coords]
     xy = np.round(coords[axes[:2]].to_numpy(np.float64), 5).tolist()
     return {"projection": loaded.name, "store": loaded.store, "method": loaded.projection.info.get("method"),
-            "labels": names, "columns": ["x", "y", "label", "row_id"],
+            "labels": names, "columns": ["x", "y", "label", "row_id"], "total": total, "sampled": total > limit,
             "points": [[x, y, -1 if label is None else index_of[str(label)], int(row)]
                        for (x, y), label, row in zip(xy, labels, coords["row_id"].tolist())]}
 

@@ -287,5 +287,6 @@ def _open_projection(name: str, folder: str):
                          f"{info.get('store_fingerprint')}, which is now {store.fingerprint}; run `featx project` again")
     layer = store.check_layer(info["layer"])
     first = int(projection.coords["row_id"].iat[0])
+    projection.stored(first)  # builds the row -> point table now, not on the event loop in a request
     projection.place(store.gather(layer, np.asarray([first], dtype=np.int64)))
     return Path(folder), projection, store

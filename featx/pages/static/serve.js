@@ -82,7 +82,8 @@ async function loadMap() {
     span.append(dot, label);
     key.appendChild(span);
   });
-  $("map-note").textContent = map.data.method + " of store " + map.data.store + ", " + map.data.points.length + " images";
+  $("map-note").textContent = map.data.method + " of store " + map.data.store + ", " + map.data.points.length +
+    (map.data.sampled ? " of " + map.data.total : "") + " images";
   drawMap();
 }
 
