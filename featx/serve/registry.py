@@ -123,7 +123,7 @@ class Registry:
         return _pick(self.projections, name, "projection", "--projection NAME=PROJECTION_DIR")
 
     def engine_of(self, name: str | None) -> tuple[Engine, str]:
-        """The engine and layer of a model or index (`None`: the only one loaded)."""
+        """The engine and layer of a model, index or projection (`None`: the only model or index loaded)."""
         if name is None:  # fine when every loaded artifact uses the same network and layer
             pairs = {(m.engine, m.model.layer) for m in self.models.values()} | {
                 (i.engine, i.index.info["layer"]) for i in self.indexes.values()}
@@ -141,8 +141,8 @@ class Registry:
         if name in self.projections:
             loaded = self.projections[name]
             return self.engines[loaded.engine], loaded.projection.layer
-        raise UnknownArtifact(f"no model or index named '{name}'; loaded: "
-                              f"{', '.join(list(self.models) + list(self.indexes)) or 'none'}")
+        raise UnknownArtifact(f"no model, index or projection named '{name}'; loaded: "
+                              f"{', '.join(list(self.models) + list(self.indexes) + list(self.projections)) or 'none'}")
 
     def describe(self) -> dict:
         return {
