@@ -134,3 +134,21 @@ def test_umap_and_opentsne_maps_place_new_points_after_a_reload_from_disk(artifa
     xy = coords[["x", "y"]].to_numpy()
     span = xy.max(0) - xy.min(0)
     assert ((from_disk >= xy.min(0) - span) & (from_disk <= xy.max(0) + span)).all()
+
+
+def test_a_tampered_placer_is_refused_at_reload_and_the_old_map_keeps_serving(artifacts, pca_map, tmp_path):
+    import shutil
+
+    copy = tmp_path / "map"
+    shutil.copytree(pca_map, copy)
+    options = ServeOptions(indexes={"i": str(artifacts.index)}, projections={"p": str(copy)}, device="cpu")
+    with TestClient(create_app(options)) as client:
+        before = client.post("/v1/place", json={"rows": [2]}).json()["results"][0]["coords"]
+        placer = copy / "placer.joblib"
+        placer.write_bytes(placer.read_bytes() + b"\0")  # appended bytes: unpickling would not notice
+        refused = client.post("/v1/reload")
+        assert refused.status_code == 409 and "placer.joblib" in refused.json()["error"]["message"]
+        assert client.post("/v1/place", json={"rows": [2]}).json()["results"][0]["coords"] == before
+        with open(artifacts.images / "cats" / "cats_01.png", "rb") as f:
+            placed = client.post("/v1/place", files=[("files", ("q.png", f.read(), "image/png"))])
+        assert placed.status_code == 200 and placed.json()["generation"] == 1
