@@ -177,6 +177,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads for the baselines and the server (OMP_NUM_THREADS); "
                                                      "on a shared, oversubscribed machine 1 is fairer")
     parser.add_argument("--work", type=Path, help="keep the model built from --images here (reused next time)")
+    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment of the server process only (repeatable), e.g. MALLOC_ARENA_MAX=1")
     parser.add_argument("--paired", type=int, default=0, help="N alternating offline / served single requests")
     parser.add_argument("--soak", type=int, default=0, help="then N more requests, RSS sampled 10 times (e.g. 10000)")
     parser.add_argument("--soak-clients", type=int, default=8)
@@ -200,7 +202,8 @@ def main() -> None:
                                    str(port), "--device", "cpu", "--max-batch", str(args.max_batch),
                                    "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096"],
                                   cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO),
-                                                 **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})},
+                                                 **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}),
+                                                 **dict(item.split("=", 1) for item in args.server_env)},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         base = f"http://127.0.0.1:{port}"
         try:

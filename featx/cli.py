@@ -527,7 +527,7 @@ def serve_cmd(
     except ValidationError as exc:
         raise FeatxError("; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
                                    for e in exc.errors()))
-    serve(options)
+    serve(options, restart_for_speed=True)
 
 
 def _print_run_summary(produced: dict) -> None:
