@@ -5,8 +5,16 @@ Reports req/s, p50/p95/p99 latency, mean batch size (from /metrics) and the serv
 and end, next to the offline baselines measured in the same run with the same model: `featx
 extract` throughput (img/s) and one image's decode + forward.
 
+`--paired N` times N single requests each right after the same image's offline decode + forward
+(alternating, so both see the same machine load): the median of the per-pair ratios is the
+1-client target measured side by side, robust to a shared machine's swings.
+
+`--soak N` adds a leg of N more requests (at `--soak-clients` clients) with the server's RSS
+sampled ten times along it: flat RSS over 10,000 requests is one of the service's targets.
+
     python benchmarks/serve_load.py --images ../shared/datasets/hymenoptera/val --requests 20
     python benchmarks/serve_load.py --model runs/demo/model --images data/digits-demo
+    python benchmarks/serve_load.py --model MODEL_DIR --images IMAGES --clients 1 --soak 10000
 
 Without --model it first builds one (default backbone, logreg) from --images in a temp folder."""
 
@@ -80,6 +88,50 @@ async def run_level(base: str, blobs: list[tuple[str, bytes]], clients: int, req
             "mean_batch": (after[0] - before[0]) / batches if batches else float("nan")}
 
 
+def run_soak(base: str, blobs: list[tuple[str, bytes]], pid: int, total: int, clients: int) -> dict:
+    """`total` requests in ten chunks, the server's RSS after each (and before the first)."""
+    per_client = max(1, total // (10 * clients))
+    rss, legs = [rss_mb(pid)], []
+    for _ in range(10):
+        legs.append(asyncio.run(run_level(base, blobs, clients, per_client)))
+        rss.append(rss_mb(pid))
+        print(f"  soak: {sum(l['requests'] for l in legs)} requests, RSS {rss[-1]:.0f} MB", file=sys.stderr, flush=True)
+    requests = sum(l["requests"] for l in legs)
+    return {"requests": requests, "clients": clients, "errors": sum(l["errors"] for l in legs),
+            "req_per_s": requests / sum(l["requests"] / l["req_per_s"] for l in legs), "rss_mb": rss}
+
+
+def paired_single(base: str, model_dir: Path, paths: list[str], n: int) -> dict:
+    """Offline decode + forward of an image, then the same image as one POST /v1/predict, n times."""
+    import httpx
+
+    from featx.classify import ShallowModel
+    from featx.extract import extractor_from_config
+    from featx.images import decode_image, read_bytes
+    from featx.views import image_views
+
+    model = ShallowModel.load(model_dir)
+    extractor = extractor_from_config(dict(model.extractor_config, layers=[model.layer]), device="cpu")
+    offline, served = [], []
+    with httpx.Client(base_url=base, timeout=120) as http:
+        for i in range(n):
+            path = paths[i % len(paths)]
+            data = Path(path).read_bytes()
+            start = time.perf_counter()
+            views = image_views(decode_image(read_bytes(path)[0], extractor.backbone.preprocess.resize_size),
+                                extractor.backbone.preprocess, extractor.tta)
+            extractor._forward(views)
+            offline.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            response = http.post("/v1/predict", files=[("files", (Path(path).name, data, "image/jpeg"))])
+            served.append(time.perf_counter() - start)
+            response.raise_for_status()
+    ratios = [s / o for s, o in zip(served, offline)]
+    return {"pairs": n, "offline_ms": 1000 * statistics.median(offline), "served_ms": 1000 * statistics.median(served),
+            "ratio_median": statistics.median(ratios), "ratio_p25": percentile(ratios, 25),
+            "ratio_p75": percentile(ratios, 75)}
+
+
 def offline_baselines(model_dir: Path, paths: list[str]) -> dict:
     """`featx extract`'s img/s with the model's own extractor, and one image's decode + forward."""
     from featx.classify import ShallowModel
@@ -125,6 +177,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads for the baselines and the server (OMP_NUM_THREADS); "
                                                      "on a shared, oversubscribed machine 1 is fairer")
     parser.add_argument("--work", type=Path, help="keep the model built from --images here (reused next time)")
+    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment of the server process only (repeatable), e.g. MALLOC_ARENA_MAX=1")
+    parser.add_argument("--paired", type=int, default=0, help="N alternating offline / served single requests")
+    parser.add_argument("--soak", type=int, default=0, help="then N more requests, RSS sampled 10 times (e.g. 10000)")
+    parser.add_argument("--soak-clients", type=int, default=8)
     args = parser.parse_args()
 
     if args.threads:
@@ -145,7 +202,8 @@ def main() -> None:
                                    str(port), "--device", "cpu", "--max-batch", str(args.max_batch),
                                    "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096"],
                                   cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO),
-                                                 **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})},
+                                                 **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}),
+                                                 **dict(item.split("=", 1) for item in args.server_env)},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         base = f"http://127.0.0.1:{port}"
         try:
@@ -168,12 +226,14 @@ def main() -> None:
                 levels.append(asyncio.run(run_level(base, blobs, int(clients), args.requests)))
                 levels[-1]["rss_mb"] = rss_mb(server.pid)
             rss_end = rss_mb(server.pid)
+            paired = paired_single(base, model, paths, args.paired) if args.paired else None
+            soak = run_soak(base, blobs, server.pid, args.soak, args.soak_clients) if args.soak else None
             after = offline_baselines(model, paths)
             baselines = {k: [baselines[k], after[k]] for k in baselines}
         finally:
             server.send_signal(signal.SIGINT)
             server.wait(30)
-    results = {"baselines": baselines, "levels": levels, "rss_mb_start": rss_start, "rss_mb_end": rss_end,
+    results = {"baselines": baselines, "levels": levels, "rss_mb_start": rss_start, "rss_mb_end": rss_end, "soak": soak, "paired": paired,
                "requests_total": sum(level["requests"] for level in levels), "cpu_cores": os.cpu_count(),
                "torch_threads": args.threads, "load_average": os.getloadavg()}
     print(f"offline (before / after the load): extract {baselines['extract_img_per_s'][0]:.1f} / "
@@ -193,6 +253,16 @@ def main() -> None:
               f"{level['p50_ms']:>8.1f} {level['p95_ms']:>8.1f} {level['p99_ms']:>8.1f} {level['mean_batch']:>6.1f} {level['rss_mb']:>7.0f}  {note}")
     print(f"server RSS: {rss_start:.0f} MB at start, {rss_end:.0f} MB after {results['requests_total']} requests; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    if paired:
+        print(f"paired (offline decode+forward, then the same image served, {paired['pairs']} times): offline "
+              f"{paired['offline_ms']:.1f} ms, served p50 {paired['served_ms']:.1f} ms; per-pair ratio median "
+              f"{paired['ratio_median']:.2f} (quartiles {paired['ratio_p25']:.2f}-{paired['ratio_p75']:.2f}; target <= 1.5)")
+    if soak:
+        points = soak["rss_mb"]
+        print(f"soak: {soak['requests']} requests at {soak['clients']} clients, {soak['errors']} errors, "
+              f"{soak['req_per_s']:.1f} req/s; server RSS (MB) after every {soak['requests'] // len(points[1:])}: "
+              + " ".join(f"{v:.0f}" for v in points)
+              + f"; first to last {points[-1] - points[0]:+.1f} MB, second half {points[-1] - points[len(points) // 2]:+.1f} MB")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

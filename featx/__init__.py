@@ -23,6 +23,7 @@ _EXPORTS = {
     "predict": "featx.predict",
     "Index": "featx.index", "build_index": "featx.index",
     "project": "featx.project", "plot_projection": "featx.project", "write_projection": "featx.project",
+    "fit_projection": "featx.project", "load_projection": "featx.placement",
     "audit": "featx.learn.audit", "probe": "featx.learn.probe",
 }
 
@@ -62,7 +63,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports, never run
     from featx.extract import Extractor, extract
     from featx.index import Index, build_index
     from featx.predict import predict
-    from featx.project import plot_projection, project, write_projection
+    from featx.placement import load_projection
+    from featx.project import fit_projection, plot_projection, project, write_projection
     from featx.learn.audit import audit
     from featx.learn.probe import probe
     from featx.store import FeatureStore

@@ -22,34 +22,7 @@ def describe_layers(model: str, image_size: int | None = None, weights: str = "r
 
 
 def describe_artifact(folder: str | Path) -> dict:
-    """What `featx info` shows: a store's summary, or a model's / index's source store, the
-    fingerprint it was built on, and whether that store still matches."""
-    from featx.store import FeatureStore
+    """What `featx info` shows (see `featx.info`: read without pandas, torch or scikit-learn)."""
+    from featx.info import describe_artifact as describe
 
-    folder = Path(folder)
-    kind = artifact_kind(folder)
-    if kind == "store":
-        return {"kind": "store", **FeatureStore.open(folder).summary()}
-    if kind not in ("model", "index"):
-        raise StoreError(f"'{folder}' is not a featx store, model or index (none of "
-                         f"{', '.join(RECORD_FILES[k] for k in ('store', 'model', 'index'))} found); "
-                         "pass a folder made by `featx extract`, `featx train-shallow` or `featx index`")
-    record = read_record(folder, RECORD_FILES[kind], f"a featx {kind}", "rebuild it")
-    if kind == "model":
-        source = record.get("source") or {}
-        store_path, built_on = source.get("store"), source.get("fingerprint")
-        extra = {"classes": record.get("classes"), "layer": record.get("layer"), "metrics": record.get("metrics")}
-    else:
-        store_path, built_on = record.get("store"), record.get("store_fingerprint")
-        extra = {"index": record.get("kind"), "metric": record.get("metric"), "vectors": record.get("ntotal"),
-                 "layer": record.get("layer")}
-    summary = {"kind": kind, "path": str(folder), "source_store": store_path, "built_on_fingerprint": built_on,
-               "backbone": (record.get("extractor") or {}).get("backbone"), **extra}
-    try:
-        current = FeatureStore.open(store_path).fingerprint if store_path else None
-        summary["store_now"] = ("unchanged" if current == built_on else
-                                f"changed (fingerprint now {current}): re-train the model" if kind == "model" else
-                                f"changed (fingerprint now {current}): run `featx index --update {folder}`")
-    except StoreError as exc:
-        summary["store_now"] = f"not available ({exc})"
-    return summary
+    return describe(folder)

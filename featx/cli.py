@@ -15,6 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from featx.errors import FeatxError
+from featx.options import (Amp, AuditClassifier, AuditOptions, Balance, Calibration, Classifier, Decoder,  # pydantic only
+                           Device, Dtype, ExtractEngine, ExtractOptions, IndexKind, IndexOptions, MapColor, MapMethod,
+                           Metric, Normalizer, Pool, ProjectOptions, Resize, ServeOptions, TrainShallowOptions)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Frozen CNN features for shallow classifiers, retrieval and 2-D maps.")
@@ -34,6 +37,24 @@ def _friendly(fn):
             raise typer.Exit(2)
 
     return wrapper
+
+
+def _opt(model, field: str, *decls: str, **extra):
+    """A typer option whose default, bounds and help come from the step's option model in
+    featx.options (its choices come from the Literal type the parameter is annotated with): one
+    definition feeds the Python API, the CLI, recipes and the HTTP bodies."""
+    import annotated_types
+
+    info = model.model_fields[field]
+    kwargs = {"help": info.description}
+    for bound in info.metadata:
+        if isinstance(bound, annotated_types.Ge):
+            kwargs["min"] = bound.ge
+        elif isinstance(bound, annotated_types.Le):
+            kwargs["max"] = bound.le
+    kwargs.update(extra)
+    default = info.get_default(call_default_factory=True)
+    return typer.Option(None if default in ([], {}) else default, *decls, **kwargs)
 
 
 def command(name: str):
@@ -88,29 +109,27 @@ def layers_cmd(model: str = typer.Argument("efficientnet_lite0"),
 def extract_cmd(
     inputs: List[str] = typer.Argument(..., help="Folders, CSV/Parquet manifests, image files or globs."),
     out: Path = typer.Option(..., "--out", "-o", help="Feature store folder."),
-    model: str = typer.Option("efficientnet_lite0", "--model", "-m"),
-    weights: str = typer.Option("default", help="'default', 'random' or a local state dict file."),
-    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Repeat for several layers; default: pooled penultimate."),
-    pool: str = typer.Option("avg", help="avg|max|avgmax|gem|flatten"),
-    image_size: Optional[int] = typer.Option(None, help="Override the weights' crop size."),
-    tta: int = typer.Option(1, help="Average N deterministic views (1..10)."),
-    batch_size: int = typer.Option(32),
-    workers: Optional[int] = typer.Option(None, help="Decoding worker processes; default: CPU: decode and forward take "
-                                          "turns on every core; GPU: cores - 1 processes. 0 = in this process."),
-    device: str = typer.Option("auto", help="auto|cpu|cuda|mps"),
-    amp: str = typer.Option("none", help="none|bf16|fp16: mixed precision on CUDA; bf16 also on CPUs with native bfloat16 (AVX512-BF16/AMX)"),
-    dtype: str = typer.Option("float32", help="float32|float16 for stored features"),
-    shard_size: int = typer.Option(4096, help="Rows per shard."),
+    model: str = _opt(ExtractOptions, "model", "--model", "-m"),
+    weights: str = _opt(ExtractOptions, "weights"),
+    layer: Optional[List[str]] = _opt(ExtractOptions, "layers", "--layer", "-l"),
+    pool: Pool = _opt(ExtractOptions, "pool"),
+    image_size: Optional[int] = _opt(ExtractOptions, "image_size"),
+    tta: int = _opt(ExtractOptions, "tta"),
+    batch_size: int = _opt(ExtractOptions, "batch_size"),
+    workers: Optional[int] = _opt(ExtractOptions, "workers"),
+    device: Device = _opt(ExtractOptions, "device"),
+    amp: Amp = _opt(ExtractOptions, "amp"),
+    dtype: Dtype = _opt(ExtractOptions, "dtype"),
+    shard_size: int = _opt(ExtractOptions, "shard_size"),
     overwrite: bool = typer.Option(False, help="Replace an existing featx store (never anything else)."),
     append: bool = typer.Option(False, help="Add the inputs; keep store rows absent from them while their files exist."),
-    frozen: bool = typer.Option(False, help="Refuse (exit 2) if the inputs differ from the store in any way."),
-    decode: str = typer.Option("auto", help="auto|pil|torch: torch decodes JPEGs on the device (GPU); auto = torch on CUDA"),
-    resize: str = typer.Option("crop", help="crop|full|pad: crop = shorter side resized, centre-cropped (the weights' "
-                               "recipe); full = whole image squashed; pad = letterboxed (keeps the borders)"),
-    engine: str = typer.Option("local", help="local|ray: ray runs the shards on a Ray cluster (pip install 'featx[ray]')"),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster: auto, ray://HOST:PORT; default: a local one."),
-    num_gpus_per_worker: Optional[float] = typer.Option(None, help="GPUs per Ray actor (default: CPU actors)."),
-    cpus_per_worker: Optional[float] = typer.Option(None, help="CPUs per Ray actor (default: min(4, cluster CPUs))."),
+    frozen: bool = _opt(ExtractOptions, "frozen"),
+    decode: Decoder = _opt(ExtractOptions, "decode"),
+    resize: Resize = _opt(ExtractOptions, "resize"),
+    engine: ExtractEngine = _opt(ExtractOptions, "engine"),
+    ray_address: Optional[str] = _opt(ExtractOptions, "ray_address"),
+    num_gpus_per_worker: Optional[float] = _opt(ExtractOptions, "num_gpus_per_worker"),
+    cpus_per_worker: Optional[float] = _opt(ExtractOptions, "cpus_per_worker"),
 ):
     """Extract features of images into a resumable feature store."""
     from featx.extract import extract
@@ -175,19 +194,16 @@ def verify_cmd(store: Path):
 def train_shallow_cmd(
     store: Path = typer.Argument(..., help="Feature store."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
-    layer: Optional[str] = typer.Option(None, help="Stored layer; default: the store's first."),
-    classifier: Optional[str] = typer.Option(None, help="linear-svm|logreg|rbf-svm|knn|tree|forest|hgb; "
-                                                        "default: linear-svm (best on average once tuned)"),
-    normalize: str = typer.Option("zscore", help="none|l2|zscore|minmax"),
-    reduce: str = typer.Option("none", help="none|pca:K|pca:0.95|pca:K:whiten|pq:M"),
-    cv: int = typer.Option(5, help="Folds when the store has no train/val split (and of the inner tuning CV)."),
-    val: Optional[Path] = typer.Option(None, help="A second store to score on."),
-    tune: bool = typer.Option(True, "--tune/--no-tune",
-                              help="Choose the classifier's strength (C, k, leaf size, iterations) by inner CV on "
-                                   "the training rows only; --no-tune keeps fixed values (C=1, k=5, …)."),
-    search: bool = typer.Option(False, help="Also search PCA's K (half, given, double) with the strength."),
-    balance: str = typer.Option("none", help="none|class-weight|smote"),
-    seed: int = typer.Option(0),
+    layer: Optional[str] = _opt(TrainShallowOptions, "layer"),
+    classifier: Classifier = _opt(TrainShallowOptions, "classifier"),
+    normalize: Normalizer = _opt(TrainShallowOptions, "normalize"),
+    reduce: str = _opt(TrainShallowOptions, "reduce"),
+    cv: int = _opt(TrainShallowOptions, "cv"),
+    val: Optional[Path] = _opt(TrainShallowOptions, "val"),
+    tune: bool = _opt(TrainShallowOptions, "tune", "--tune/--no-tune"),
+    search: bool = _opt(TrainShallowOptions, "search"),
+    balance: Balance = _opt(TrainShallowOptions, "balance"),
+    seed: int = _opt(TrainShallowOptions, "seed"),
     report: Optional[Path] = typer.Option(None, help="Report folder; default MODEL_DIR/report."),
 ):
     """Train a shallow classifier on stored features and report honest held-out metrics.
@@ -242,7 +258,7 @@ def predict_cmd(
     tta: Optional[int] = typer.Option(None, help="Classify N views and combine them."),
     output_format: str = typer.Option("table", "--format", help="table|csv|json"),
     top_k: Optional[int] = typer.Option(None, help="Show the K best classes per image."),
-    device: str = typer.Option("auto"),
+    device: Device = _opt(ExtractOptions, "device"),
 ):
     """Predict labels of new images with a trained model (its own extractor first)."""
     from featx.predict import predict
@@ -281,18 +297,17 @@ def _cell(value) -> str:
 def audit_cmd(
     store: Path = typer.Argument(..., help="Feature store."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for audit.json, suspects.csv, audit.html."),
-    write_manifest: bool = typer.Option(False, "--write-manifest",
-                                        help="Also write manifest.csv: every row, suspects flagged (never removed)."),
-    layer: Optional[str] = typer.Option(None, help="Stored layer; default: the store's first."),
-    classifier: str = typer.Option("logreg", help="logreg|linear-svm (calibrated) for out-of-fold probabilities."),
-    cv: int = typer.Option(5, help="Folds of the out-of-fold probabilities."),
-    k: int = typer.Option(10, "-k", help="Neighbours for outlier scores and near-duplicates."),
-    threshold: Optional[float] = typer.Option(None, help="Near-duplicate cosine similarity; default: calibrated."),
-    calibrate: str = typer.Option("auto", help="auto|copies|distribution: how the threshold is calibrated."),
-    outlier_z: float = typer.Option(3.5, help="Robust z-score of the kNN distance above which an image is an outlier."),
-    outlier_k: Optional[int] = typer.Option(None, help="Outlier score: distance to the K-th nearest image; default 5% of the images (10..50)."),
+    write_manifest: bool = _opt(AuditOptions, "write_manifest", "--write-manifest"),
+    layer: Optional[str] = _opt(AuditOptions, "layer"),
+    classifier: AuditClassifier = _opt(AuditOptions, "classifier"),
+    cv: int = _opt(AuditOptions, "cv"),
+    k: int = _opt(AuditOptions, "k", "-k"),
+    threshold: Optional[float] = _opt(AuditOptions, "threshold"),
+    calibrate: Calibration = _opt(AuditOptions, "calibrate"),
+    outlier_z: float = _opt(AuditOptions, "outlier_z"),
+    outlier_k: Optional[int] = _opt(AuditOptions, "outlier_k"),
     model: Optional[Path] = typer.Option(None, help="A train-shallow model whose learning curve to use."),
-    seed: int = typer.Option(0),
+    seed: int = _opt(AuditOptions, "seed"),
 ):
     """Find label errors, duplicates and train/test leakage, outliers, and whether more data would help."""
     from featx.learn.audit import audit
@@ -332,19 +347,18 @@ def index_cmd(
     store: Optional[Path] = typer.Argument(None, help="Feature store (not with --update)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Index folder to write."),
     update: Optional[Path] = typer.Option(None, help="Add rows appended to the store to this index folder."),
-    layer: Optional[str] = typer.Option(None),
-    kind: str = typer.Option("auto", help="auto|flat|hnsw|ivf|ivfpq|opq-ivfpq"),
-    metric: str = typer.Option("cosine", help="cosine|l2|ip"),
-    reduce: Optional[str] = typer.Option(None, help="pca:K before indexing"),
-    memory_budget: Optional[str] = typer.Option(None, help="e.g. 2GB"),
-    nlist: Optional[int] = typer.Option(None),
-    pq_m: Optional[int] = typer.Option(None),
-    nprobe: Optional[int] = typer.Option(None, help="Fix nprobe/efSearch instead of tuning it."),
-    rerank: Optional[int] = typer.Option(None, help="Re-score k×N candidates with exact vectors (0: off)."),
-    stream: Optional[bool] = typer.Option(None, "--stream/--no-stream",
-                                          help="Train on a sample, add shard by shard (default: above 1 GiB of features)."),
-    engine: str = typer.Option("local", help="local|ray: ray adds shard ranges in parallel and merges (IVF, flat)."),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster for --engine ray: auto, ray://HOST:PORT."),
+    layer: Optional[str] = _opt(IndexOptions, "layer"),
+    kind: IndexKind = _opt(IndexOptions, "kind"),
+    metric: Metric = _opt(IndexOptions, "metric"),
+    reduce: Optional[str] = _opt(IndexOptions, "reduce"),
+    memory_budget: Optional[str] = _opt(IndexOptions, "memory_budget"),
+    nlist: Optional[int] = _opt(IndexOptions, "nlist"),
+    pq_m: Optional[int] = _opt(IndexOptions, "pq_m"),
+    nprobe: Optional[int] = _opt(IndexOptions, "nprobe"),
+    rerank: Optional[int] = _opt(IndexOptions, "rerank"),
+    stream: Optional[bool] = _opt(IndexOptions, "stream", "--stream/--no-stream"),
+    engine: ExtractEngine = _opt(IndexOptions, "engine"),
+    ray_address: Optional[str] = _opt(IndexOptions, "ray_address"),
 ):
     """Build a FAISS retrieval index over stored features (or --update one)."""
     from featx.index import Index, build_index
@@ -380,7 +394,7 @@ def search_cmd(
     html: Optional[Path] = typer.Option(None, help="Write a self-contained results page."),
     evaluate: bool = typer.Option(False, "--evaluate", help="Leave-one-out retrieval metrics over the store."),
     evaluate_json: Optional[Path] = typer.Option(None, "--json", help="Where --evaluate writes its JSON."),
-    device: str = typer.Option("auto"),
+    device: Device = _opt(ExtractOptions, "device"),
     mmap: bool = typer.Option(False, "--mmap", help="Memory-map the index file (indexes bigger than RAM)."),
 ):
     """Find the stored images most similar to query images (or evaluate the index)."""
@@ -417,32 +431,32 @@ def search_cmd(
 def project_cmd(
     store: Path = typer.Argument(..., help="Feature store."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    layer: Optional[str] = typer.Option(None),
-    method: str = typer.Option("umap", help="umap|tsne|pca"),
-    dims: int = typer.Option(2, help="2 or 3"),
-    pre_pca: int = typer.Option(50, help="PCA components before t-SNE/UMAP."),
-    color: str = typer.Option("label", help="label|split|error"),
-    sample: Optional[int] = typer.Option(None, help="Project a seeded sample of N rows."),
-    seed: int = typer.Option(0),
-    perplexity: float = typer.Option(30.0),
-    n_neighbors: int = typer.Option(15),
-    min_dist: float = typer.Option(0.1),
+    layer: Optional[str] = _opt(ProjectOptions, "layer"),
+    method: MapMethod = _opt(ProjectOptions, "method"),
+    dims: int = _opt(ProjectOptions, "dims"),
+    pre_pca: int = _opt(ProjectOptions, "pre_pca"),
+    color: MapColor = _opt(ProjectOptions, "color"),
+    sample: Optional[int] = _opt(ProjectOptions, "sample"),
+    seed: int = _opt(ProjectOptions, "seed"),
+    perplexity: float = _opt(ProjectOptions, "perplexity"),
+    n_neighbors: int = _opt(ProjectOptions, "n_neighbors"),
+    min_dist: float = _opt(ProjectOptions, "min_dist"),
 ):
     """Project features to 2-D/3-D with UMAP, t-SNE or PCA: a PNG, an interactive page, coordinates."""
     import warnings
 
     from featx.artifacts import check_output
-    from featx.project import project, write_projection
+    from featx.project import fit_projection, write_projection
 
     check_output(out, "projection", inputs=[store])  # before the work, not after
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        coords = project(store, method=method, layer=layer, dims=dims, pre_pca=pre_pca, sample=sample, seed=seed,
+        coords, placer = fit_projection(store, method=method, layer=layer, dims=dims, pre_pca=pre_pca, sample=sample, seed=seed,
                          perplexity=perplexity, n_neighbors=n_neighbors, min_dist=min_dist)
     for warning in caught:
         if "--perplexity" in str(warning.message) or "--n-neighbors" in str(warning.message):
             err_console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
-    files = write_projection(coords, out, color=color)
+    files = write_projection(coords, out, color=color, placer=placer)
     info, quality = coords.attrs["info"], coords.attrs["quality"]
     console.print(f"{info['method']} of {info['rows']} images ({info['skipped_failed_rows']} failed rows skipped): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in quality.items() if isinstance(v, float)), highlight=False)
@@ -475,22 +489,25 @@ def run_cmd(
 
 @command("serve")
 def serve_cmd(
-    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="NAME=MODEL_DIR (repeatable)."),
-    index: Optional[List[str]] = typer.Option(None, "--index", "-i", help="NAME=INDEX_DIR (repeatable)."),
-    store: Optional[List[str]] = typer.Option(None, "--store", "-s", help="NAME=STORE_DIR (repeatable)."),
-    data_root: Optional[Path] = typer.Option(None, help="The only folder request paths and extract jobs may read."),
-    state_dir: Optional[Path] = typer.Option(None, help="Where extract jobs keep their records and stores."),
-    host: str = typer.Option("127.0.0.1", help="Any other address needs --token-file."),
-    port: int = typer.Option(8000),
-    token_file: Optional[Path] = typer.Option(None, help="File holding the bearer token clients must send."),
-    device: str = typer.Option("auto", help="auto|cpu|cuda|mps"),
-    max_batch: int = typer.Option(32, help="Images per forward pass."),
-    max_wait_ms: float = typer.Option(5.0, help="How long a batch waits for more requests."),
-    max_queue: int = typer.Option(256, help="Images waiting for the network; beyond: 503."),
-    decode_workers: int = typer.Option(2, help="Threads decoding uploads."),
-    max_body_mb: float = typer.Option(20.0, help="Larger request bodies get 413."),
-    timeout: float = typer.Option(30.0, "--timeout", help="Per-request time limit in seconds."),
-    cors_origin: Optional[List[str]] = typer.Option(None, help="Allow this CORS origin (repeatable); default: CORS off."),
+    model: Optional[List[str]] = _opt(ServeOptions, "models", "--model", "-m"),
+    index: Optional[List[str]] = _opt(ServeOptions, "indexes", "--index", "-i"),
+    store: Optional[List[str]] = _opt(ServeOptions, "stores", "--store", "-s"),
+    projection: Optional[List[str]] = _opt(ServeOptions, "projections", "--projection", "-p"),
+    data_root: Optional[Path] = _opt(ServeOptions, "data_root"),
+    state_dir: Optional[Path] = _opt(ServeOptions, "state_dir"),
+    host: str = _opt(ServeOptions, "host"),
+    port: int = _opt(ServeOptions, "port"),
+    token_file: Optional[Path] = _opt(ServeOptions, "token_file"),
+    device: Device = _opt(ServeOptions, "device"),
+    max_batch: int = _opt(ServeOptions, "max_batch"),
+    max_wait_ms: float = _opt(ServeOptions, "max_wait_ms"),
+    max_queue: int = _opt(ServeOptions, "max_queue"),
+    decode_workers: int = _opt(ServeOptions, "decode_workers"),
+    max_body_mb: float = _opt(ServeOptions, "max_body_mb"),
+    max_files: int = _opt(ServeOptions, "max_files"),
+    max_pixels: int = _opt(ServeOptions, "max_pixels"),
+    timeout: float = _opt(ServeOptions, "timeout_s", "--timeout"),
+    cors_origin: Optional[List[str]] = _opt(ServeOptions, "cors_origins", "--cors-origin"),
 ):
     """Serve models, indexes and stores over HTTP, with a web page at / (SIGHUP reloads them)."""
     from pydantic import ValidationError
@@ -501,15 +518,16 @@ def serve_cmd(
     try:
         options = ServeOptions(
             models=named_folders(model, "--model"), indexes=named_folders(index, "--index"),
-            stores=named_folders(store, "--store"), data_root=str(data_root) if data_root else None,
+            stores=named_folders(store, "--store"), projections=named_folders(projection, "--projection"),
+            data_root=str(data_root) if data_root else None,
             state_dir=str(state_dir) if state_dir else None, host=host, port=port,
             token_file=str(token_file) if token_file else None, device=device, max_batch=max_batch,
             max_wait_ms=max_wait_ms, max_queue=max_queue, decode_workers=decode_workers, max_body_mb=max_body_mb,
-            timeout_s=timeout, cors_origins=cors_origin or [])
+            max_files=max_files, max_pixels=max_pixels, timeout_s=timeout, cors_origins=cors_origin or [])
     except ValidationError as exc:
         raise FeatxError("; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
                                    for e in exc.errors()))
-    serve(options)
+    serve(options, restart_for_speed=True)
 
 
 def _print_run_summary(produced: dict) -> None:
@@ -544,7 +562,7 @@ def probe_cmd(
     image_size: Optional[int] = typer.Option(None, help="Override the weights' crop size."),
     batch_size: int = typer.Option(32),
     workers: Optional[int] = typer.Option(None, help="Decoding worker processes; default: cores - 1."),
-    device: str = typer.Option("auto", help="auto|cpu|cuda|mps"),
+    device: Device = _opt(ExtractOptions, "device"),
     cv: int = typer.Option(5, help="Folds when the inputs have no train/val split."),
     seed: int = typer.Option(0),
 ):

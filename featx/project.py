@@ -24,6 +24,17 @@ def project(store: FeatureStore | str | Path, *, method: str = "umap", layer: st
             n_neighbors: int = 15, min_dist: float = 0.1) -> pd.DataFrame:
     """Coordinates (row_id, path, label, split, x, y[, z]) of the store's successfully extracted rows.
     `attrs['quality']` holds trustworthiness and kNN accuracies, `attrs['info']` the settings."""
+    return fit_projection(store, method=method, layer=layer, dims=dims, pre_pca=pre_pca, sample=sample, seed=seed,
+                          perplexity=perplexity, n_neighbors=n_neighbors, min_dist=min_dist)[0]
+
+
+def fit_projection(store: FeatureStore | str | Path, *, method: str = "umap", layer: str | None = None,
+                   dims: int = 2, pre_pca: int = 50, sample: int | None = None, seed: int = 0,
+                   perplexity: float = 30.0, n_neighbors: int = 15, min_dist: float = 0.1):
+    """`project`'s coordinates and the fitted `featx.placement.Placer` that puts new points on the
+    same map (kept apart from the frame: pandas deep-copies `attrs` on every operation)."""
+    from featx.placement import Placer
+
     store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     layer = store.check_layer(layer)
     if method not in METHODS:
@@ -41,18 +52,21 @@ def project(store: FeatureStore | str | Path, *, method: str = "umap", layer: st
         raise InputError(f"store '{store.path}' has {len(rows)} usable rows; a projection needs at least 3")
     X = np.asarray(store.features(layer)[rows], dtype=np.float32)
     check_rows_finite(X, f"store '{store.path}' layer '{layer}'")
-    reduced = _pre_pca(X, pre_pca, seed) if method != "pca" else X
+    reduced, pre = _pre_pca(X, pre_pca, seed) if method != "pca" else (X, None)
     settings = {"method": method, "layer": layer, "dims": dims, "seed": seed, "rows": int(len(rows)),
                 "skipped_failed_rows": skipped, "backbone": store.config.get("backbone"),
                 "store": str(Path(store.path).resolve()), "store_fingerprint": store.fingerprint}
     if method == "pca":
         from sklearn.decomposition import PCA
 
-        coords = PCA(n_components=dims, random_state=seed).fit_transform(X)
+        reducer = PCA(n_components=dims, random_state=seed)
+        coords = reducer.fit_transform(X)
     elif method == "tsne":
-        coords, settings["perplexity"] = _tsne(reduced, dims, perplexity, seed)
+        reducer, settings["perplexity"] = _tsne(reduced, dims, perplexity, seed)
+        coords = np.asarray(reducer)
     else:
-        coords, settings["n_neighbors"] = _umap(reduced, dims, n_neighbors, min_dist, seed)
+        reducer, settings["n_neighbors"] = _umap(reduced, dims, n_neighbors, min_dist, seed)
+        coords = reducer.embedding_
     settings["pre_pca"] = reduced.shape[1] if method != "pca" and reduced.shape[1] < X.shape[1] else None
     meta = store.meta.iloc[rows]
     frame = pd.DataFrame({"row_id": meta["row_id"].to_numpy(), "path": meta["path"].to_numpy(),
@@ -62,22 +76,26 @@ def project(store: FeatureStore | str | Path, *, method: str = "umap", layer: st
         frame[name] = coords[:, axis].astype(np.float32)
     frame.attrs["quality"] = _quality(X, coords, frame["label"].to_numpy(), seed)
     frame.attrs["info"] = settings
-    return frame
+    return frame, Placer(method=method, reducer=reducer, pre=pre, dims=dims)
 
 
-def _pre_pca(X: np.ndarray, components: int, seed: int) -> np.ndarray:
+def _pre_pca(X: np.ndarray, components: int, seed: int):
+    """(reduced X, the fitted PCA or None when X is kept as it is)."""
     if components < 1:
         raise InputError(f"--pre-pca {components} must be at least 1")
     k = min(components, X.shape[0], X.shape[1])
     if X.shape[1] <= components or k == X.shape[1]:
-        return X
+        return X, None
     from sklearn.decomposition import PCA
 
-    return PCA(n_components=k, random_state=seed).fit_transform(X).astype(np.float32)
+    pca = PCA(n_components=k, random_state=seed)
+    return pca.fit_transform(X).astype(np.float32), pca
 
 
-def _tsne(X: np.ndarray, dims: int, perplexity: float, seed: int) -> tuple[np.ndarray, float]:
-    """openTSNE: FFT-accelerated interpolation for 2-D maps (fast to ~1M points), Barnes-Hut for 3-D."""
+def _tsne(X: np.ndarray, dims: int, perplexity: float, seed: int):
+    """openTSNE: FFT-accelerated interpolation for 2-D maps of 10,000 points and more (fast to ~1M
+    points; its fixed cost makes it slower below), Barnes-Hut for smaller maps and for 3-D.
+    Returns its TSNEEmbedding (an array of the coordinates that can also `transform` new points)."""
     from openTSNE import TSNE
 
     n = len(X)
@@ -90,11 +108,11 @@ def _tsne(X: np.ndarray, dims: int, perplexity: float, seed: int) -> tuple[np.nd
         log.warning("perplexity %s too large for %d points; using %.1f", perplexity, n, adjusted)
         perplexity = adjusted
     tsne = TSNE(n_components=dims, perplexity=perplexity, random_state=seed, n_jobs=-1, verbose=False,
-                negative_gradient_method="fft" if dims <= 2 else "bh")
-    return np.asarray(tsne.fit(X)), perplexity
+                negative_gradient_method="auto" if dims <= 2 else "bh")
+    return tsne.fit(X), perplexity
 
 
-def _umap(X: np.ndarray, dims: int, n_neighbors: int, min_dist: float, seed: int) -> tuple[np.ndarray, int]:
+def _umap(X: np.ndarray, dims: int, n_neighbors: int, min_dist: float, seed: int):
     import umap
 
     n = len(X)
@@ -110,7 +128,8 @@ def _umap(X: np.ndarray, dims: int, n_neighbors: int, min_dist: float, seed: int
         warnings.filterwarnings("ignore", message=".*spectral initialisation.*")
         reducer = umap.UMAP(n_components=dims, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed,
                             init="spectral" if n > dims + 1 else "random")
-        return reducer.fit_transform(X), n_neighbors
+        reducer.fit(X)
+        return reducer, n_neighbors
 
 
 def _quality(X: np.ndarray, coords: np.ndarray, labels: np.ndarray, seed: int) -> dict:
@@ -172,8 +191,10 @@ def _color_column(color: str) -> str:
     return {"label": "label", "split": "split", "error": "status"}[color]
 
 
-def write_projection(coords: pd.DataFrame, out: str | Path, *, color: str = "label") -> dict[str, Path]:
-    """coords.parquet, projection.png, projection.html and projection.json in `out`."""
+def write_projection(coords: pd.DataFrame, out: str | Path, *, color: str = "label", placer=None) -> dict[str, Path]:
+    """coords.parquet, projection.png, projection.html, projection.json and, given the fitted
+    `placer` (from `fit_projection`), placer.joblib in `out`. The record, written last, holds the
+    sha256 of the coordinates and the placer: `featx.placement.load_projection` checks them."""
     from featx import atomic
     from featx.projection_page import render_projection_page
 
@@ -190,6 +211,16 @@ def write_projection(coords: pd.DataFrame, out: str | Path, *, color: str = "lab
     with atomic.atomic_path(files["png"]) as tmp:
         plot_projection(coords, tmp, color=color)
     atomic.write_bytes(files["html"], render_projection_page(coords, color=_color_column(color)).encode())
+    checksums = {"coords": atomic.file_sha256(files["coords"])}
+    if placer is not None:
+        from featx.placement import PLACER_FILE
+
+        files["placer"] = out / PLACER_FILE
+        with atomic.atomic_path(files["placer"]) as tmp:
+            placer.save(tmp)
+        checksums["placer"] = atomic.file_sha256(files["placer"])
+    elif (out / "placer.joblib").exists():  # a replaced projection's reducer must not outlive it
+        (out / "placer.joblib").unlink()
     atomic.write_sealed_json(files["json"], {"info": coords.attrs.get("info", {}),
-                                             "quality": coords.attrs.get("quality", {})})
+                                             "quality": coords.attrs.get("quality", {}), "files": checksums})
     return files

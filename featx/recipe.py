@@ -141,18 +141,16 @@ def _resolve_input(value: str, base: Path, file: Path, key: str = "extract.input
 # options whose values come from a fixed list: checked when the recipe loads, so a typo in the
 # last step fails in a second, not after an hour of extraction
 def _choices() -> dict[tuple[str, str], tuple]:
-    from featx.classify import BALANCES, CLASSIFIERS
-    from featx.extract import AMP_MODES, DECODERS, DEVICES, DTYPES
-    from featx.index import KINDS, METRICS
-    from featx.pooling import POOLINGS
-    from featx.project import COLORS, METHODS
-    from featx.reduce import NORMALIZERS
+    """From the option models of featx.options (the one definition the CLI and the HTTP bodies use)."""
+    from typing import get_args
 
-    return {("extract", "pool"): POOLINGS, ("extract", "device"): DEVICES, ("extract", "amp"): AMP_MODES,
-            ("extract", "dtype"): DTYPES, ("extract", "decode"): DECODERS,
-            ("train_shallow", "classifier"): CLASSIFIERS, ("train_shallow", "normalize"): NORMALIZERS,
-            ("train_shallow", "balance"): BALANCES, ("index", "kind"): KINDS, ("index", "metric"): METRICS,
-            ("project", "method"): METHODS, ("project", "color"): COLORS}
+    from featx.options import AuditOptions, ExtractOptions, IndexOptions, ProjectOptions, TrainShallowOptions
+
+    models = {"extract": ExtractOptions, "train_shallow": TrainShallowOptions, "audit": AuditOptions,
+              "index": IndexOptions, "project": ProjectOptions}
+    keys = {"extract": ("pool", "device", "amp", "dtype", "decode"), "train_shallow": ("classifier", "normalize", "balance"),
+            "audit": ("classifier", "calibrate"), "index": ("kind", "metric"), "project": ("method", "color")}
+    return {(step, key): get_args(models[step].model_fields[key].annotation) for step in keys for key in keys[step]}
 
 
 _REDUCE_FORMS = {"train_shallow": (r"none|pca:(\d+|0?\.\d+)(:whiten)?|pq:\d+", "none, pca:K, pca:FRACTION, pca:K:whiten, pq:M"),

@@ -153,11 +153,12 @@ class Runner:
         return index.search(None, min(6, max(1, len(ok_rows) - 1)), rows=rows, exclude_self=True)
 
     def _project(self) -> None:
-        from featx.project import project, write_projection
+        from featx.project import fit_projection, write_projection
 
         options = dict(self.recipe.steps["project"])
         color = options.pop("color", "label")
-        write_projection(project(self.paths["store"], **options), self.paths["projection"], color=color)
+        coords, placer = fit_projection(self.paths["store"], **options)
+        write_projection(coords, self.paths["projection"], color=color, placer=placer)
 
     def _report(self) -> None:
         import pandas as pd

@@ -397,6 +397,9 @@ def test_featx_serve_process_reloads_on_sighup(artifacts):
             assert server.poll() is None and time.time() < deadline, server.stderr.read().decode()[-2000:]
             time.sleep(0.3)
         assert httpx.post(base + "/v1/predict", files=upload(png_bytes(12)), timeout=60).json()["generation"] == 1
+        if "MALLOC_ARENA_MAX" not in os.environ and sys.platform.startswith("linux"):
+            # the command restarted itself in place (same PID) with one malloc arena for the forward thread
+            assert b"MALLOC_ARENA_MAX=1" in Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
         server.send_signal(signal.SIGHUP)
         while httpx.get(base + "/v1/info", timeout=10).json()["generation"] != 2:
             assert time.time() < deadline

@@ -43,9 +43,13 @@ def test_upload_see_neighbours_click_one_see_new_results(tmp_path, browser):
     from featx.options import ServeOptions
     from featx.serve.app import create_app
 
+    from featx.project import fit_projection, write_projection
+
     artifacts = build_artifacts(tmp_path / "artifacts")
+    coords, placer = fit_projection(artifacts.store, method="pca")  # PCA: a stored image lands on its own point
+    write_projection(coords, tmp_path / "map", placer=placer)
     app = create_app(ServeOptions(models={"m": str(artifacts.model)}, indexes={"i": str(artifacts.index)},
-                                  device="cpu"))
+                                  projections={"p": str(tmp_path / "map")}, device="cpu"))
     wait = WebDriverWait(browser, 60)
     query = artifacts.images / "owls" / "owls_03.png"
     with running_server(app) as base:
@@ -58,6 +62,10 @@ def test_upload_see_neighbours_click_one_see_new_results(tmp_path, browser):
         assert browser.find_element(By.ID, "predicted-label").text in ("cats", "dogs", "owls")
         first = browser.find_elements(By.CSS_SELECTOR, "#neighbours .neighbour")
         assert len(first) == 8  # the k slider's default
+        # the map shows the store's points and marks where the upload landed: on its own point
+        wait.until(lambda d: d.find_element(By.ID, "map").get_attribute("data-state") in ("placed", "error"))
+        own = coords.loc[coords["path"] == str(query), ["x", "y"]].to_numpy()[0]
+        assert_marked(browser, own, len(coords))
         rows = [int(n.get_attribute("data-row")) for n in first]
         # the upload is a stored image: its own row comes first, with a thumbnail drawn from the server
         wait.until(lambda d: d.execute_script(
@@ -68,5 +76,33 @@ def test_upload_see_neighbours_click_one_see_new_results(tmp_path, browser):
                    and d.find_element(By.ID, "status").get_attribute("data-state") == "done")
         second = [int(n.get_attribute("data-row")) for n in browser.find_elements(By.CSS_SELECTOR, "#neighbours .neighbour")]
         assert len(second) == 8 and clicked not in second and second != rows
+        # the marker moved to the clicked row's own point
+        row_point = coords.loc[coords["row_id"] == clicked, ["x", "y"]].to_numpy()[0]
+        wait.until(lambda d: d.find_element(By.ID, "map").get_attribute("data-state") == "placed"
+                   and abs(float(d.find_element(By.ID, "map").get_attribute("data-query-x")) - row_point[0]) < 1e-3)
+        assert_marked(browser, row_point, len(coords))
         screenshot = tmp_path / "serve-page.png"
         assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 1000
+        browser.execute_script("arguments[0].scrollIntoView()", browser.find_element(By.ID, "map-section"))
+        assert browser.save_screenshot(str(tmp_path / "serve-map.png"))
+
+
+def assert_marked(browser, point, n_points):
+    """The canvas drew every map point and a black marker at the query's place (black is no label's colour)."""
+    from selenium.webdriver.common.by import By
+
+    canvas = browser.find_element(By.ID, "map")
+    assert canvas.get_attribute("data-state") == "placed", browser.find_element(By.ID, "map-note").text
+    assert abs(float(canvas.get_attribute("data-query-x")) - point[0]) < 1e-3
+    assert abs(float(canvas.get_attribute("data-query-y")) - point[1]) < 1e-3
+    px, py = int(canvas.get_attribute("data-query-px")), int(canvas.get_attribute("data-query-py"))
+    pixel = browser.execute_script(
+        "return Array.from(arguments[0].getContext('2d').getImageData(arguments[1], arguments[2], 1, 1).data)",
+        canvas, px, py)
+    assert pixel == [0, 0, 0, 255]
+    coloured = browser.execute_script("""
+        const c = arguments[0], d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] !== d[i + 1] || d[i] !== d[i + 2]) n++;
+        return n;""", canvas)
+    assert coloured > 5 * n_points  # the labelled points are drawn (coloured pixels, not only the marker)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#map-key span")) == 3

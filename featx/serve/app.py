@@ -28,7 +28,7 @@ from starlette.datastructures import UploadFile
 
 from featx.errors import ConfigMismatchError, FeatxError, InputError, IntegrityError, StoreError
 from featx.images import DecodeError
-from featx.options import EmbedRequest, ExtractJobRequest, PredictRequest, SearchRequest, ServeOptions
+from featx.options import EmbedRequest, ExtractJobRequest, PlaceRequest, PredictRequest, SearchRequest, ServeOptions
 from featx.serve.batching import MicroBatcher, QueueFull
 from featx.serve.errors import Forbidden, NotFound, UnsupportedMedia
 from featx.serve.metrics import Metrics
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 PUBLIC_PATHS = ("/", "/favicon.ico")  # the page shell holds no data; its scripts send the token
 PUBLIC_PREFIXES = ("/static/",)
 IMAGE_TYPES_ALLOWED = ("image/", "application/octet-stream")
+MAP_POINTS, MAP_POINTS_MAX = 20_000, 200_000  # points of a map sent to the page by default / at most
 
 
 @dataclass
@@ -176,13 +177,13 @@ def _public(path: str) -> bool:
 
 
 _ROUTES = ("/", "/healthz", "/readyz", "/metrics", "/v1/info", "/v1/predict", "/v1/search", "/v1/embed",
-           "/v1/reload", "/v1/jobs/extract", "/docs", "/openapi.json")
+           "/v1/place", "/v1/reload", "/v1/jobs/extract", "/docs", "/openapi.json")
 
 
 def _route_label(path: str) -> str:
     if path in _ROUTES:
         return path
-    for prefix in ("/v1/thumbnails/", "/v1/jobs/", "/static/"):
+    for prefix in ("/v1/thumbnails/", "/v1/jobs/", "/v1/projections/", "/static/"):
         if path.startswith(prefix):
             return prefix + "*"
     return "other"
@@ -312,10 +313,12 @@ async def _features(state: ServerState, registry: Registry, artifact: str | None
             exc.message = f"{upload.name}: {exc.message}"
             raise
 
-    views = await asyncio.gather(*(decode(i, u) for i, u in enumerate(uploads)))
     import torch
 
-    outputs = await engine.batcher.submit(torch.cat(views), len(uploads))
+    with engine.batcher.expecting(len(uploads)):  # lets a batch being formed wait for these images
+        views = await asyncio.gather(*(decode(i, u) for i, u in enumerate(uploads)))
+        batch = torch.cat(views) if len(views) > 1 else views[0]
+    outputs = await engine.batcher.submit(batch, len(uploads))
     return outputs[layer]
 
 
@@ -369,6 +372,16 @@ def _routes(app: FastAPI, state: ServerState) -> None:
               openapi_extra=_json_or_multipart(SearchRequest))
     async def search(request: Request):
         return await _limited(state, _search(request, state))
+
+    @app.post("/v1/place", summary="Where images (multipart) or store rows / paths (JSON) land on a loaded map",
+              openapi_extra=_json_or_multipart(PlaceRequest))
+    async def place(request: Request):
+        return await _limited(state, _place(request, state))
+
+    @app.get("/v1/projections/{name}", summary="A loaded map's points: coordinates, label and row id each")
+    async def projection_points(name: str, limit: int = MAP_POINTS):
+        loaded = state.registry.projection(name)
+        return await run_in_threadpool(_map_points, loaded, max(1, min(int(limit), MAP_POINTS_MAX)))
 
     @app.post("/v1/embed", summary="Feature vectors, as JSON or .npy",
               openapi_extra=_json_or_multipart(EmbedRequest))
@@ -481,6 +494,45 @@ async def _search(request: Request, state: ServerState) -> dict:
             results.append({"input": name, "neighbours": neighbours})
         return {"index": loaded.name, "store": loaded.store, "metric": index.info["metric"],
                 "generation": registry.generation, "results": results}
+
+
+async def _place(request: Request, state: ServerState) -> dict:
+    """Stored rows that are on the map answer with their own point; anything else is placed by the
+    map's fitted reducer (UMAP / openTSNE transform, PCA) in a worker thread."""
+    body, uploads = await _parse(request, state, PlaceRequest)
+    with state.registry.use() as registry:
+        loaded = registry.projection(body.projection)
+        projection = loaded.projection
+        store = registry.stores[loaded.store]
+        X, names = await _query_vectors(state, registry, loaded.name, body, uploads, store, projection.layer,
+                                        "place")
+        stored = [projection.stored(r) for r in body.rows] if body.rows is not None else [None] * len(names)
+        missing = [i for i, point in enumerate(stored) if point is None]
+        placed = await run_in_threadpool(projection.place, X[missing]) if missing else []
+        for i, point in zip(missing, placed):
+            stored[i] = point
+        return {"projection": loaded.name, "store": loaded.store, "method": projection.info.get("method"),
+                "generation": registry.generation,
+                "results": [{"input": name, "coords": [float(v) for v in point],
+                             "how": "transform" if i in missing else "stored"}
+                            for i, (name, point) in enumerate(zip(names, stored))]}
+
+
+def _map_points(loaded, limit: int) -> dict:
+    """At most `limit` points (a seeded sample of a bigger map, the same on every call)."""
+    coords = loaded.projection.coords
+    total = len(coords)
+    if total > limit:
+        coords = coords.iloc[np.sort(np.random.default_rng(0).choice(total, size=limit, replace=False))]
+    labels = coords["label"].astype(object).where(coords["label"].notna(), None).tolist()
+    names = sorted({str(v) for v in labels if v is not None})
+    index_of = {name: i for i, name in enumerate(names)}
+    axes = [c for c in "xyz" if c in coords]
+    xy = np.round(coords[axes[:2]].to_numpy(np.float64), 5).tolist()
+    return {"projection": loaded.name, "store": loaded.store, "method": loaded.projection.info.get("method"),
+            "labels": names, "columns": ["x", "y", "label", "row_id"], "total": total, "sampled": total > limit,
+            "points": [[x, y, -1 if label is None else index_of[str(label)], int(row)]
+                       for (x, y), label, row in zip(xy, labels, coords["row_id"].tolist())]}
 
 
 async def _embed(request: Request, state: ServerState):

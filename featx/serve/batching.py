@@ -3,13 +3,18 @@
 Requests put their decoded views on a queue and await a future. One task per network collects
 what is waiting — up to `max_batch` images, waiting at most `max_wait_s` for more — and runs the
 forward pass in its own thread, so the event loop never blocks on inference. While a pass runs,
-new requests queue up and form the next batch: under load, batches fill by themselves."""
+new requests queue up and form the next batch: under load, batches fill by themselves.
+
+The wait is only for requests known to be on their way: the app counts the images it is still
+decoding (`expecting`). A lone request, with nothing else decoding, goes straight to the network
+instead of paying `max_wait_s` for company that is not coming."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -45,6 +50,7 @@ class MicroBatcher:
         self.name = name
         self._pending: list[_Pending] = []
         self._queued = 0  # images waiting, not yet in a forward pass
+        self._incoming = 0  # images of requests still decoding: they will be submitted soon
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -54,6 +60,18 @@ class MicroBatcher:
     @property
     def queued(self) -> int:
         return self._queued
+
+    @contextmanager
+    def expecting(self, n: int):
+        """Announce `n` images being decoded for this network, until they are submitted or failed.
+        Used on the event loop only (no lock needed)."""
+        self._incoming += n
+        try:
+            yield
+        finally:
+            self._incoming -= n
+            if self._arrived is not None:
+                self._arrived.set()  # a waiting batch re-checks whether anyone is still coming
 
     @property
     def running(self) -> bool:
@@ -110,7 +128,8 @@ class MicroBatcher:
                 self._arrived.clear()
                 await self._arrived.wait()
             deadline = loop.time() + self.max_wait_s
-            while self._waiting_images() < self.max_batch and (left := deadline - loop.time()) > 0:
+            while (self._incoming and self._waiting_images() < self.max_batch
+                   and (left := deadline - loop.time()) > 0):
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), left)

@@ -74,6 +74,15 @@ class LoadedIndex:
 
 
 @dataclass
+class LoadedProjection:
+    name: str
+    folder: Path
+    projection: object  # featx.placement.Projection
+    engine: str
+    store: str  # name of the store whose rows the map shows
+
+
+@dataclass
 class Registry:
     models: dict[str, LoadedModel]
     indexes: dict[str, LoadedIndex]
@@ -81,6 +90,7 @@ class Registry:
     engines: dict[str, Engine]
     generation: int = 1
     loaded_at: float = field(default_factory=time.time)
+    projections: dict[str, LoadedProjection] = field(default_factory=dict)
     _inflight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -109,8 +119,11 @@ class Registry:
     def store(self, name: str | None):
         return _pick(self.stores, name, "store", "--store NAME=STORE_DIR")
 
+    def projection(self, name: str | None) -> LoadedProjection:
+        return _pick(self.projections, name, "projection", "--projection NAME=PROJECTION_DIR")
+
     def engine_of(self, name: str | None) -> tuple[Engine, str]:
-        """The engine and layer of a model or index (`None`: the only one loaded)."""
+        """The engine and layer of a model, index or projection (`None`: the only model or index loaded)."""
         if name is None:  # fine when every loaded artifact uses the same network and layer
             pairs = {(m.engine, m.model.layer) for m in self.models.values()} | {
                 (i.engine, i.index.info["layer"]) for i in self.indexes.values()}
@@ -125,8 +138,11 @@ class Registry:
         if name in self.indexes:
             loaded = self.indexes[name]
             return self.engines[loaded.engine], loaded.index.info["layer"]
-        raise UnknownArtifact(f"no model or index named '{name}'; loaded: "
-                              f"{', '.join(list(self.models) + list(self.indexes)) or 'none'}")
+        if name in self.projections:
+            loaded = self.projections[name]
+            return self.engines[loaded.engine], loaded.projection.layer
+        raise UnknownArtifact(f"no model, index or projection named '{name}'; loaded: "
+                              f"{', '.join(list(self.models) + list(self.indexes) + list(self.projections)) or 'none'}")
 
     def describe(self) -> dict:
         return {
@@ -140,6 +156,11 @@ class Registry:
                             "ntotal": i.index.info["ntotal"], "extractor": i.index.info["extractor"],
                             "store_config_hash": i.index.info["store_config_hash"], "engine": i.engine}
                         for n, i in self.indexes.items()},
+            "projections": {n: {"folder": str(p.folder), "store": p.store, "method": p.projection.info.get("method"),
+                                "layer": p.projection.layer, "dims": p.projection.info.get("dims"),
+                                "points": len(p.projection.coords), "store_fingerprint":
+                                    p.projection.info.get("store_fingerprint"), "engine": p.engine}
+                            for n, p in self.projections.items()},
             "stores": {n: store_fingerprint(s) for n, s in self.stores.items()},
             "engines": {k: {"backbone": e.extractor.backbone.name, "layers": list(e.layers),
                             "device": str(e.extractor.device)} for k, e in self.engines.items()},
@@ -184,6 +205,7 @@ def load_registry(options: ServeOptions, previous: Registry | None = None) -> Re
     for name, folder in options.indexes.items():
         index = Index.load(folder)
         indexes[name] = (Path(folder), index)
+    projections = {name: _open_projection(name, folder) for name, folder in options.projections.items()}
 
     # every artifact's extractor config, grouped by engine
     wanted: dict[str, dict] = {}
@@ -195,6 +217,10 @@ def load_registry(options: ServeOptions, previous: Registry | None = None) -> Re
         config = dict(index.info["extractor"])
         entry = wanted.setdefault(engine_key(config), {"config": config, "layers": set()})
         entry["layers"].add(index.info["layer"])
+    for _, (_, projection, store) in projections.items():
+        config = dict(store.config)
+        entry = wanted.setdefault(engine_key(config), {"config": config, "layers": set()})
+        entry["layers"].add(projection.layer)
 
     engines: dict[str, Engine] = {}
     for key, entry in wanted.items():
@@ -230,5 +256,37 @@ def load_registry(options: ServeOptions, previous: Registry | None = None) -> Re
             index._store = stores[store_name]
         loaded_indexes[name] = LoadedIndex(name, folder, index, key, store_name)
 
+    loaded_projections = {}
+    for name, (folder, projection, store) in projections.items():
+        key = engine_key(store.config)
+        store_name = by_path.get(Path(store.path).resolve())
+        if store_name is None:
+            store_name = name if name not in stores else f"projection-{name}"
+            stores[store_name] = store
+            by_path[Path(store.path).resolve()] = store_name
+        loaded_projections[name] = LoadedProjection(name, folder, projection, key, store_name)
+
     generation = previous.generation + 1 if previous is not None else 1
-    return Registry(loaded_models, loaded_indexes, stores, engines, generation)
+    return Registry(loaded_models, loaded_indexes, stores, engines, generation, projections=loaded_projections)
+
+
+def _open_projection(name: str, folder: str):
+    """The projection (checksums verified), the store it maps, unchanged since, and a first
+    placement done now: UMAP compiles its transform on first use (seconds), not in a request."""
+    from featx.placement import load_projection
+    from featx.store import FeatureStore
+
+    projection = load_projection(folder)
+    if projection.placer is None:
+        raise StoreError(f"projection '{name}' ({folder}) holds no fitted reducer (made by an older featx), so it "
+                         "cannot place new points; run `featx project` again")
+    info = projection.info
+    store = FeatureStore.open(info["store"])
+    if store.fingerprint != info.get("store_fingerprint"):
+        raise StoreError(f"projection '{name}' ({folder}) was made from store '{store.path}' with fingerprint "
+                         f"{info.get('store_fingerprint')}, which is now {store.fingerprint}; run `featx project` again")
+    layer = store.check_layer(info["layer"])
+    first = int(projection.coords["row_id"].iat[0])
+    projection.stored(first)  # builds the row -> point table now, not on the event loop in a request
+    projection.place(store.gather(layer, np.asarray([first], dtype=np.int64)))
+    return Path(folder), projection, store

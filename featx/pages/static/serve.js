@@ -4,6 +4,10 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { info: null, lastQuery: null, thumbURLs: [], seq: 0 };
+// the feature map: the store's points (x, y, label index, row id) and where the last query landed
+const map = { data: null, query: null, bounds: null };
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+  "#bcbd22", "#17becf"];  // never black: black is the query's marker
 
 function headers(extra) {
   const h = Object.assign({}, extra || {});
@@ -49,6 +53,8 @@ async function loadInfo() {
     state.info = await (await api("v1/info")).json();
     fillSelect($("model"), Object.keys(state.info.models));
     fillSelect($("index"), Object.keys(state.info.indexes));
+    fillSelect($("projection"), Object.keys(state.info.projections || {}));
+    await loadMap();
     setStatus("ready", "ready");
   } catch (e) { showError("cannot read /v1/info: " + e.message); }
 }
@@ -58,6 +64,82 @@ async function thumbnailURL(path) {
   const url = URL.createObjectURL(blob);
   state.thumbURLs.push(url);
   return url;
+}
+
+async function loadMap() {
+  const name = $("projection").value;
+  map.data = map.query = null;
+  $("map-section").hidden = !name;
+  if (!name) return;
+  try {
+    map.data = await (await api("v1/projections/" + encodeURIComponent(name))).json();
+  } catch (e) { $("map-note").textContent = "cannot load the map: " + e.message; return; }
+  const key = $("map-key");
+  key.innerHTML = "";
+  map.data.labels.forEach((label, i) => {
+    const span = document.createElement("span"), dot = document.createElement("i");
+    dot.style.background = PALETTE[i % PALETTE.length];
+    span.append(dot, label);
+    key.appendChild(span);
+  });
+  $("map-note").textContent = map.data.method + " of store " + map.data.store + ", " + map.data.points.length +
+    (map.data.sampled ? " of " + map.data.total : "") + " images";
+  drawMap();
+}
+
+function drawMap() {
+  const canvas = $("map"), ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height, pad = 14;
+  const points = map.data.points;
+  const xs = points.map((p) => p[0]).concat(map.query ? [map.query[0]] : []);
+  const ys = points.map((p) => p[1]).concat(map.query ? [map.query[1]] : []);
+  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  const sx = (x) => pad + (x - x0) / ((x1 - x0) || 1) * (W - 2 * pad);
+  const sy = (y) => H - pad - (y - y0) / ((y1 - y0) || 1) * (H - 2 * pad);
+  map.screen = (p) => [sx(p[0]), sy(p[1])];
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, W, H);
+  const r = Math.max(2, Math.min(5, 600 / Math.sqrt(points.length + 1) / 4));
+  for (const p of points) {
+    ctx.fillStyle = p[2] < 0 ? "#bbb" : PALETTE[p[2] % PALETTE.length];
+    ctx.beginPath(); ctx.arc(sx(p[0]), sy(p[1]), r, 0, 2 * Math.PI); ctx.fill();
+  }
+  if (map.query) {  // a black dot in a black ring, drawn last so no point hides it
+    const [qx, qy] = [sx(map.query[0]), sy(map.query[1])];
+    ctx.strokeStyle = ctx.fillStyle = "#000";
+    ctx.lineWidth = 3;
+    ctx.beginPath(); ctx.arc(qx, qy, 11, 0, 2 * Math.PI); ctx.stroke();
+    ctx.beginPath(); ctx.arc(qx, qy, 4, 0, 2 * Math.PI); ctx.fill();
+    Object.assign(canvas.dataset, { state: "placed", queryX: map.query[0], queryY: map.query[1],
+      queryPx: Math.round(qx), queryPy: Math.round(qy) });
+  } else {
+    canvas.dataset.state = "drawn";
+  }
+}
+
+async function placeQuery(query, seq) {
+  const name = $("projection").value;
+  if (!name || !map.data) return;
+  let request;
+  if (query.file) {
+    const form = new FormData();
+    form.append("files", query.file, query.file.name || "pasted.png");
+    form.append("projection", name);
+    request = { method: "POST", body: form };
+  } else if (query.store === map.data.store) {
+    request = { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ projection: name, rows: [query.row] }) };
+  } else {
+    map.query = null; drawMap(); return;  // a row of another store is not on this map
+  }
+  $("map").dataset.state = "placing";
+  try {
+    const placed = await (await api("v1/place", request)).json();
+    if (seq !== state.seq) return;
+    map.query = placed.results[0].coords;
+    $("map-note").textContent = map.data.method + " of store " + map.data.store + "; query " +
+      (placed.results[0].how === "stored" ? "at its own point" : "placed by the fitted " + placed.method);
+    drawMap();
+  } catch (e) { if (seq === state.seq) { $("map").dataset.state = "error"; $("map-note").textContent = "cannot place the query: " + e.message; } }
 }
 
 function renderPrediction(result, scoreKind) {
@@ -109,6 +191,7 @@ async function run(query) {
   showError("");
   setStatus("working…", "busy");
   const k = $("k").value, model = $("model").value, index = $("index").value;
+  placeQuery(query, seq);  // in parallel: the map does not hold up the class and neighbours
   try {
     let predict = null, search = null;
     if (query.file) {
@@ -157,4 +240,16 @@ document.addEventListener("paste", (e) => {
 $("k").addEventListener("input", () => { $("k-value").textContent = $("k").value; });
 $("k").addEventListener("change", () => { if (state.lastQuery) run(state.lastQuery); });
 $("token").addEventListener("change", loadInfo);
+$("projection").addEventListener("change", () => loadMap().then(() => { if (state.lastQuery) placeQuery(state.lastQuery, state.seq); }));
+$("map").addEventListener("click", (e) => {  // search from the nearest point within 8 px
+  if (!map.data || !map.screen) return;
+  const canvas = $("map"), box = canvas.getBoundingClientRect();
+  const x = (e.clientX - box.left) * canvas.width / box.width, y = (e.clientY - box.top) * canvas.height / box.height;
+  let best = null, bestDistance = 64;
+  for (const p of map.data.points) {
+    const [px, py] = map.screen(p), d = (px - x) ** 2 + (py - y) ** 2;
+    if (d < bestDistance) { bestDistance = d; best = p; }
+  }
+  if (best) queryRow(best[3], map.data.store);
+});
 loadInfo();

@@ -1,0 +1,121 @@
+"""What `featx info` shows, read without pandas, torch or scikit-learn (it answers in well under
+half a second): a finished store's summary from its sealed manifest and its metadata table (read
+with pyarrow), every file's sha256 checked as `FeatureStore.open` does. An unfinished store, one
+with commits not yet folded into its manifest, or one whose manifest lacks a recorded fingerprint,
+goes through `FeatureStore` instead."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from featx.artifacts import RECORD_FILES, artifact_kind, read_record
+from featx.errors import IntegrityError, StoreError
+
+SCHEMA_VERSION = 2  # featx.store.SCHEMA_VERSION; tests prove they are equal
+STORE_FIX = "create one with `featx extract IMAGES -o STORE`"
+
+
+def store_manifest(path: str | Path) -> dict:
+    """The sealed manifest of a store, with the sha256 of its metadata files checked."""
+    from featx.atomic import file_sha256
+
+    path = Path(path)
+    manifest = read_record(path, "manifest.json", "a feature store", STORE_FIX)
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        from featx.store import FeatureStore
+
+        FeatureStore.open(path)  # raises its full explanation of the version mismatch
+    entries = [manifest.get("plan"), manifest.get("meta")] + [s["meta"] for s in manifest["shards"]]
+    for entry in filter(None, entries):
+        file = path / entry["path"]
+        if not file.is_file():
+            raise IntegrityError(f"'{file}' is missing: the store is damaged; re-extract it")
+        actual = file_sha256(file)
+        if actual != entry["sha256"]:
+            raise IntegrityError(f"'{file}' has sha256 {actual}, but manifest.json records {entry['sha256']}: it was "
+                                 "changed or truncated. Re-extract the store")
+    return manifest
+
+
+def store_summary(path: str | Path) -> dict:
+    """`FeatureStore.summary()`, equal value for value."""
+    path = Path(path)
+    manifest = store_manifest(path)
+    pending_log = path / "commits.jsonl"  # commits not yet folded into the manifest: FeatureStore replays them
+    if not (manifest.get("complete") and manifest.get("meta")) or (pending_log.is_file() and pending_log.stat().st_size):
+        from featx.store import FeatureStore
+
+        return FeatureStore.open(path).summary()
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(path / manifest["meta"]["path"]).read()  # read_table would import pandas (via pyarrow.dataset)
+    columns = {name: table.column(name).to_pylist() for name in ("path", "label", "split", "status", "error")}
+    active = table.column("active").to_pylist() if "active" in table.column_names else [True] * table.num_rows
+    keep = [i for i, a in enumerate(active) if a]
+    failed = [i for i in keep if columns["status"][i] != "ok"]
+    config = manifest["config"]
+    return {
+        "path": str(path),
+        "rows": len(keep),
+        "ok": len(keep) - len(failed),
+        "failed": len(failed),
+        "complete": bool(manifest.get("complete")),
+        "backbone": config.get("backbone"),
+        "weights": config.get("weights_id"),
+        "layers": {k: v["shape"] for k, v in manifest["layers"].items()},
+        "pool": config.get("pool"),
+        "fingerprint": manifest.get("fingerprint"),
+        "last_changes": (manifest.get("last_run") or {}).get("line"),
+        "per_class": _counts(columns["label"], keep),
+        "per_split": _counts(columns["split"], keep),
+        "errors": [{"path": columns["path"][i], "status": columns["status"][i], "error": columns["error"][i]}
+                   for i in failed],
+    }
+
+
+def _counts(values: list, rows: list[int]) -> dict:
+    counts = Counter("(none)" if values[i] is None else values[i] for i in rows)
+    return dict(sorted(counts.items()))
+
+
+def store_fingerprint(path: str | Path) -> str | None:
+    manifest = store_manifest(path)
+    pending_log = Path(path) / "commits.jsonl"
+    if manifest.get("fingerprint") and not (pending_log.is_file() and pending_log.stat().st_size):
+        return manifest["fingerprint"]
+    from featx.store import FeatureStore
+
+    return FeatureStore.open(path).fingerprint
+
+
+def describe_artifact(folder: str | Path) -> dict:
+    """What `featx info` shows: a store's summary, or a model's / index's source store, the
+    fingerprint it was built on, and whether that store still matches."""
+    folder = Path(folder)
+    kind = artifact_kind(folder)
+    if kind == "store":
+        return {"kind": "store", **store_summary(folder)}
+    if kind not in ("model", "index"):
+        raise StoreError(f"'{folder}' is not a featx store, model or index (none of "
+                         f"{', '.join(RECORD_FILES[k] for k in ('store', 'model', 'index'))} found); "
+                         "pass a folder made by `featx extract`, `featx train-shallow` or `featx index`")
+    record = read_record(folder, RECORD_FILES[kind], f"a featx {kind}", "rebuild it")
+    if kind == "model":
+        source = record.get("source") or {}
+        store_path, built_on = source.get("store"), source.get("fingerprint")
+        extra = {"classes": record.get("classes"), "layer": record.get("layer"), "metrics": record.get("metrics")}
+    else:
+        store_path, built_on = record.get("store"), record.get("store_fingerprint")
+        extra = {"index": record.get("kind"), "metric": record.get("metric"), "vectors": record.get("ntotal"),
+                 "layer": record.get("layer")}
+    summary = {"kind": kind, "path": str(folder), "source_store": store_path, "built_on_fingerprint": built_on,
+               "backbone": (record.get("extractor") or {}).get("backbone"), **extra}
+    try:
+        current = store_fingerprint(store_path) if store_path else None
+        summary["store_now"] = ("unchanged" if current == built_on else
+                                f"changed (fingerprint now {current}): re-train the model" if kind == "model" else
+                                f"changed (fingerprint now {current}): run `featx index --update {folder}`")
+    except StoreError as exc:
+        summary["store_now"] = f"not available ({exc})"
+    return summary

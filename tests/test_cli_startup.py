@@ -1,0 +1,86 @@
+"""`featx --help` and `featx info` start fast because they import no heavy library: checked by
+what lands in sys.modules (not by timing, which depends on the machine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, make_class_folder
+
+HEAVY = ("torch", "torchvision", "timm", "sklearn", "faiss", "pandas", "umap", "openTSNE", "fastapi")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def heavy_modules_after(code: str) -> list[str]:
+    """Run `code` in a fresh interpreter; the heavy top-level packages it imported."""
+    probe = (f"import sys\n{code}\n"
+             f"print('HEAVY=' + ','.join(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))))")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    line = [line for line in done.stdout.splitlines() if line.startswith("HEAVY=")][-1]
+    return [m for m in line[len("HEAVY="):].split(",") if m]
+
+
+def test_importing_the_cli_pulls_in_no_heavy_library():
+    assert heavy_modules_after("import featx.cli") == []
+
+
+def test_help_pulls_in_no_heavy_library():
+    code = ("import featx.cli\n"
+            "try:\n    featx.cli.app(['--help'], standalone_mode=False)\nexcept SystemExit:\n    pass")
+    assert heavy_modules_after(code) == []
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    from featx.classify import train_shallow
+    from featx.extract import extract
+    from featx.index import build_index
+
+    root = tmp_path_factory.mktemp("startup")
+    images = make_class_folder(root / "images", per_class=4)
+    (images / "cats" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # a failed row in the summary
+    store = extract(images, root / "store", **TINY)
+    train_shallow(store, classifier="logreg", cv=2, learning_curve=False, out=root / "model")
+    build_index(store, kind="flat").save(root / "index")
+    return root
+
+
+@pytest.mark.parametrize("kind", ["store", "model", "index"])
+def test_info_pulls_in_no_heavy_library(artifacts, kind):
+    code = ("import featx.cli\n"
+            f"featx.cli.app(['info', {str(artifacts / kind)!r}, '--json'], standalone_mode=False)")
+    assert heavy_modules_after(code) == []
+
+
+def test_lean_store_summary_equals_the_feature_store_summary(artifacts):
+    from featx.info import SCHEMA_VERSION, store_summary
+    from featx.store import SCHEMA_VERSION as STORE_SCHEMA_VERSION
+    from featx.store import FeatureStore
+
+    assert SCHEMA_VERSION == STORE_SCHEMA_VERSION
+    full = FeatureStore.open(artifacts / "store").summary()
+    lean = store_summary(artifacts / "store")
+    assert full["failed"] == 1 and full["errors"][0]["path"].endswith("broken.png")
+    assert json.loads(json.dumps(lean)) == json.loads(json.dumps(full))
+
+
+def test_info_refuses_a_changed_metadata_file(artifacts, tmp_path):
+    import shutil
+
+    from featx.errors import IntegrityError
+    from featx.info import describe_artifact
+
+    copy = tmp_path / "store"
+    shutil.copytree(artifacts / "store", copy)
+    meta = copy / "meta.parquet"
+    meta.write_bytes(meta.read_bytes() + b"x")
+    with pytest.raises(IntegrityError, match="meta.parquet.*sha256"):
+        describe_artifact(copy)
