@@ -379,7 +379,8 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = None,
         if learning_curve:
             chosen = getattr(fitted, "best_params_", {})
             curve = _learning_curve(lambda n, per_class: pipeline_for(reduce, n, per_class).set_params(**chosen),
-                                    X_train, y_train, g_train, X_eval, y_eval, seed)
+                                    X_train, y_train, g_train, X_eval, y_eval, seed,
+                                    all_rows_accuracy=None if X_eval is None else metrics["accuracy"])
 
     final = _final_pipeline(fitted)
     report = {
@@ -475,9 +476,12 @@ def _summarise_warnings(caught) -> list[dict]:
     return [{"category": c, "message": m, "count": n} for (c, m), n in counts.items()]
 
 
-def _learning_curve(make_pipeline, X_train, y_train, g_train, X_eval, y_eval, seed: int) -> list[dict]:
+def _learning_curve(make_pipeline, X_train, y_train, g_train, X_eval, y_eval, seed: int,
+                    all_rows_accuracy: float | None = None) -> list[dict]:
     """Held-out accuracy against training images per class (1, 2, 5, 10, …), at the chosen strength.
-    Large sets repeat each point fewer times: the curve's job is the shape, not the fourth decimal."""
+    Large sets repeat each point fewer times: the curve's job is the shape, not the fourth decimal.
+    `all_rows_accuracy`: the final model's score on these held-out rows; a point that would train
+    on every training row again takes it instead of refitting (the largest fit of the curve)."""
     if X_eval is None:  # no held-out rows: the first (group-)stratified fold is the held-out part
         splitter, _ = cv_splitter(5, y_train, g_train, seed)
         train_idx, eval_idx = next(splitter.split(X_train, y_train, g_train))
@@ -497,6 +501,8 @@ def _learning_curve(make_pipeline, X_train, y_train, g_train, X_eval, y_eval, se
 
     def score(draw):
         n, chosen = draw
+        if all_rows_accuracy is not None and len(chosen) == len(y_train):
+            return all_rows_accuracy
         try:
             pipeline = make_pipeline(len(chosen), n)
             pipeline.fit(X_train[chosen], y_train[chosen])

@@ -236,7 +236,7 @@ def test_cli_audit(planted, tmp_path):
     assert "Label issues" in result.output and "enough data?" in result.output
     assert (tmp_path / "a" / "manifest.csv").is_file()
     bad = runner.invoke(app, ["audit", str(store.path), "-o", str(tmp_path / "b"), "--classifier", "forest"])
-    assert bad.exit_code == 2 and "allowed: logreg, linear-svm" in bad.output
+    assert bad.exit_code == 2 and "'forest' is not one of" in bad.output and "'logreg', 'linear-svm'" in bad.output
 
 
 def test_recipe_audit_step_and_report_section(tmp_path):

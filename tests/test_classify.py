@@ -293,3 +293,14 @@ def test_outer_folds_on_threads_give_the_same_report_twice(blob_store):
     second = train_shallow(blob_store, cv=3, learning_curve=False).report
     assert first["tuning"]["chosen_per_outer_fold"] == second["tuning"]["chosen_per_outer_fold"]
     assert first["fold_scores"] == second["fold_scores"] and first["accuracy"] == second["accuracy"]
+
+
+def test_held_out_learning_curve_ends_at_the_headline_score(tmp_path):
+    """The curve's last point trains on every training row: it is the final model's held-out score."""
+    X, y = blobs(n_per_class=24, classes=3, spread=6.0)
+    splits = ["val" if i % 3 == 0 else "train" for i in range(len(X))]  # 16 train / 8 val per class
+    report = train_shallow(make_feature_store(tmp_path / "s", X, y, splits)).report
+    curve = report["learning_curve"]
+    assert [p["per_class"] for p in curve] == [1, 2, 5, 10, 16]
+    assert curve[-1]["accuracy"] == report["accuracy"] and curve[-1]["repeats"] == 1
+    assert all(p["repeats"] == 5 for p in curve if p["per_class"] <= 5)
