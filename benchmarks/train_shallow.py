@@ -8,6 +8,10 @@ A case is a classifier (fixed strength, no tuning: one fit, then plain K-fold CV
 linear-svm (`pca:64`), or `featx:CLASSIFIER` — the whole `featx.train_shallow` call as a user runs
 it, with its defaults: strength tuned by inner CV inside each of the 5 outer folds, a final tuned
 fit, validation and learning curves, report PNGs (`featx:default` is the default classifier).
+`store:PATH` runs the same defaults on a real store's features (its train/val split if it has one,
+else nested CV), e.g. the Fashion-MNIST store `benchmarks/accuracy.py` caches (10,000 train rows):
+
+    python benchmarks/train_shallow.py --only store:runs/accuracy/fmnist-1000-all/store
 For featx cases `fit s` is the whole call's wall-clock time, `CV s` is empty, and the CPU seconds
 (user + system, all threads) are printed too: on a shared machine they show the work done, which the
 wall clock does not.
@@ -39,6 +43,17 @@ centers = rng.normal(0, 1, (10, dim)).astype(np.float32)
 y = rng.integers(0, 10, n)
 X = np.maximum(centers[y] + rng.normal(0, 2.0, (n, dim)).astype(np.float32), 0)  # ReLU-like, overlapping
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if case.startswith("store:"):  # real features: the user's call with its defaults on a stored data set
+    import featx
+    store = featx.FeatureStore.open(case.split(":", 1)[1])
+    cpu = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+    t = time.perf_counter(); model = featx.train_shallow(store); fit_s = time.perf_counter() - t
+    cpu_s = sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - cpu
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"case": case, "fit_s": fit_s, "cv_s": float("nan"), "cv_accuracy": model.report["accuracy"],
+                      "chosen": model.report["tuning"].get("chosen"), "cpu_s": cpu_s,
+                      "extra_mb": (peak - baseline) / 1024, "peak_mb": peak / 1024}))
+    sys.exit(0)
 if case.startswith("featx:"):  # the user's call, defaults and all, on a store holding the features
     import tempfile
     from pathlib import Path
