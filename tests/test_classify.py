@@ -304,3 +304,64 @@ def test_held_out_learning_curve_ends_at_the_headline_score(tmp_path):
     assert [p["per_class"] for p in curve] == [1, 2, 5, 10, 16]
     assert curve[-1]["accuracy"] == report["accuracy"] and curve[-1]["repeats"] == 1
     assert all(p["repeats"] == 5 for p in curve if p["per_class"] <= 5)
+
+
+def _scripted(script: dict, full_rows: int | None = None):
+    """A nearest-centroid classifier whose behaviour per C is scripted: 'noisy' uses only the first
+    feature, 'constant' answers the first class, 'good' uses every feature; with `full_rows`, C = 1e-6
+    answers one class when fitted on that many rows (a refit that cannot reproduce its inner fits)."""
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    class Scripted(ClassifierMixin, BaseEstimator):
+        def __init__(self, C=1.0):
+            self.C = C
+
+        def fit(self, X, y):
+            self.classes_ = np.unique(y)
+            mode = script[self.C]
+            if full_rows is not None and self.C == 1e-6 and len(y) >= full_rows:
+                mode = "constant"
+            self.mode_ = mode
+            cols = slice(0, 1) if mode == "noisy" else slice(None)
+            self.cols_ = cols
+            self.centroids_ = np.stack([X[y == c][:, cols].mean(0) for c in self.classes_])
+            return self
+
+        def predict(self, X):
+            if self.mode_ == "constant":
+                return np.full(len(X), self.classes_[0])
+            d = ((X[:, self.cols_][:, None, :] - self.centroids_[None]) ** 2).sum(-1)
+            return self.classes_[d.argmin(1)]
+
+    return Scripted()
+
+
+def _tuned(estimator, grid):
+    from sklearn.pipeline import Pipeline
+
+    from featx.learn.tune import TunedPipeline
+
+    return TunedPipeline(pipeline=Pipeline([("classify", estimator)]), param="classify__C", grid=grid,
+                         stop_early=True, cv=3)
+
+
+def test_walk_goes_on_past_models_that_answer_one_class():
+    """Points whose training score sits at chance (too strongly regularised) are no evidence that
+    the peak is passed: the walk continues to the real peak beyond them."""
+    X, y = blobs(n_per_class=30, classes=2, dim=8, spread=1.0, seed=4)
+    grid = (1e-6, 1e-5, 1e-4, 1e-3)
+    script = {1e-6: "noisy", 1e-5: "constant", 1e-4: "constant", 1e-3: "good"}
+    fitted = _tuned(_scripted(script), grid).fit(X, y)
+    walked = [p["value"] for p in fitted.curve_ if not p["skipped"]]
+    assert walked == list(grid)
+    assert fitted.best_value_ == 1e-3
+
+
+def test_a_refit_that_cannot_reproduce_its_inner_fits_is_replaced_by_the_next_best():
+    X, y = blobs(n_per_class=30, classes=2, dim=8, spread=1.0, seed=4)
+    grid = (1e-6, 1e-3)
+    script = {1e-6: "good", 1e-3: "good"}  # a tie: the stronger regularisation would win
+    with pytest.warns(UserWarning, match=r"C=1e-06 scored .* its refit on all rows fits them much worse"):
+        fitted = _tuned(_scripted(script, full_rows=len(y)), grid).fit(X, y)
+    assert fitted.best_value_ == 1e-3 and fitted.pipeline_[-1].mode_ == "good"
+    assert [r["value"] for r in fitted.refit_rejected_] == [1e-6]

@@ -48,12 +48,13 @@ class Strength:
 # grids run from the strongest regularisation to the weakest. C over 1e-6…1e2 for linear models: on ~1,000-d features and a few thousand rows the best C is
 # often 1e-4…1e-2, far below the libraries' default of 1
 STRENGTHS = {
-    # a 10× looser tolerance while walking changes no CV score by more than its noise and saves
-    # a quarter of liblinear's iterations
+    # a 10× looser tolerance while walking changes no CV score by more than its noise and saves a
+    # quarter of liblinear's iterations (not for lbfgs: stopped early at a tiny C, its intercept has
+    # not converged yet and the inner scores flatter a model whose refit answers one class)
     "linear-svm": Strength("classify__C", tuple(float(c) for c in np.logspace(-6, 2, 9)), 1.0, "C", stop_early=True,
                            walk_tol=1e-3),
     "logreg": Strength("classify__C", tuple(float(c) for c in np.logspace(-6, 2, 9)), 1.0, "C", warm_start=True,
-                       stop_early=True, walk_tol=1e-3),
+                       stop_early=True),
     "rbf-svm": Strength("classify__C", (0.1, 1.0, 10.0, 100.0, 1000.0), 1.0, "C", stop_early=True),
     "knn": Strength("classify__n_neighbors", (51, 25, 15, 9, 5, 3, 1), 5, "k (neighbours)"),
     "tree": Strength("classify__min_samples_leaf", (64, 32, 16, 8, 4, 2, 1), 1, "min samples per leaf"),
@@ -157,10 +158,31 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
         if best is None:
             raise InputError(f"every point of the tuning grid failed: {self.failures_[:3]}")
         combo, top, self.curve_ = best
+        self.refit_rejected_ = []
+        # the refit on every row must behave like the inner fits did: a model that fell to a
+        # constant answer (e.g. logistic regression at a tiny C, where the intercept outweighs
+        # every feature) would carry an inner-CV score it cannot reproduce; then the next best point
+        candidates = sorted((p for p in self.curve_ if p["cv_mean"] is not None and np.isfinite(p["cv_mean"])),
+                            key=lambda p: -p["cv_mean"])
+        look = np.sort(np.random.default_rng(self.seed).choice(len(y), min(len(y), 2000), replace=False))
+        tried = []
+        for top in candidates[:3]:
+            params = {**combo, self.param: top["value"]}
+            pipeline = clone(self.pipeline).set_params(**params).fit(X, y)
+            tried.append((top, params, pipeline))
+            refit_train = balanced_accuracy_score(y[look], pipeline.predict(X[look]))
+            if top["train_mean"] is None or refit_train >= top["train_mean"] - 0.1:
+                break
+            self.refit_rejected_.append({"value": top["value"], "inner_train": top["train_mean"], "refit_train": refit_train})
+            warnings.warn(f"tuning: {self.param.split('__')[-1]}={top['value']:g} scored {top['cv_mean']:.3f} in inner CV "
+                          f"but its refit on all rows fits them much worse ({refit_train:.3f} vs {top['train_mean']:.3f}); "
+                          "using the next best value")
+        else:  # none reproduced its inner fits: keep the best-scored one, with the warnings above
+            top, params, pipeline = tried[0]
         self.best_value_ = top["value"]
-        self.best_params_ = {**combo, self.param: top["value"]}
+        self.best_params_ = params
         self.best_score_ = top["cv_mean"]
-        self.pipeline_ = clone(self.pipeline).set_params(**self.best_params_).fit(X, y)
+        self.pipeline_ = pipeline
         self.classes_ = self.pipeline_.classes_
         return self
 
@@ -178,7 +200,8 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
             look = np.arange(len(yt)) if len(yt) <= 2000 else np.random.default_rng(self.seed).choice(len(yt), 2000, False)
             prepared.append((Xt, yt, Xv, y[valid], model, look))
         key = self.param.split("__", 1)[1]
-        curve, best, best_error, stale = [], -np.inf, 0.0, 0
+        curve, best, best_error, stale, last_train = [], -np.inf, 0.0, 0, -np.inf
+        chance = 1 / len(np.unique(y))  # the balanced accuracy of a constant answer
         for value in self.grid:
             if self.stop_early and stale >= self.patience:
                 curve.append({"value": value, "train_mean": None, "train_std": None, "cv_mean": None,
@@ -192,12 +215,21 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
             curve.append(point)
             score = point["cv_mean"] if point["cv_mean"] is not None else -np.inf
             saturated = point["train_mean"] is not None and point["train_mean"] >= 0.999
+            # a training score at chance is a model that answers one class (too strongly
+            # regularised): no evidence about the peak, walk on
+            underfit = point["train_mean"] is not None and point["train_mean"] <= chance + 0.02
+            rising = point["train_mean"] is not None and point["train_mean"] > last_train
+            if point["train_mean"] is not None and not underfit:
+                last_train = point["train_mean"]
             if score > best + 0.002:
                 best, stale = score, 0
                 best_error = (point["cv_std"] or 0.0) / np.sqrt(len(prepared))  # standard error of the best mean
-            elif score < best - max(0.01, 2 * best_error):
-                # clearly past the peak (beyond the best point's noise): the weakly regularised
-                # points left are the slowest to fit and cannot come back on a single-peaked curve
+            elif underfit:
+                pass
+            elif score < best - max(0.01, 2 * best_error) and rising:
+                # clearly past the peak (beyond the best point's noise) while the training score
+                # still rises: overfitting, which weaker regularisation only worsens, and the
+                # weak end is the slowest to fit
                 stale = self.patience
             elif score < best - 0.005 or saturated:
                 # past the peak, or the model already fits its training rows perfectly and weaker
