@@ -44,6 +44,22 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def wait_until_ready(base: str, server: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll /readyz until the service answers 200; exit with its stderr if it dies or never does."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline or server.poll() is not None:
+            raise SystemExit(f"the server did not start: {server.stderr.read().decode()[-2000:]}")
+        time.sleep(0.5)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -209,16 +225,7 @@ def main() -> None:
         try:
             import httpx
 
-            deadline = time.time() + 300
-            while True:
-                try:
-                    if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit(f"the server did not start: {server.stderr.read().decode()[-2000:]}")
-                time.sleep(0.5)
+            wait_until_ready(base, server)
             asyncio.run(run_level(base, blobs[:4], 1, 3))  # warm-up
             rss_start = rss_mb(server.pid)
             levels = []

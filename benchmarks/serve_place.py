@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,13 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from serve_load import free_port, wait_until_ready  # benchmarks/serve_load.py
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -60,16 +55,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     rows, latencies = [], []
     try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise SystemExit(f"the server did not start: {server.stderr.read().decode()[-2000:]}")
-            time.sleep(0.5)
+        wait_until_ready(base, server)
         with httpx.Client(base_url=base, timeout=120) as http:
             for i in chosen:
                 data = Path(coords["path"].iat[i]).read_bytes()

@@ -43,42 +43,39 @@ centers = rng.normal(0, 1, (10, dim)).astype(np.float32)
 y = rng.integers(0, 10, n)
 X = np.maximum(centers[y] + rng.normal(0, 2.0, (n, dim)).astype(np.float32), 0)  # ReLU-like, overlapping
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if case.startswith("store:"):  # real features: the user's call with its defaults on a stored data set
+
+
+def timed_train_shallow(store, **options):  # the user's call: wall and CPU s (all threads), accuracy, peak; exits
     import featx
-    store = featx.FeatureStore.open(case.split(":", 1)[1])
     cpu = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
-    t = time.perf_counter(); model = featx.train_shallow(store); fit_s = time.perf_counter() - t
+    t = time.perf_counter(); model = featx.train_shallow(store, **options); fit_s = time.perf_counter() - t
     cpu_s = sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"case": case, "fit_s": fit_s, "cv_s": float("nan"), "cv_accuracy": model.report["accuracy"],
                       "chosen": model.report["tuning"].get("chosen"), "cpu_s": cpu_s,
                       "extra_mb": (peak - baseline) / 1024, "peak_mb": peak / 1024}))
     sys.exit(0)
+
+
+if case.startswith("store:"):  # real features: the defaults on a stored data set (its split, else nested CV)
+    from featx.store import FeatureStore
+    timed_train_shallow(FeatureStore.open(case.split(":", 1)[1]))
 if case.startswith("featx:"):  # the user's call, defaults and all, on a store holding the features
-    import tempfile
+    import atexit, shutil, tempfile
     from pathlib import Path
-    import featx
     from featx.images import ImageRecord
     from featx.store import StoreWriter
     config = {"backbone": "synthetic", "weights_id": "none", "weights_sha256": None, "layers": ["vec"],
               "pool": "avg", "preprocess": {}, "tta": 1, "dtype": "float32"}
-    with tempfile.TemporaryDirectory() as tmp:
-        writer = StoreWriter(Path(tmp) / "store", config)
-        work = writer.prepare([ImageRecord(f"/synthetic/{i:05d}.png", f"c{y[i]}", None) for i in range(n)])
-        meta = work.plan.copy()
-        meta["sha256"], meta["status"], meta["error"] = [f"{i:064x}" for i in range(n)], "ok", None
-        writer.commit_shard(0, {"vec": X}, meta)
-        store = writer.finalize(n)
-        name = case.split(":", 1)[1]
-        chosen = {} if name == "default" else {"classifier": name}
-        cpu = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
-        t = time.perf_counter(); model = featx.train_shallow(store, cv=folds, **chosen); fit_s = time.perf_counter() - t
-        cpu_s = sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - cpu
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"case": case, "fit_s": fit_s, "cv_s": float("nan"), "cv_accuracy": model.report["accuracy"],
-                      "chosen": model.report["tuning"].get("chosen"), "cpu_s": cpu_s,
-                      "extra_mb": (peak - baseline) / 1024, "peak_mb": peak / 1024}))
-    sys.exit(0)
+    tmp = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, tmp, True)  # the child exits inside timed_train_shallow
+    writer = StoreWriter(Path(tmp) / "store", config)
+    work = writer.prepare([ImageRecord(f"/synthetic/{i:05d}.png", f"c{y[i]}", None) for i in range(n)])
+    meta = work.plan.copy()
+    meta["sha256"], meta["status"], meta["error"] = [f"{i:064x}" for i in range(n)], "ok", None
+    writer.commit_shard(0, {"vec": X}, meta)
+    name = case.split(":", 1)[1]
+    timed_train_shallow(writer.finalize(n), cv=folds, **({} if name == "default" else {"classifier": name}))
 classifier, reduce = (case, "none") if ":" not in case else ("linear-svm", case)
 make = lambda: build_pipeline(classifier=classifier, reduce=reduce, n_samples=n, n_features=dim, smallest_class=n // 20)
 t = time.perf_counter(); make().fit(X, y); fit_s = time.perf_counter() - t

@@ -6,8 +6,8 @@ Speed comes from: the preprocessing (z-score, PCA, SMOTE) is fitted once per inn
 fold, not once per grid point; the grid is walked as a regularisation path, strongest first, with
 warm starts where the estimator has them (LogisticRegression and HistGradientBoosting continue
 from the previous point's solution, as LogisticRegressionCV does), and the walk stops once the CV
-score has fallen (or stayed flat while the training rows are already fitted perfectly) for `patience`
-points in a row, or at once when it fell clearly beyond the best point's noise (the weakly
+score has fallen for `patience` points in a row, or at once when it fell clearly beyond the best
+point's noise or the training rows are already fitted perfectly without a gain (the weakly
 regularised end is the slow one); linear solvers walk with a 10× looser tolerance; the inner folds
 run on threads; and
 the curve is measured on a stratified subsample of at most `max_rows` rows (the final refit
@@ -226,14 +226,13 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
                 best_error = (point["cv_std"] or 0.0) / np.sqrt(len(prepared))  # standard error of the best mean
             elif underfit:
                 pass
-            elif score < best - max(0.01, 2 * best_error) and rising:
+            elif (score < best - max(0.01, 2 * best_error) and rising) or saturated:
                 # clearly past the peak (beyond the best point's noise) while the training score
-                # still rises: overfitting, which weaker regularisation only worsens, and the
-                # weak end is the slowest to fit
+                # still rises: overfitting, which weaker regularisation only worsens; or the model
+                # already fits its training rows perfectly without gaining, and weaker
+                # regularisation barely moves a separating solution. The weak end is the slowest to fit.
                 stale = self.patience
-            elif score < best - 0.005 or saturated:
-                # past the peak, or the model already fits its training rows perfectly and weaker
-                # regularisation brings no gain (and the weak end is the slow one)
+            elif score < best - 0.005:  # past the peak, maybe by noise: one more point decides
                 best, stale = max(best, score), stale + 1
             # else: a plateau the model can still climb from (e.g. chance level at the strong end)
         return curve
