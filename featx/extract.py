@@ -161,18 +161,24 @@ class Extractor:
         if len(set(self.layers)) != len(self.layers):
             raise InputError(f"--layer given twice: {self.layers}")
         self.pool_name = pool
+        identity = f"{self.backbone.weights_id}|{self.backbone.weights_sha256}"
         self.tap = LayerTap(self.backbone.model, self.layers, model, addressable,
-                            image_size=self.backbone.preprocess.crop_size).eval()
+                            image_size=self.backbone.preprocess.crop_size, identity=identity).eval()
         self.pooled_dims = self._probe_dims()
         self.tap = self.tap.to(self.device, memory_format=torch.channels_last)
         self.weights_source = weights
 
     @torch.inference_mode()
     def _probe_dims(self) -> dict[str, int]:
-        """One dummy forward pass: each layer's output format (channels-first or -last), the
-        pooling checked against each layer's shape, and the length of each layer's vector."""
+        """Each layer's output format (channels-first or -last), the pooling checked against each
+        layer's shape, and the length of each layer's vector: from the shapes the lean-graph check
+        saw (no extra forward pass), else from one dummy forward pass."""
         size = self.backbone.preprocess.crop_size
-        outputs = self.tap(torch.zeros(1, 3, size, size))
+        shapes = self.tap.probe_shapes
+        if shapes is not None and all(layer in shapes for layer in self.layers):
+            outputs = {layer: torch.zeros((1, *shapes[layer])) for layer in self.layers}
+        else:
+            outputs = self.tap(torch.zeros(1, 3, size, size))
         self.layer_formats = output_formats(self.tap, {l: outputs[l] for l in self.layers}, size)
         dims = {}
         for layer in self.layers:
