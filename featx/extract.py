@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from featx.backbones import DEFAULT_BACKBONE, Preprocess, load_backbone
 from featx.backbones.preprocess import check_resize
+from featx.device_views import batched_views
 from featx.errors import InputError, WeightsError
 from featx.images import DecodeError, decode_image, read_bytes, scan_inputs
 from featx.layers import LayerTap, addressable_layers, default_layer, output_formats
@@ -34,7 +35,9 @@ DTYPES = ("float32", "float16")
 SHARD_BYTES = 256 << 20  # a shard holds at most this much feature data per layer
 # bump when the pixels fed to the network change for the same settings: old stores are then refused.
 # /2: JPEG draft scale for every resize mode, Pillow reduce-then-resample, 16-bit stretched by its own range
-PREPROCESS_IMPLEMENTATION = {"pil": "pil-draft-reduce/2", "torch": "torchvision-decode-resize/2"}
+# pil /3: the draft scale keeps 1.5x the view (DRAFT_MARGIN); the letterbox is sized from the full image
+# torch /3: the kept region is cut out before resizing, and equal-size regions are resized in one call
+PREPROCESS_IMPLEMENTATION = {"pil": "pil-draft-reduce/3", "torch": "torchvision-decode-resize/3"}
 DECODERS = ("auto", "pil", "torch")
 
 
@@ -264,12 +267,16 @@ class Extractor:
         items, jpegs = batch["items"], batch["jpeg"]
         positions = [k for k, blob in enumerate(jpegs) if blob is not None]
         decoded = decode_on(self.device, [jpegs[k] for k in positions])
-        on_device = {}
+        good = []
         for k, image in zip(positions, decoded):
             if isinstance(image, DecodeError):
                 items[k]["status"], items[k]["error"] = image.code, image.message
             else:
-                on_device[k] = image_views(image, self.backbone.preprocess, self.tta)
+                good.append((k, image))
+        on_device = {}
+        if good:  # resized in batches of equal-size regions, not image by image
+            views = batched_views([image for _, image in good], self.backbone.preprocess, self.tta)
+            on_device = {k: views[j * self.tta:(j + 1) * self.tta] for j, (k, _) in enumerate(good)}
         worker_views = batch["views"].to(self.device) if batch["views"] is not None else None
         merged, taken = [], 0
         for k, item in enumerate(items):
