@@ -111,6 +111,8 @@ def extract_cmd(
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster: auto, ray://HOST:PORT; default: a local one."),
     num_gpus_per_worker: Optional[float] = typer.Option(None, help="GPUs per Ray actor (default: CPU actors)."),
     cpus_per_worker: Optional[float] = typer.Option(None, help="CPUs per Ray actor (default: min(4, cluster CPUs))."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the network (needs a C++ compiler on a CPU): "
+                                 "~1.3x faster after tens of seconds of compiling; pays on thousands of images"),
 ):
     """Extract features of images into a resumable feature store."""
     from featx.extract import extract
@@ -119,7 +121,7 @@ def extract_cmd(
                     tta=tta, batch_size=batch_size, workers=workers, device=device, amp=amp, dtype=dtype,
                     shard_size=shard_size, overwrite=overwrite, append=append, frozen=frozen, decode=decode,
                     resize=resize, engine=engine, ray_address=ray_address,
-                    num_gpus_per_worker=num_gpus_per_worker, cpus_per_worker=cpus_per_worker)
+                    num_gpus_per_worker=num_gpus_per_worker, cpus_per_worker=cpus_per_worker, compile=compile)
     console.print(f"inputs vs store: {store.manifest['last_run']['line']}", highlight=False)
     _print_summary(store.summary(), brief=True)
 

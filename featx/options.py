@@ -50,6 +50,7 @@ class ExtractOptions(_Strict):
     ray_address: Optional[str] = Field(None, description="Ray cluster: auto or ray://HOST:PORT (engine ray)")
     num_gpus_per_worker: Optional[float] = Field(None, ge=0, description="GPUs per Ray actor (engine ray)")
     cpus_per_worker: Optional[float] = Field(None, gt=0, description="CPUs per Ray actor (engine ray)")
+    compile: bool = Field(False, description="torch.compile the network: faster on long runs, tens of seconds to start")
 
 
 class ExtractJobRequest(_Strict):

@@ -74,3 +74,24 @@ def test_extracting_with_a_torchvision_model_imports_neither_sklearn_nor_timm(tm
                           env={"PYTHONPATH": str(REPO), "FEATX_CACHE_DIR": str(tmp_path / "cache"), "PATH": ""})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_compile_is_refused_with_the_ray_engine(tmp_path):
+    from featx.errors import InputError
+    from featx.extract import extract
+
+    with pytest.raises(InputError, match="--compile works with --engine local only"):
+        extract(make_class_folder(tmp_path / "images", per_class=1), tmp_path / "store", engine="ray",
+                compile=True, progress=False)
+
+
+@pytest.mark.slow
+def test_compiled_network_gives_the_same_features_with_a_short_last_batch(tmp_path):
+    paths = sorted(str(p) for p in make_class_folder(tmp_path / "images", per_class=4).rglob("*.png"))[:7]
+    options = OPTIONS | {"batch_size": 4}  # 7 images: the last batch of 3 is padded to the compiled 4
+    plain = Extractor("resnet18", **options).features_of(paths)[0]
+    compiled_extractor = Extractor("resnet18", **options, compile=True)
+    compiled = compiled_extractor.features_of(paths)[0]
+    for layer, vectors in plain.items():
+        assert vectors.shape == compiled[layer].shape == (7, 512)
+        np.testing.assert_allclose(compiled[layer], vectors, rtol=1e-4, atol=1e-4 * np.abs(vectors).max())
