@@ -47,6 +47,9 @@ def batched_views(images: list[torch.Tensor], pre: Preprocess, tta: int = 1) -> 
     for members in groups.values():
         resized = _resample_group([images[i] for i in members], [plans[i] for i in members], pre.interpolation)
         height, width = plans[members[0]].size
+        if (height, width) == (c, c):  # crop and full fill the whole view: one copy for the group
+            out.index_copy_(0, torch.tensor(members, device=device), resized)
+            continue
         for k, i in enumerate(members):
             top, left = plans[i].place
             out[i, :, top:top + height, left:left + width] = resized[k]
