@@ -231,6 +231,8 @@ def main() -> None:
     parser.add_argument("--large-images", type=int, default=None, help="12 MP JPEGs per run (default 240; quick 48)")
     parser.add_argument("--sets", default="small,large", help="small,large or one of them")
     parser.add_argument("--no-cli", action="store_true", help="skip the API and CLI runs")
+    parser.add_argument("--end-to-end-rounds", type=int, default=1,
+                        help="repeat featx / API / CLI interleaved this many times; medians are reported")
     parser.add_argument("--layers", action="store_true", help="also sweep tapped/native over 6 layers per model")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="default: featx's own plan for this machine")
@@ -278,9 +280,17 @@ def main() -> None:
                 limit = 1 / (1 / native + decode / cores)
             else:
                 limit = min(native, (1 / decode) * (1 if extractor.decode == "torch" else plan.processes))
-            featx = in_process(extractor, paths)
-            by_api = float("nan") if args.no_cli else api(folder, model, weights, args, len(paths))
-            by_cli = float("nan") if args.no_cli else cli(folder, model, weights, args, len(paths))
+            # featx, API and CLI in interleaved rounds, medians reported: on a shared machine the load
+            # changes within minutes, and a single run of each compares different machines
+            rounds_run = []
+            for _ in range(args.end_to_end_rounds):
+                rounds_run.append((in_process(extractor, paths),
+                                   float("nan") if args.no_cli else api(folder, model, weights, args, len(paths)),
+                                   float("nan") if args.no_cli else cli(folder, model, weights, args, len(paths))))
+            featx, by_api, by_cli = (statistics.median(r[k] for r in rounds_run) for k in range(3))
+            if args.end_to_end_rounds > 1:
+                print("    rounds (featx, API, CLI img/s): " + "; ".join(", ".join(f"{v:.1f}" for v in r) for r in rounds_run)
+                      + f"; CLI/featx per round: {', '.join(f'{r[2] / r[0]:.2f}' for r in rounds_run)}", flush=True)
             print(f"{model:<20}{name:<7}{native:>8.1f}{tapped:>8.1f}{tapped / native:>8.2f}{decode * 1000:>8.2f}"
                   f"{limit:>8.1f}{featx:>8.1f}{featx / limit:>8.2f}{by_api:>8.1f}{by_cli:>8.1f}{by_cli / featx:>7.2f}"
                   f"{by_cli / by_api:>8.2f}", flush=True)
