@@ -72,13 +72,18 @@ def large_jpegs(cache: Path, distinct: int) -> list[Path]:
 
 
 def linked(folder: Path, files: list[Path], count: int) -> list[str]:
-    """`count` files named distinctly, linking to `files` round-robin (distinct paths, no copies)."""
+    """`count` distinct files taking `files` round-robin: hard links where the filesystem allows,
+    else copies. Not symbolic links: featx resolves those, so a store (the API and CLI runs) would
+    see each source file once and extract fewer images than the in-process run."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
         link = folder / f"{i:06d}.jpg"
         if not link.exists():
-            link.symlink_to(files[i % len(files)])
+            try:
+                os.link(files[i % len(files)], link)
+            except OSError:  # another filesystem
+                shutil.copyfile(files[i % len(files)], link)
         paths.append(str(link))
     return paths
 
@@ -159,12 +164,15 @@ def api(folder: Path, model: str, weights: str, args, count: int) -> float:
 
     out = Path(tempfile.mkdtemp(prefix="featx-bench-store-"))
     start = time.perf_counter()
-    extract([str(folder)], out / "store", model=model, weights=weights, batch_size=args.batch_size,
-            workers=args.workers, device=args.device, amp=args.amp, decode=args.decode, resize=args.resize,
-            progress=False)
+    store = extract([str(folder)], out / "store", model=model, weights=weights, batch_size=args.batch_size,
+                    workers=args.workers, device=args.device, amp=args.amp, decode=args.decode, resize=args.resize,
+                    progress=False)
     _sync(resolve_device(args.device))
     elapsed = time.perf_counter() - start
+    rows = store.summary()["rows"]
     shutil.rmtree(out, ignore_errors=True)
+    if rows != count:  # img/s would be wrong: the store saw another number of images
+        sys.exit(f"the API run extracted {rows} images, not {count}")
     return count / elapsed
 
 
@@ -188,6 +196,8 @@ def cli(folder: Path, model: str, weights: str, args, count: int) -> float:
     if done.returncode:
         print(f"    CLI failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
         return float("nan")
+    if f": {count} images" not in done.stdout:  # img/s would be wrong: the store saw another number
+        sys.exit(f"the CLI run did not extract {count} images: {done.stdout.strip()[-300:]}")
     return count / elapsed
 
 
@@ -256,7 +266,8 @@ def main() -> None:
     device = resolve_device(args.device)
     cores = usable_cores()
     plan = decode_plan(device, args.workers)
-    tmp = Path(tempfile.mkdtemp(prefix="featx-bench-"))
+    args.cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="run-", dir=args.cache))  # beside the large JPEGs: hard links work
     sets = {}
     for name in args.sets.split(","):
         files = sources() if name == "small" else large_jpegs(args.cache, 24 if args.quick else 48)
