@@ -130,6 +130,7 @@ def extract_cmd(
     ray_address: Optional[str] = _opt(ExtractOptions, "ray_address"),
     num_gpus_per_worker: Optional[float] = _opt(ExtractOptions, "num_gpus_per_worker"),
     cpus_per_worker: Optional[float] = _opt(ExtractOptions, "cpus_per_worker"),
+    compile: bool = _opt(ExtractOptions, "compile", "--compile"),
 ):
     """Extract features of images into a resumable feature store."""
     from featx.extract import extract
@@ -138,7 +139,7 @@ def extract_cmd(
                     tta=tta, batch_size=batch_size, workers=workers, device=device, amp=amp, dtype=dtype,
                     shard_size=shard_size, overwrite=overwrite, append=append, frozen=frozen, decode=decode,
                     resize=resize, engine=engine, ray_address=ray_address,
-                    num_gpus_per_worker=num_gpus_per_worker, cpus_per_worker=cpus_per_worker)
+                    num_gpus_per_worker=num_gpus_per_worker, cpus_per_worker=cpus_per_worker, compile=compile)
     console.print(f"inputs vs store: {store.manifest['last_run']['line']}", highlight=False)
     _print_summary(store.summary(), brief=True)
 

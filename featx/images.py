@@ -242,6 +242,9 @@ def time_limit(seconds: float, what: str):
             signal.setitimer(signal.ITIMER_REAL, max(1e-3, outer - (time.monotonic() - started)))
 
 
+FULL_SIZE_KEY = "featx_full_size"  # Image.info key: (width, height) before JPEG draft scaling
+
+
 def decode_image(data: bytes, draft_size: int | Callable[[tuple[int, int]], tuple[int, int]] | None = None
                  ) -> Image.Image:
     """Decode bytes to an RGB image, safely. `draft_size` lets a JPEG decode at a reduced DCT scale
@@ -264,6 +267,7 @@ def _decode(data: bytes, draft_size) -> Image.Image:
             raise
         except Exception as exc:
             raise DecodeError(error_code(exc), f"cannot open image: {exc}")
+        stored = image.size
         try:
             if draft_size and image.format == "JPEG":
                 w, h = image.size
@@ -290,12 +294,16 @@ def _decode(data: bytes, draft_size) -> Image.Image:
         except Exception:  # a broken EXIF block must not lose the pixels
             pass
         try:
-            return to_rgb(image)
+            rgb = to_rgb(image)
         except DecodeError:
             raise
         except Exception as exc:
             raise DecodeError("decode_error", f"cannot convert image ({image.format}, mode {image.mode}) to RGB: "
                               f"{type(exc).__name__}: {exc}")
+        if rgb.size != stored and rgb.size != stored[::-1]:  # decoded at a DCT scale: keep the full size,
+            # upright, for views whose geometry is rounded from it (the letterbox's side lengths)
+            rgb.info[FULL_SIZE_KEY] = stored if (rgb.width >= rgb.height) == (stored[0] >= stored[1]) else stored[::-1]
+        return rgb
 
 
 def error_code(exc: Exception) -> str:

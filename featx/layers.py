@@ -50,20 +50,28 @@ class LayerTap(nn.Module):
 
     A traced model runs as a lean copy of its graph (pruned after the last tapped layer, conv+BN
     folded, see `featx.lean_graph`), kept only if its outputs on a seeded probe image equal the
-    plain graph's within `FOLD_TOLERANCE`; `lean=False` keeps the plain graph."""
+    plain graph's within `FOLD_TOLERANCE`; `lean=False` keeps the plain graph. `identity` names
+    the weights (id and sha256): given, the verdict of that check is remembered on disk and a later
+    build of the same graph with the same weights skips the probe passes. `probe_shapes` is each
+    layer's output shape (without batch) for one `image_size` input, when a probe or the remembered
+    check gave it (None otherwise)."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str], model_name: str,
-                 addressable: Addressable | None = None, *, lean: bool = True, image_size: int = 224):
+                 addressable: Addressable | None = None, *, lean: bool = True, image_size: int = 224,
+                 identity: str | None = None):
         super().__init__()
         self.layers = list(layers)
         self.traced = None
         self.folded = 0
+        self.probe_shapes: dict[str, tuple[int, ...]] | None = None
         addressable = addressable or addressable_layers(model)
         targets = {layer: resolve_layer(layer, addressable.names, model, model_name) for layer in self.layers}
         if addressable.traced:
             traced = _feature_extractor_fn(model)(model, return_nodes={node: layer for layer, node in targets.items()})
-            self.traced = _leaner(traced.eval(), model_name, image_size) if lean else traced
-            self.folded = getattr(self.traced, "folded", 0)
+            if lean:
+                self.traced, self.folded, self.probe_shapes = _leaner(traced.eval(), model_name, image_size, identity)
+            else:
+                self.traced = traced
         else:
             self.model = model
             # per-thread capture: concurrent forward passes (the service) never see each other's activations
@@ -89,26 +97,38 @@ class LayerTap(nn.Module):
         return {layer: captured[layer] for layer in self.layers}
 
 
-def _leaner(traced: nn.Module, model_name: str, image_size: int) -> nn.Module:
-    """The lean copy of `traced` if it gives the same features, else `traced` itself."""
-    from featx.lean_graph import FOLD_TOLERANCE, lean_copy, max_relative_difference
+def _leaner(traced: nn.Module, model_name: str, image_size: int,
+            identity: str | None) -> tuple[nn.Module, int, dict[str, tuple[int, ...]] | None]:
+    """The lean copy of `traced` if it gives the same features, else `traced` itself; with the
+    folds made and the probe's output shapes."""
+    from featx import lean_graph
 
+    key = (lean_graph.check_key(traced, {"model": model_name, "weights": identity, "image_size": image_size})
+           if identity is not None else None)
+    check = lean_graph.remembered_check(key) if key else None
     try:
-        lean, folded = lean_copy(traced)
+        lean, folded = lean_graph.lean_copy(traced)
     except Exception as exc:  # an unusual graph: the plain one still works
         log.info("no lean graph for %s (%s); using the plain one", model_name, exc)
-        return traced
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.randn(1, 3, image_size, image_size, generator=generator)
-    with torch.inference_mode():
-        difference = max_relative_difference(traced(probe), lean(probe))
-    if difference > FOLD_TOLERANCE:
+        return traced, 0, None
+    if check is None:
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.randn(1, 3, image_size, image_size, generator=generator)
+        with torch.inference_mode():
+            plain_out, lean_out = traced(probe), lean(probe)
+        check = {"difference": lean_graph.max_relative_difference(plain_out, lean_out), "folded": folded,
+                 "shapes": {k: list(v.shape[1:]) for k, v in plain_out.items() if isinstance(v, torch.Tensor)}}
+        if key:
+            lean_graph.remember_check(key, check)
+    else:
+        log.debug("%s: lean graph check remembered from an earlier run", model_name)
+    shapes = {k: tuple(v) for k, v in check["shapes"].items()}
+    if check["difference"] > lean_graph.FOLD_TOLERANCE:
         log.warning("folding BatchNorm changes %s's features by %.2g (> %g); using the unfolded graph",
-                    model_name, difference, FOLD_TOLERANCE)
-        return traced
-    log.debug("%s: %d BatchNorm layers folded (max relative difference %.2g)", model_name, folded, difference)
-    lean.folded = folded
-    return lean
+                    model_name, check["difference"], lean_graph.FOLD_TOLERANCE)
+        return traced, 0, shapes
+    log.debug("%s: %d BatchNorm layers folded (max relative difference %.2g)", model_name, folded, check["difference"])
+    return lean, folded, shapes
 
 
 def _is_timm(model: nn.Module) -> bool:

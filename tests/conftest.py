@@ -12,6 +12,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 HYMENOPTERA = Path(os.environ.get("FEATX_HYMENOPTERA", REPO.parent / "shared" / "datasets" / "hymenoptera")).resolve()
 DEMO = REPO / "data" / "digits-demo"
+# remembered lean-graph checks (featx.lean_graph) go to a folder of this test session, not ~/.cache
+os.environ.setdefault("FEATX_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="featx-test-cache-"))
 
 # a small, fast network for unit tests: random weights, 64 px input
 TINY = dict(model="resnet18", weights="random", image_size=64, workers=0, batch_size=8, progress=False)

@@ -21,4 +21,4 @@ def test_benchmark_prints_a_full_row(extra):
     assert done.returncode == 0, done.stderr[-2000:]
     row = next(line for line in done.stdout.splitlines() if line.startswith("squeezenet1_1"))
     numbers = [float(v) for v in re.findall(r"\d+\.\d+|nan", row)]
-    assert len(numbers) == 9 and all(v > 0 for v in numbers), row  # every column measured, CLI included
+    assert len(numbers) == 11 and all(v > 0 for v in numbers), row  # every column measured, API and CLI included

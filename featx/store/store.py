@@ -53,14 +53,27 @@ def config_hash(config: dict) -> str:
 
 
 def library_versions() -> dict:
-    import sklearn
-    import torch
-    import torchvision
+    """Versions of the libraries that shape the features, read from the installed packages'
+    metadata: importing scikit-learn (and SciPy with it) only to ask costs a second of every
+    `featx extract` start-up."""
+    from importlib.metadata import PackageNotFoundError, version
 
     from featx import __version__
 
-    return {"featx": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__}
+    def installed(name: str, module: str) -> str:
+        import sys
+
+        loaded = sys.modules.get(module)
+        if loaded is not None and getattr(loaded, "__version__", None):
+            return loaded.__version__  # the one really imported (e.g. a source build's "2.x+cpu")
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {"featx": __version__, "python": platform.python_version(), "torch": installed("torch", "torch"),
+            "torchvision": installed("torchvision", "torchvision"), "numpy": np.__version__,
+            "scikit-learn": installed("scikit-learn", "sklearn")}
 
 
 def _now() -> str:
