@@ -67,12 +67,12 @@ def test_set_override_types_and_errors(recipe):
         load_recipe(recipe, ["train_shallow.cv"])
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "hymenoptera.yaml", "small-cnn-svm.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "ants-vs-bees.yaml", "small-cnn-svm.yaml"])
 def test_shipped_recipes_validate(name):
     path = REPO / "pipelines" / name
-    if name == "hymenoptera.yaml" and not (REPO.parent / "shared" / "datasets" / "hymenoptera").is_dir():
+    if name == "ants-vs-bees.yaml" and not (REPO.parent / "shared" / "datasets" / "hymenoptera").is_dir():
         pytest.skip("../shared/datasets/hymenoptera is absent")
-    if name != "hymenoptera.yaml" and not DEMO.is_dir():
+    if name != "ants-vs-bees.yaml" and not DEMO.is_dir():
         pytest.skip("data/digits-demo is not built; `make test` builds it (data/make_demo_set.py)")
     recipe = load_recipe(path)
     assert recipe.steps["extract"]["inputs"] and "report" in recipe.steps
