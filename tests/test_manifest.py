@@ -37,33 +37,16 @@ def test_utf8_bom_is_accepted(imgs):
     assert [r.label for r in scan_inputs(manifest)] == ["abeillé"]
 
 
-def test_extra_field_names_the_line(imgs):
-    manifest = write(imgs / "m.csv", "path,label\nimgs/a.png,ant\nimgs/b.png,bee,extra\n")
-    with pytest.raises(InputError, match=r"m\.csv.* line 3 has 3 fields, the header has 2.*quote"):
-        scan_inputs(manifest)
-
-
-def test_unbalanced_quote_names_the_line_where_it_opens(imgs):
-    manifest = write(imgs / "m.csv", 'path,label\nimgs/a.png,ant\n"imgs/b.png,bee\nimgs/c.png,bee\n')
-    with pytest.raises(InputError, match=r"m\.csv.* line 3.*unbalanced quote"):
-        scan_inputs(manifest)
-
-
-def test_zero_byte_manifest(imgs):
-    manifest = write(imgs / "m.csv", b"")
-    with pytest.raises(InputError, match=r"m\.csv.* is empty \(0 bytes\).*header line 'path"):
-        scan_inputs(manifest)
-
-
-def test_header_only_manifest(imgs):
-    manifest = write(imgs / "m.csv", "path,label\n")
-    with pytest.raises(InputError, match=r"m\.csv.* has a header but no rows"):
-        scan_inputs(manifest)
-
-
-def test_empty_path_cell_names_the_line(imgs):
-    manifest = write(imgs / "m.csv", "path,label\nimgs/a.png,ant\n,bee\n")
-    with pytest.raises(InputError, match=r"m\.csv.* line 3: the 'path' cell is empty"):
+@pytest.mark.parametrize("body,match", [
+    ("path,label\nimgs/a.png,ant\nimgs/b.png,bee,extra\n", r"m\.csv.* line 3 has 3 fields, the header has 2.*quote"),
+    ('path,label\nimgs/a.png,ant\n"imgs/b.png,bee\nimgs/c.png,bee\n', r"m\.csv.* line 3.*unbalanced quote"),
+    (b"", r"m\.csv.* is empty \(0 bytes\).*header line 'path"),
+    ("path,label\n", r"m\.csv.* has a header but no rows"),
+    ("path,label\nimgs/a.png,ant\n,bee\n", r"m\.csv.* line 3: the 'path' cell is empty"),
+], ids=["extra-field", "unbalanced-quote", "zero-bytes", "header-only", "empty-path-cell"])
+def test_bad_manifest_names_the_file_and_line(imgs, body, match):
+    manifest = write(imgs / "m.csv", body)
+    with pytest.raises(InputError, match=match):
         scan_inputs(manifest)
 
 
