@@ -123,6 +123,8 @@ def main() -> None:
                         help="test images per class (default: the whole 10,000-image test split)")
     parser.add_argument("--only", default="hymenoptera,fmnist")
     parser.add_argument("--also", default="", help="other featx classifiers to score, e.g. linear-svm,logreg")
+    parser.add_argument("--contenders", default="defaults,reference,probe",
+                        help="which of featx defaults, the sklearn reference and the probe winner to score")
     args = parser.parse_args()
     datasets = {}
     if "hymenoptera" in args.only:
@@ -136,11 +138,14 @@ def main() -> None:
     rows = []
     for name, (images, folder) in datasets.items():
         store = cached_store(images, folder / "store")
-        contenders = [("featx defaults", lambda s: featx_score(s))]
+        wanted = set(args.contenders.split(","))
+        contenders = [("featx defaults", lambda s: featx_score(s))] if "defaults" in wanted else []
         contenders += [(f"featx --classifier {c}", lambda s, c=c: featx_score(s, classifier=c))
                        for c in args.also.split(",") if c]
-        contenders += [("CV-tuned reference (sklearn)", reference_score),
-                       ("featx probe winner", lambda s: probe_score(s, images, folder / "probe"))]
+        if "reference" in wanted:
+            contenders.append(("CV-tuned reference (sklearn)", reference_score))
+        if "probe" in wanted:
+            contenders.append(("featx probe winner", lambda s: probe_score(s, images, folder / "probe")))
         for label, score in contenders:
             t = time.perf_counter()
             result = score(store)
