@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 
+from featx.pages.render import render_page
 from featx.thumbnails import png_uri, thumbnail_uri
 
 MAX_PER_KIND = 150  # the page stays light; suspects.csv has them all
@@ -16,13 +17,6 @@ HOW = {
     "duplicate": "(near-)copies within one class: they count twice",
     "outlier": "far from the other images (distance to the k-th nearest): wrong kind of image, blank or broken frames",
 }
-
-
-def _environment():
-    import jinja2
-
-    return jinja2.Environment(loader=jinja2.PackageLoader("featx.pages", "templates"),
-                              autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
 
 
 def _curve_png(data: dict) -> str | None:
@@ -84,6 +78,5 @@ def render_audit_page(result, title: str = "featx audit") -> str:
                 "suggested_label": row.suggested_label, "split": row.split, "detail": row.detail,
                 "neighbours": [{"thumb": thumb(paths[j], 72), "similarity": s, "label": labels[j], "split": splits[j]}
                                for j, s in result.neighbours.get(here, [])[:NEIGHBOURS_SHOWN]]})
-    return _environment().get_template("audit.html").render(
-        title=title, summary=result.summary, kinds=KINDS, titles=KIND_TITLES, how=HOW, groups=groups, hidden=hidden,
-        curve_png=_curve_png(result.summary["enough_data"]))
+    return render_page("audit.html", title=title, summary=result.summary, kinds=KINDS, titles=KIND_TITLES, how=HOW,
+                       groups=groups, hidden=hidden, curve_png=_curve_png(result.summary["enough_data"]))
