@@ -136,12 +136,17 @@ def test_fifo_is_an_error_row_not_a_hang(imgs):
     assert result["code"] == "not_a_file"
 
 
-def test_folder_scan_reports_fifo_dangling_link_and_loop(imgs):
-    folder = imgs / "imgs"
+def plant_odd_entries(folder):
+    """A FIFO, a dangling link and a two-link loop, all named like images."""
     os.mkfifo(folder / "pipe.png")
     os.symlink(folder / "gone.png", folder / "dangling.png")
     os.symlink(folder / "loop2.png", folder / "loop1.png")
     os.symlink(folder / "loop1.png", folder / "loop2.png")
+
+
+def test_folder_scan_reports_fifo_dangling_link_and_loop(imgs):
+    folder = imgs / "imgs"
+    plant_odd_entries(folder)
     (folder / "dir.png").mkdir()
     paths = {os.path.basename(r.path) for r in scan_inputs(folder)}
     assert paths == {"a.png", "b.png", "c.png", "pipe.png", "dangling.png", "loop1.png", "loop2.png", "dir.png"}
@@ -198,11 +203,7 @@ def test_extract_turns_odd_entries_into_error_rows(imgs):
     from featx.extract import extract
     from tests.conftest import TINY
 
-    folder = imgs / "imgs"
-    os.mkfifo(folder / "pipe.png")
-    os.symlink(folder / "gone.png", folder / "dangling.png")
-    os.symlink(folder / "loop2.png", folder / "loop1.png")
-    os.symlink(folder / "loop1.png", folder / "loop2.png")
+    plant_odd_entries(imgs / "imgs")
     manifest = write(imgs / "m.csv", "path,label,split\nimgs/a.png,x,training\nimgs/pipe.png,x,train\n"
                                      "imgs/dangling.png,y,train\nimgs/loop1.png,y,val\nimgs/b.png,0,val\n")
     store = extract(manifest, imgs / "store", **TINY)
