@@ -5,7 +5,8 @@ Compares, on the same stored features (efficientnet_lite0, the default extractor
   * a CV-tuned reference written here with plain scikit-learn, independent of featx's tuning code:
     z-score + logistic regression (C over 1e-6…1e2) or linear SVM (C over 1e-6…1e-1), chosen by
     5-fold CV on the training rows, scored once on the held-out rows;
-  * `featx.probe`'s winner, when the installed featx has it (see `probe_score` below).
+  * `featx.probe`'s winner, when the installed featx has it (see `probe_score` below);
+  * on Fashion-MNIST, the issue's floor: an RBF SVM on the same images' raw pixels.
 
 Data sets:
   * hymenoptera (../shared/datasets/hymenoptera, train/ → val/), 398 photos;
@@ -92,6 +93,24 @@ def reference_score(store) -> tuple[float, str]:
     return float(np.mean(svm.predict(X_test) == y_test)), f"LinearSVC C={svm.best_params_['linearsvc__C']:.0e}"
 
 
+def fmnist_pixels(per_class: int | None, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The same first-N-per-class rows `fashion_mnist.write_images` writes, as raw pixels in 0..1."""
+    images, labels = fashion_mnist.load(split)
+    rows = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(fashion_mnist.CLASSES))])
+    return images[rows].reshape(len(rows), -1).astype(np.float32) / 255.0, labels[rows]
+
+
+def pixel_rbf_score(train_per_class: int, test_per_class: int | None) -> tuple[float, str]:
+    """The issue's floor: an RBF SVM (scikit-learn's defaults, C = 1, gamma = 'scale') on raw pixels,
+    no features at all. Anything built on a pretrained network should beat it."""
+    from sklearn.svm import SVC
+
+    X_train, y_train = fmnist_pixels(train_per_class, "train")
+    X_test, y_test = fmnist_pixels(test_per_class, "test")
+    svm = SVC(kernel="rbf").fit(X_train, y_train)
+    return float(np.mean(svm.predict(X_test) == y_test)), "SVC(rbf, C=1) on 784 raw pixels"
+
+
 def featx_score(store, **options) -> tuple[float, str]:
     import featx
 
@@ -123,8 +142,9 @@ def main() -> None:
                         help="test images per class (default: the whole 10,000-image test split)")
     parser.add_argument("--only", default="hymenoptera,fmnist")
     parser.add_argument("--also", default="", help="other featx classifiers to score, e.g. linear-svm,logreg")
-    parser.add_argument("--contenders", default="defaults,reference,probe",
-                        help="which of featx defaults, the sklearn reference and the probe winner to score")
+    parser.add_argument("--contenders", default="defaults,reference,probe,pixels",
+                        help="which of featx defaults, the sklearn reference, the probe winner and (Fashion-MNIST "
+                             "only) a raw-pixel RBF SVM to score")
     args = parser.parse_args()
     datasets = {}
     if "hymenoptera" in args.only:
@@ -135,6 +155,7 @@ def main() -> None:
         images = fashion_mnist.write_images(folder / "images", {"train": args.fmnist_per_class, "test": test})
         datasets[f"Fashion-MNIST ({args.fmnist_per_class}/class → {'10,000' if test is None else f'{test}/class'} test)"] = \
             (images, folder)
+        pixel_baseline = ("raw-pixel RBF SVM (sklearn)", lambda s: pixel_rbf_score(args.fmnist_per_class, test))
     rows = []
     for name, (images, folder) in datasets.items():
         store = cached_store(images, folder / "store")
@@ -146,6 +167,8 @@ def main() -> None:
             contenders.append(("CV-tuned reference (sklearn)", reference_score))
         if "probe" in wanted:
             contenders.append(("featx probe winner", lambda s: probe_score(s, images, folder / "probe")))
+        if "pixels" in wanted and name.startswith("Fashion-MNIST"):
+            contenders.append(pixel_baseline)
         for label, score in contenders:
             t = time.perf_counter()
             result = score(store)
