@@ -137,6 +137,7 @@ def _array_lists(faiss_index):
 
 
 def list_sizes(faiss_index) -> np.ndarray | None:
+    """The length of each inverted list, or None for an index without array inverted lists."""
     found = _array_lists(faiss_index)
     if found is None:
         return None
