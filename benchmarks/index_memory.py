@@ -4,9 +4,11 @@ the RSS after imports); and the driver's commit rate (shards committed per secon
 scaling model.
 
     python benchmarks/index_memory.py [--rows 1000000] [--dim 256] [--kind ivf-sq8] [--nlist 1024]
-                                      [--commits 2000 20000] [--skip-index]
+                                      [--commits [2000 20000]] [--skip-index] [--streamed-only]
 
-Prints, per build mode: peak RSS, the index's own size (serialized bytes), the store's matrix size
+Builds: streamed with the inverted lists pre-sized from a first assignment pass (what `featx
+index --stream` does), streamed with the lists growing as FAISS appends (before), in memory.
+Prints, per build: peak RSS, the index's own size (serialized bytes), the store's matrix size
 and the build time. Then, per store size in --commits: the driver's `commit_written` calls per
 second (what the Ray driver does per shard that lands) now, with the commit log (one fsync'd
 line per shard), over the first and the last 100 commits; and before, when every commit rewrote
@@ -64,6 +66,9 @@ sys.path.insert(0, {repo!r})
 import faiss
 from featx.index import build_index
 from featx.store import library_versions
+if not {presize}:  # the streamed build before the lists were pre-sized, for the side-by-side figure
+    import featx.index_stream
+    featx.index_stream.presize_lists = lambda *args, **kwargs: None
 library_versions()  # the build records them: torch, torchvision and scikit-learn are imported before the baseline
 # VmHWM: this program's own high-water mark. ru_maxrss is not: Linux carries the pre-exec image's
 # peak over into it, i.e. the RSS of the benchmark process that forked this one (≈ 1 GiB after
@@ -82,8 +87,8 @@ print(json.dumps({{"peak_rss": built, "peak_after_save": peak(), "seconds": seco
 """
 
 
-def measure_build(store: Path, kind: str, nlist: int, stream: bool) -> dict:
-    code = CHILD.format(repo=str(REPO), store=str(store), kind=kind, nlist=nlist, stream=stream)
+def measure_build(store: Path, kind: str, nlist: int, stream: bool, presize: bool = True) -> dict:
+    code = CHILD.format(repo=str(REPO), store=str(store), kind=kind, nlist=nlist, stream=stream, presize=presize)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -124,8 +129,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--kind", default="ivf-sq8")
     parser.add_argument("--nlist", type=int, default=1024)
-    parser.add_argument("--commits", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--commits", type=int, nargs="*", default=[2000, 20000], help="store sizes (shards) for the commit rate; none: skip it")
     parser.add_argument("--skip-index", action="store_true")
+    parser.add_argument("--streamed-only", action="store_true", help="skip the in-memory build")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="featx-index-memory-") as tmp:
         tmp = Path(tmp)
@@ -137,12 +143,13 @@ def main() -> None:
                   f"written in {time.perf_counter() - t:.0f} s", flush=True)
             shard = 4096 * args.dim * 4
             print(f"one shard: 4096 rows = {shard / 2**20:.0f} MiB; growth = peak RSS minus RSS after imports")
-            print(f"{'build':<10}{'peak RSS MiB':>14}{'after imports':>15}{'growth':>8}{'+ save':>8}"
+            print(f"{'build':<19}{'peak RSS MiB':>14}{'after imports':>15}{'growth':>8}{'+ save':>8}"
                   f"{'index MiB':>11}{'growth / (index + shard)':>26}{'seconds':>9}")
-            for stream in (True, False):
-                r = measure_build(tmp / "store", args.kind, args.nlist, stream)
+            builds = [("streamed, presized", True, True), ("streamed, growing", True, False), ("in-memory", False, True)]
+            for name, stream, presize in builds if not args.streamed_only else builds[:2]:
+                r = measure_build(tmp / "store", args.kind, args.nlist, stream, presize)
                 growth, saved = r["peak_rss"] - r["baseline"], r["peak_after_save"] - r["baseline"]
-                print(f"{'streamed' if stream else 'in-memory':<10}{r['peak_rss'] / 2**20:>14.0f}"
+                print(f"{name:<19}{r['peak_rss'] / 2**20:>14.0f}"
                       f"{r['baseline'] / 2**20:>15.0f}{growth / 2**20:>8.0f}{saved / 2**20:>8.0f}"
                       f"{r['index_bytes'] / 2**20:>11.0f}{growth / (r['index_bytes'] + shard):>26.2f}"
                       f"{r['seconds']:>9.0f}", flush=True)

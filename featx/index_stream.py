@@ -1,11 +1,13 @@
 """Index builds that never hold the store's whole feature matrix.
 
 Train on a sample of rows (gathered from the memory-mapped shards), then add the store shard by
-shard, so peak memory is about the index plus one shard. With `engine="ray"` the shard ranges are
-added to copies of the one trained (empty) index in parallel Ray tasks, and the sub-indexes are
-merged in row order (`faiss.merge_into`): the inverted lists then hold the same ids in the same
-order as a single-machine build with that quantizer, so search results are identical. Tuning
-compares against an exact search that is itself streamed shard by shard."""
+shard, so peak memory is about the index plus one shard: a first pass over the shards counts the
+rows each inverted list will hold, and the lists are allocated at that size before the add
+(`presize_lists`). With `engine="ray"` the shard ranges are added to copies of the one trained
+(empty) index in parallel Ray tasks, the lists are sized from the sub-indexes' list sizes, and
+the sub-indexes are merged in row order (`faiss.merge_into`): the inverted lists then hold the
+same ids in the same order as a single-machine build with that quantizer, so search results are
+identical. Tuning compares against an exact search that is itself streamed shard by shard."""
 
 from __future__ import annotations
 
@@ -99,11 +101,10 @@ def trained_empty(plan, store, layer, ids, d, metric, faiss_metric, seed):
     return empty
 
 
-def add_shards(faiss_index, store: FeatureStore, layer: str, metric: str, shard_numbers=None) -> int:
-    """Add the ok rows of the store's shards (all, or those numbered) one shard at a time."""
+def _shard_batches(store: FeatureStore, layer: str, metric: str, shard_numbers=None):
+    """(vectors prepared for the index, their row ids) for each shard with ok rows, one at a time."""
     index = _idx()
     ok = store.ok
-    added = 0
     shards = store.manifest["shards"]
     for number in range(len(shards)) if shard_numbers is None else shard_numbers:
         shard = shards[number]
@@ -112,18 +113,88 @@ def add_shards(faiss_index, store: FeatureStore, layer: str, metric: str, shard_
             continue
         X = index._prepare(np.asarray(store._shard_array(shard, layer)[rows]), metric)
         check_rows_finite(X, f"store '{store.path}' layer '{layer}'")
-        faiss_index.add_with_ids(X, (rows + shard["start"]).astype(np.int64))
-        added += len(rows)
+        yield X, (rows + shard["start"]).astype(np.int64)
+
+
+def add_shards(faiss_index, store: FeatureStore, layer: str, metric: str, shard_numbers=None) -> int:
+    """Add the ok rows of the store's shards (all, or those numbered) one shard at a time."""
+    added = 0
+    for X, ids in _shard_batches(store, layer, metric, shard_numbers):
+        faiss_index.add_with_ids(X, ids)
+        added += len(ids)
     return added
 
 
-def _add_range_task(blob: np.ndarray, store_path: str, layer: str, metric: str, numbers: list[int]) -> np.ndarray:
-    """On a Ray worker: the trained empty index plus the given shards, serialized."""
+def _array_lists(faiss_index):
+    """(the IVF index inside `faiss_index`, its ArrayInvertedLists), or None (flat, HNSW, on disk)."""
+    faiss = _idx()._faiss()
+    try:
+        ivf = faiss.extract_index_ivf(faiss_index)
+    except RuntimeError:  # no inverted lists
+        return None
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    return (ivf, lists) if isinstance(lists, faiss.ArrayInvertedLists) else None
+
+
+def list_sizes(faiss_index) -> np.ndarray | None:
+    """The length of each inverted list, or None for an index without array inverted lists."""
+    found = _array_lists(faiss_index)
+    if found is None:
+        return None
+    ivf, lists = found
+    return np.array([lists.list_size(n) for n in range(ivf.nlist)], dtype=np.int64)
+
+
+def reserve_lists(faiss_index, counts: np.ndarray) -> bool:
+    """Give each (empty) inverted list room for `counts[list]` entries before they are added.
+
+    Without it FAISS appends each shard's codes to growing `std::vector`s, whose spare capacity
+    and freed old buffers (up to 2x the codes) were most of the streamed build's memory beyond
+    the index and one shard. `ArrayInvertedLists.resize(list, n)` allocates exactly n entries;
+    resizing back to 0 keeps that capacity (a std::vector never shrinks on resize), so the adds
+    that follow fill it in place, in the same order as without it. A count that is short only
+    makes that list grow as before."""
+    found = _array_lists(faiss_index)
+    if found is None or found[0].ntotal:
+        return False
+    _, lists = found
+    for number in np.flatnonzero(counts):
+        lists.resize(int(number), int(counts[number]))  # allocates exactly this many entries
+        lists.resize(int(number), 0)  # empty again, the capacity kept
+    return True
+
+
+def presize_lists(faiss_index, store: FeatureStore, layer: str, metric: str) -> np.ndarray | None:
+    """Size each inverted list for the store before the add: a first pass assigns every shard's
+    rows to lists with the trained coarse quantizer (no encoding, one shard in memory at a time)
+    and `reserve_lists` makes room. The list sizes, or None for an index without array inverted
+    lists (flat, HNSW)."""
+    faiss = _idx()._faiss()
+    found = _array_lists(faiss_index)
+    if found is None or found[0].ntotal:
+        return None
+    ivf, _ = found
+    outer = faiss.downcast_index(faiss_index)
+    transforms = ([outer.chain.at(i) for i in range(outer.chain.size())]
+                  if isinstance(outer, faiss.IndexPreTransform) else [])
+    counts = np.zeros(ivf.nlist, dtype=np.int64)
+    for X, _ in _shard_batches(store, layer, metric):
+        for transform in transforms:  # OPQ rotation, PCA: what the add applies before assigning
+            X = transform.apply(X)
+        counts += np.bincount(ivf.quantizer.assign(X, 1).ravel(), minlength=ivf.nlist)
+    reserve_lists(faiss_index, counts)
+    return counts
+
+
+def _add_range_task(blob: np.ndarray, store_path: str, layer: str, metric: str, numbers: list[int]):
+    """On a Ray worker: the sizes of its inverted lists (None without lists) and the trained empty
+    index plus the given shards, serialized (two return values: the driver reads the sizes of all
+    sub-indexes before it loads any of them)."""
     import faiss
 
     sub = faiss.deserialize_index(blob)
     add_shards(sub, FeatureStore.open(store_path), layer, metric, numbers)
-    return faiss.serialize_index(sub)
+    return list_sizes(sub), faiss.serialize_index(sub)
 
 
 def add_shards_on_ray(faiss_index, store: FeatureStore, layer: str, metric: str, plan_kind: str,
@@ -143,12 +214,15 @@ def add_shards_on_ray(faiss_index, store: FeatureStore, layer: str, metric: str,
         n_shards = len(store.manifest["shards"])
         parts = max(1, min(n_shards, parts or int(ray.cluster_resources().get("CPU", 1))))
         groups = [list(g) for g in np.array_split(np.arange(n_shards), parts) if len(g)]
-        task = ray.remote(_add_range_task).options(max_retries=3)
+        task = ray.remote(_add_range_task).options(max_retries=3, num_returns=2)
         blob = ray.put(faiss.serialize_index(faiss_index))
         refs = [task.remote(blob, str(store.path.resolve()), layer, metric, [int(i) for i in g]) for g in groups]
+        sizes = ray.get([size for size, _ in refs])
+        if sizes[0] is not None:  # each list sized for all parts before the first merge (see reserve_lists)
+            reserve_lists(faiss_index, np.sum(sizes, axis=0))
         from tqdm.auto import tqdm
 
-        for ref in tqdm(refs, desc="index (ray)", unit="part", disable=len(refs) < 2):
+        for ref in tqdm([sub for _, sub in refs], desc="index (ray)", unit="part", disable=len(refs) < 2):
             sub = faiss.deserialize_index(ray.get(ref))
             faiss.merge_into(faiss_index, sub, False)  # in row order: same lists as one sequential add
             del sub
@@ -220,6 +294,7 @@ def build_streaming(store, layer, ids, d, *, kind, metric, faiss_metric, reduce_
     if engine == "ray":
         add_shards_on_ray(built, store, layer, metric, plan.kind, ray_address)
     else:
+        presize_lists(built, store, layer, metric)
         add_shards(built, store, layer, metric)
     tuned = tune_streaming(built, plan, store, layer, ids, metric, seed, fixed=nprobe,
                            rerank=index._rerank_factor(plan, rerank))

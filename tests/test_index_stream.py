@@ -33,6 +33,44 @@ def test_streamed_build_equals_in_memory_build(store):
         np.testing.assert_allclose(ss, sm, atol=1e-5)
 
 
+def _lists(faiss_index):
+    import faiss
+
+    ivf = faiss.extract_index_ivf(faiss_index)
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    out = []
+    for number in range(ivf.nlist):
+        size = lists.list_size(number)
+        ids = faiss.rev_swig_ptr(lists.get_ids(number), size).copy() if size else np.zeros(0, np.int64)
+        codes = faiss.rev_swig_ptr(lists.get_codes(number), size * lists.code_size).copy() if size else b""
+        out.append((ids, bytes(codes)))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["ivf-sq8", "opq-ivfpq"])
+def test_presized_lists_hold_what_a_plain_add_holds(store, kind):
+    """The first pass sizes every inverted list exactly, and the add then fills the same ids and
+    codes in the same order as adding without it (so searches are unchanged)."""
+    import faiss
+
+    from featx import index_stream as stream
+
+    ids = np.arange(len(store))
+    plan = stream.choose_plan(store, "vec", ids, 32, kind, "cosine", faiss.METRIC_INNER_PRODUCT, None, None, 16, 8, 0, 0)
+    trained = stream.trained_empty(plan, store, "vec", ids, 32, "cosine", faiss.METRIC_INNER_PRODUCT, 0)
+    plain = faiss.clone_index(trained)
+    stream.add_shards(plain, store, "vec", "cosine")
+    counts = stream.presize_lists(trained, store, "vec", "cosine")
+    ivf = faiss.extract_index_ivf(trained)
+    assert counts.sum() == 2000 and ivf.ntotal == 0  # sized, still empty
+    assert all(ivf.invlists.list_size(n) == 0 for n in range(ivf.nlist))
+    stream.add_shards(trained, store, "vec", "cosine")
+    assert [ivf.invlists.list_size(n) for n in range(ivf.nlist)] == counts.tolist()
+    for (ids_p, codes_p), (ids_s, codes_s) in zip(_lists(plain), _lists(trained)):
+        np.testing.assert_array_equal(ids_s, ids_p)
+        assert codes_s == codes_p
+
+
 def test_streamed_tuning_reaches_the_recall_target(store):
     streamed = build_index(store, kind="ivf", nlist=32, stream=True)
     assert streamed.info["params"]["tuned_recall@10"] >= 0.95
