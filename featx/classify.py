@@ -94,6 +94,32 @@ def build_pipeline(*, classifier: str = DEFAULT_CLASSIFIER, normalize: str = "zs
     return Pipeline(steps)
 
 
+def make_estimator(*, classifier: str = DEFAULT_CLASSIFIER, normalize: str = "zscore", reduce: str = "none",
+                   balance: str = "none", seed: int = 0, n_samples: int, n_features: int, smallest_class: int,
+                   cv: int = 5, tune: bool = True, search: bool = False, n_jobs: int | None = None):
+    """What `train_shallow` fits on `n_samples` training rows: the plain pipeline, or (`tune`) a
+    `TunedPipeline` choosing the classifier's strength by inner CV on those rows only. `featx probe`
+    scores its candidates with the same estimators, so its winner recipe reproduces its score."""
+    if classifier not in STRENGTHS:
+        raise InputError(f"unknown --classifier '{classifier}'; allowed: {', '.join(CLASSIFIERS)}")
+
+    def pipeline_for(n_rows: int):
+        return build_pipeline(classifier=classifier, normalize=normalize, reduce=reduce, balance=balance, seed=seed,
+                              n_samples=n_rows, n_features=n_features, smallest_class=smallest_class, tuned=tune)
+
+    if not tune:
+        return pipeline_for(n_samples)
+    strength = STRENGTHS[classifier]
+    inner = max(2, min(cv, smallest_class))
+    # the reducer is checked against an inner training fold of the (subsampled) tuning rows
+    tune_rows = min(n_samples, TUNE_MAX_ROWS) * (inner - 1) // inner
+    pipeline = pipeline_for(tune_rows)
+    extra = reducer_grid(pipeline.named_steps["reduce"]) if search else {}
+    return TunedPipeline(pipeline=pipeline, param=strength.param, grid=grid_for(strength, tune_rows),
+                         extra_grid=extra, warm_start=strength.warm_start, stop_early=strength.stop_early,
+                         walk_tol=strength.walk_tol, cv=cv, max_rows=TUNE_MAX_ROWS, seed=seed, n_jobs=n_jobs)
+
+
 # --- the model -----------------------------------------------------------------------------------
 
 @dataclass
@@ -309,17 +335,9 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = None,
                               smallest_class=smallest_class, tuned=tune)
 
     def estimator_for(reduce_spec: str, n_samples: int, smallest_class: int, n_jobs: int | None):
-        if not tune:
-            return pipeline_for(reduce_spec, n_samples, smallest_class)
-        inner = max(2, min(cv, smallest_class))
-        # the reducer is checked against an inner training fold of the (subsampled) tuning rows
-        tune_rows = min(n_samples, TUNE_MAX_ROWS) * (inner - 1) // inner
-        pipeline = pipeline_for(reduce_spec, tune_rows, smallest_class)
-        extra = reducer_grid(pipeline.named_steps["reduce"]) if search else {}
-        return TunedPipeline(pipeline=pipeline, param=strength.param, grid=grid_for(strength, tune_rows),
-                             extra_grid=extra, warm_start=strength.warm_start,
-                             stop_early=strength.stop_early, walk_tol=strength.walk_tol, cv=cv,
-                             max_rows=TUNE_MAX_ROWS, seed=seed, n_jobs=n_jobs)
+        return make_estimator(classifier=classifier, normalize=normalize, reduce=reduce_spec, balance=balance,
+                              seed=seed, n_samples=n_samples, n_features=X_train.shape[1],
+                              smallest_class=smallest_class, cv=cv, tune=tune, search=search, n_jobs=n_jobs)
 
     def fit(estimator, X, y, groups):
         return estimator.fit(X, y, groups=groups) if tune else estimator.fit(X, y)

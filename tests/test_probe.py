@@ -96,6 +96,10 @@ def test_winner_recipe_round_trips_through_featx_run(probed):
     model = json.loads((produced["model"] / "model.json").read_text())
     assert model["layer"] == frame["layer"][0]
     assert model["metrics"]["accuracy"] >= 0.9  # the separable synthetic classes stay separable
+    # train-shallow fits what the probe scored: same options, same tuning, same folds, same score
+    winner = frame.iloc[0]
+    assert {k: model["options"][k] for k in winner["train_options"]} == winner["train_options"]
+    assert model["metrics"]["balanced_accuracy"] == pytest.approx(winner["balanced_accuracy"])
 
 
 def test_budget_limits_the_candidates(tmp_path):

@@ -28,14 +28,14 @@ from featx.backbones import DEFAULT_BACKBONE, resolve_family
 from featx.errors import InputError, WeightsError
 from featx.images import is_glob, scan_inputs
 from featx.learn.candidates import layer_depths, parse_layers
-from featx.learn.probe_score import DEFAULT_CLASSIFIERS, PROBE_CLASSIFIERS, choose_protocol, pca_components
+from featx.learn.probe_score import DEFAULT_CLASSIFIERS, PROBE_CLASSIFIERS, choose_protocol
 
 log = logging.getLogger(__name__)
 
 PROBE_POOLINGS = ("avg", "gem", "avgmax")
 ALLOWED_POOLINGS = ("avg", "max", "avgmax", "gem")
 SHIFT_IMAGES = 64
-SCORE_VERSION = 1  # bump when the scoring changes: cached scores are then recomputed
+SCORE_VERSION = 2  # bump when the scoring changes: cached scores are then recomputed
 RECIPE = "winner.yaml"
 
 
@@ -178,7 +178,7 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = None, layer
                         skipped.append({"what": f"{model} / {layer} / {how}", "reason": f"budget {budget_limit.describe()}"})
                     else:
                         candidates.append(_candidate(model, layer, how, context, plan, protocol, current_paths,
-                                                     classifiers, out, seed))
+                                                     classifiers, out, cv, seed))
                         scored += 1
                     bar.update(1)
 
@@ -237,14 +237,15 @@ def _prepare_backbone(model: str, plan: dict, poolings: list[str], records, out:
     return {"stores": stores, "throughput": throughput, "speed": speed, "shift": shift}
 
 
-def _candidate(model, layer, how, context, plan, protocol, current_paths, classifiers, out: Path, seed) -> dict:
+def _candidate(model, layer, how, context, plan, protocol, current_paths, classifiers, out: Path, cv: int,
+               seed: int) -> dict:
     from featx.learn.probe_score import retrieval_map, score_features
 
     store = context["stores"][how]
     meta = store.meta
     rows = (store.ok & meta["label"].notna().to_numpy() & meta["path"].isin(current_paths).to_numpy())
     key = _digest(SCORE_VERSION, store.config_hash, layer, store.manifest.get("meta", {}).get("sha256"),
-                  np.flatnonzero(rows).tolist(), protocol.to_dict(), list(classifiers), seed)
+                  np.flatnonzero(rows).tolist(), protocol.to_dict(), list(classifiers), cv, seed)
     cache = out / "scores" / f"{_safe(model)}-{how}-{_safe(layer)}-{key}.json"
     if cache.is_file():
         scores = json.loads(cache.read_text())
@@ -252,7 +253,7 @@ def _candidate(model, layer, how, context, plan, protocol, current_paths, classi
         X = np.asarray(store.features(layer)[rows], dtype=np.float32)
         y = meta["label"].to_numpy(dtype=object)[rows].astype(str)
         splits = meta["split"].fillna("").to_numpy(dtype=object)[rows]
-        scores = {"classifiers": score_features(X, y, splits, protocol, classifiers=classifiers, seed=seed),
+        scores = {"classifiers": score_features(X, y, splits, protocol, classifiers=classifiers, cv=cv, seed=seed),
                   "map@10": retrieval_map(store, layer, k=10), "n": int(rows.sum())}
         atomic.write_json(cache, scores)
     best = max(scores["classifiers"], key=lambda c: (scores["classifiers"][c]["balanced_accuracy"],
@@ -280,19 +281,16 @@ def _rank(candidates: list[dict]) -> pd.DataFrame:
 # --- outputs -------------------------------------------------------------------------------------
 
 def winner_recipe(winner: dict, inputs: list[str], *, weights: str, image_size: int | None, cv: int, seed: int,
-                  n_train: int, workers: int | None = None) -> dict:
+                  workers: int | None = None) -> dict:
     """A `featx run` recipe that extracts the winning layer and pooling and trains its classifier
-    (train_shallow's own grid search tunes it)."""
+    with the options and tuning the probe scored it with."""
     extract = {"inputs": inputs, "model": winner["backbone"], "weights": weights, "layers": [winner["layer"]],
                "pool": winner["pool"]}
     if image_size is not None:
         extract["image_size"] = int(image_size)
     if workers is not None:
         extract["workers"] = int(workers)
-    train = {"layer": winner["layer"], "classifier": "linear-svm" if winner["classifier"] == "linear-svm" else "logreg",
-             "normalize": "zscore", "search": True, "cv": int(cv), "seed": int(seed)}
-    if winner["classifier"] == "pca-logreg":
-        train["reduce"] = f"pca:{pca_components(n_train, winner['dim'])}:whiten"
+    train = {"layer": winner["layer"], **winner["train_options"], "cv": int(cv), "seed": int(seed)}
     return {"name": "probe-winner", "output": "run", "extract": extract, "train_shallow": train,
             "index": {"layer": winner["layer"], "kind": "auto", "metric": "cosine", "k": 10},
             "report": {"title": f"featx probe winner: {winner['backbone']} / {winner['layer']} / {winner['pool']}"}}
@@ -308,8 +306,7 @@ def _write_outputs(frame: pd.DataFrame, out: Path, *, inputs, protocol, shifts, 
     out.mkdir(parents=True, exist_ok=True)
     records = json.loads(frame.to_json(orient="records"))
     winner = records[0]
-    recipe = winner_recipe(winner, inputs, weights=weights, image_size=image_size, cv=cv, seed=seed,
-                           n_train=n_images, workers=workers)
+    recipe = winner_recipe(winner, inputs, weights=weights, image_size=image_size, cv=cv, seed=seed, workers=workers)
     header = (f"# Written by `featx probe`: the best of {len(records)} candidates "
               f"(balanced accuracy {winner['balanced_accuracy']:.4f} ± {winner['balanced_accuracy_std']:.4f}, "
               f"{protocol.description}).\n# Run it with: featx run {out / RECIPE}\n")

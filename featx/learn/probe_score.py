@@ -13,24 +13,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegressionCV
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
+from sklearn.model_selection import StratifiedKFold
 
 from featx.errors import InputError
 from featx.evaluate import classification_metrics
 
-# regularised, each tuned on the training rows only
-PROBE_CLASSIFIERS = ("logreg", "linear-svm", "pca-logreg")
-# the default two are the cheap ones: on 1,000 Fashion-MNIST images × 1,280-d (10 classes) one outer fold took
-# 7 s (pca-logreg), 26 s (linear-svm) and 80 s (full-width logreg, lbfgs) on the loaded 2-core machine
+# regularised, each tuned on the training rows only, exactly as `featx train-shallow` tunes them:
+# name → (train-shallow --classifier, --reduce); "pca" stands for PCA-whitened to `pca_components`
+PROBE_CLASSIFIERS = {"logreg": ("logreg", "none"), "linear-svm": ("linear-svm", "none"),
+                     "pca-logreg": ("logreg", "pca")}
+# the default two are the cheap ones (full-width logistic regression on lbfgs is several times slower)
 DEFAULT_CLASSIFIERS = ("pca-logreg", "linear-svm")
-C_GRID = np.logspace(-6, 2, 9)  # regularisation strength of the linear models, 1e-6 … 1e2
-SVM_C_GRID = np.logspace(-6, 0, 7)  # LinearSVC converges slowly at large C on wide features
 PCA_COMPONENTS = 64
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 BOOTSTRAP = 200
@@ -67,38 +61,33 @@ def choose_protocol(labels: np.ndarray, splits: np.ndarray, cv: int = 5) -> Prot
     return Protocol("cv", folds, f"stratified {folds}-fold cross-validation")
 
 
-def make_classifier(name: str, *, n_train: int, n_features: int, smallest_class: int, seed: int = 0):
-    """A scikit-learn pipeline whose main strength is chosen by inner CV on the rows it is fit on."""
-    inner = StratifiedKFold(n_splits=max(2, min(3, smallest_class)), shuffle=True, random_state=seed)
-    # a loose tolerance and few iterations: the path is warm-started, and fits at large C on separable
-    # data would otherwise iterate long for no change in the predictions
-    logreg = LogisticRegressionCV(Cs=C_GRID, cv=inner, scoring="balanced_accuracy", max_iter=100, tol=1e-3, n_jobs=1)
-    if name == "logreg":
-        return Pipeline([("normalize", StandardScaler()), ("classify", logreg)])
-    if name == "linear-svm":
-        svm = GridSearchCV(LinearSVC(max_iter=2000, random_state=seed), {"C": SVM_C_GRID}, cv=inner,
-                           scoring="balanced_accuracy", n_jobs=1, error_score=np.nan)
-        return Pipeline([("normalize", StandardScaler()), ("classify", svm)])
-    if name == "pca-logreg":
-        return Pipeline([("normalize", StandardScaler()),
-                         ("reduce", PCA(n_components=pca_components(n_train, n_features), whiten=True,
-                                        random_state=seed)),
-                         ("classify", logreg)])
-    raise InputError(f"unknown probe classifier '{name}'; allowed: {', '.join(PROBE_CLASSIFIERS)}")
+def train_options(name: str, *, n_train: int, n_features: int) -> dict:
+    """The `train_shallow` options that fit probe classifier `name` (what the winner recipe carries)."""
+    if name not in PROBE_CLASSIFIERS:
+        raise InputError(f"unknown probe classifier '{name}'; allowed: {', '.join(PROBE_CLASSIFIERS)}")
+    classifier, reduce = PROBE_CLASSIFIERS[name]
+    if reduce == "pca":
+        reduce = f"pca:{pca_components(n_train, n_features)}:whiten"
+    return {"classifier": classifier, "normalize": "zscore", "reduce": reduce}
+
+
+def make_classifier(options: dict, *, n_train: int, n_features: int, smallest_class: int, cv: int = 5, seed: int = 0):
+    """train-shallow's own tuned estimator for the `train_options` of a probe classifier: its strength
+    is chosen by inner CV on the rows it is fit on (see `featx.classify.make_estimator`)."""
+    from featx.classify import make_estimator
+
+    return make_estimator(**options, seed=seed, n_samples=n_train, n_features=n_features,
+                          smallest_class=smallest_class, cv=cv)
 
 
 def pca_components(n_train: int, n_features: int) -> int:
     return int(max(1, min(PCA_COMPONENTS, n_features, n_train // 2)))
 
 
-def chosen_strength(fitted: Pipeline) -> float | None:
+def chosen_strength(fitted) -> float | None:
     """The C inner CV picked (for the report)."""
-    step = fitted.named_steps["classify"]
-    if hasattr(step, "C_"):
-        return float(np.ravel(step.C_)[0])
-    if hasattr(step, "best_params_"):
-        return float(step.best_params_["C"])
-    return None
+    value = getattr(fitted, "best_value_", None)
+    return None if value is None else float(value)
 
 
 def _metrics(truth, predicted, classes) -> dict:
@@ -106,7 +95,7 @@ def _metrics(truth, predicted, classes) -> dict:
 
 
 def score_features(X: np.ndarray, y: np.ndarray, splits: np.ndarray, protocol: Protocol, *,
-                   classifiers=PROBE_CLASSIFIERS, seed: int = 0) -> dict[str, dict]:
+                   classifiers=tuple(PROBE_CLASSIFIERS), cv: int = 5, seed: int = 0) -> dict[str, dict]:
     """{classifier: {metric: mean, metric_std: spread, "C": chosen strengths}} for one candidate."""
     classes = sorted(set(y))
     if protocol.kind == "held-out":
@@ -121,17 +110,21 @@ def score_features(X: np.ndarray, y: np.ndarray, splits: np.ndarray, protocol: P
         warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
         warnings.filterwarnings("ignore", category=RuntimeWarning, module="sklearn")
         warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
+        # one set of options for every fold (PCA's size from the smallest training fold), the set the
+        # winner recipe hands to train-shallow
+        n_fit = min(len(train_idx) for train_idx, _ in folds)
         for name in classifiers:
+            options = train_options(name, n_train=n_fit, n_features=X.shape[1])
             per_fold, strengths = [], []
             for train_idx, eval_idx in folds:
                 smallest = int(pd.Series(y[train_idx]).value_counts().min())
-                model = make_classifier(name, n_train=len(train_idx), n_features=X.shape[1],
-                                        smallest_class=smallest, seed=seed)
+                model = make_classifier(options, n_train=len(train_idx), n_features=X.shape[1],
+                                        smallest_class=smallest, cv=cv, seed=seed)
                 model.fit(X[train_idx], y[train_idx])
                 predicted = model.predict(X[eval_idx])
                 per_fold.append((y[eval_idx], predicted))
                 strengths.append(chosen_strength(model))
-            results[name] = _summarise(per_fold, classes, protocol, seed) | {"C": strengths}
+            results[name] = _summarise(per_fold, classes, protocol, seed) | {"C": strengths, "train_options": options}
     return results
 
 
