@@ -53,6 +53,7 @@ class ServerState:
     jobs: Any = None
     load_error: str | None = None
     retiring: set = field(default_factory=set)
+    active: int = 0  # HTTP requests being handled (counted on the event loop)
 
 
 def read_token(token_file: str | None) -> str | None:
@@ -159,6 +160,7 @@ class _Guard:
                 status["code"] = message["status"]
             await send(message)
 
+        self.state.active += 1
         try:
             if self.expected is not None and scope["method"] != "OPTIONS" and not _public(path):
                 given = dict(scope["headers"]).get(b"authorization", b"")
@@ -169,6 +171,7 @@ class _Guard:
                     return await response(scope, receive, tracking_send)
             await self.app(scope, receive, tracking_send)
         finally:
+            self.state.active -= 1
             self.state.metrics.observe_request(route, status["code"], time.perf_counter() - started)
 
 
@@ -322,7 +325,7 @@ async def _features(state: ServerState, registry: Registry, artifact: str | None
             decode_s[i] = time.perf_counter() - started
 
     started = time.perf_counter()
-    if len(uploads) == 1 and engine.batcher.idle:
+    if len(uploads) == 1 and state.active <= 1 and engine.batcher.idle:  # the only request in the server
         def finish(outputs):
             X = outputs[layer]
             return X, (then(X) if then is not None else None)
@@ -612,7 +615,9 @@ def _start_engines(state: ServerState, registry: Registry) -> None:
                                           on_stage=state.metrics.observe_stage,
                                           name=engine.extractor.backbone.name)
         crop = engine.preprocess.crop_size
-        engine.batcher.start(warm_up=torch.zeros((engine.extractor.tta, 3, crop, crop), dtype=torch.uint8))
+        # from numpy: torch.zeros fills in parallel, which would start an OpenMP team in the event loop's thread
+        warm_up = torch.from_numpy(np.zeros((engine.extractor.tta, 3, crop, crop), dtype=np.uint8))
+        engine.batcher.start(warm_up=warm_up)
 
 
 async def _in_own_thread(fn, *args):

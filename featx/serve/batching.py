@@ -28,6 +28,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from featx.serve.omp import LoneChoice, Throttle
+
 log = logging.getLogger(__name__)
 
 
@@ -67,6 +69,8 @@ class MicroBatcher:
         self._alone = 0  # lone requests in (or on their way to) the forward thread, outside the queue
         self._alone_done: asyncio.Event | None = None
         self._forwarding = False  # a batch is in the forward thread
+        self._throttle = Throttle()  # OpenMP workers sleep between regions while batches run (featx.serve.omp)
+        self._lone_choice = LoneChoice()  # ... and for a lone request, when that was faster lately
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.batches = 0
@@ -122,6 +126,7 @@ class MicroBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        self._throttle.release()
 
     @property
     def idle(self) -> bool:
@@ -160,9 +165,13 @@ class MicroBatcher:
         started = time.perf_counter()
         views = decode()
         decoded = time.perf_counter()
+        spin = self._lone_choice.spin()
+        self._throttle.release() if spin else self._throttle.engage()
+        forward_started = time.perf_counter()
         outputs = self.forward(views)
         ended = time.perf_counter()
-        return (then(outputs) if then is not None else outputs), decoded - started, ended - decoded
+        self._lone_choice.record(spin, ended - forward_started)
+        return (then(outputs) if then is not None else outputs), decoded - started, ended - forward_started
 
     async def submit(self, views: torch.Tensor | list[torch.Tensor], n: int) -> dict[str, np.ndarray]:
         """The features of `n` images (their views stacked, or a list of the images' views; the
@@ -237,6 +246,8 @@ class MicroBatcher:
     def _timed_forward(self, parts: list[torch.Tensor]):
         """In the forward thread, the concatenation too: torch's parallel copy stays off the event loop."""
         started = time.perf_counter()
+        if len(parts) > 1:
+            self._throttle.engage()
         outputs = self.forward(torch.cat(parts) if len(parts) > 1 else parts[0])
         return outputs, started, time.perf_counter()
 
