@@ -624,9 +624,8 @@ async def _in_own_thread(fn, *args):
     """`fn(*args)` in a new thread that ends with it. Loading networks runs parallel torch ops, and
     libgomp keeps an OpenMP team for every thread that ran one, for as long as that thread lives.
     With more such threads than cores it throttles all of them: their workers stop spinning between
-    parallel regions, and every region of a forward pass waits for a woken worker. On an idle 2-core
-    machine that made the served forward pass of efficientnet_lite0 as slow with 2 threads as with 1.
-    So only the forward threads keep teams: loading happens here, decoding avoids parallel ops."""
+    parallel regions, and every region of a forward pass waits for a woken worker. Throttling is
+    chosen on purpose, per pass (featx.serve.omp); a team left behind by loading would force it."""
     with ThreadPoolExecutor(1, thread_name_prefix="featx-load") as pool:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 

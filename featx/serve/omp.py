@@ -5,11 +5,15 @@ each parallel region, waiting for the next one, and then sleep. While more threa
 than there are cores, libgomp "throttles": workers spin only briefly and then sleep, so every
 parallel region has to wake them again. Neither suits a server both ways:
 
-- a lone request's forward pass, with nothing else running, is fastest when the workers spin: on
-  an idle 2-core machine efficientnet_lite0's pass took ~18 ms spinning against ~28 ms throttled;
-- under load — decode threads, the event loop and clients all want the cores — spinning workers
-  steal the time the others need (32 clients: ~1/3 of the throughput) and a forward pass whose
-  worker was preempted stalls at every region; throttled, the same load ran steadily.
+- a lone request's forward pass, with nothing else running, is fastest when the workers spin:
+  served one at a time on the shared 2-core test machine (efficientnet_lite0, 2 threads), the
+  pass took 17.8 ms spinning, and 24-31 ms throttled in runs at a similar load; side by side, the
+  request's p50 fell from 36 ms (the server before, throttled) to 23 ms;
+- while other threads want the cores — decode threads, the event loop and clients under load, or
+  other programs — spinning workers take the time the others need, and a pass whose worker was
+  preempted stalls at every region: side by side at 32 clients, always spinning gave 14-42 req/s
+  where throttled gave 30-50, and lone passes that spun while other jobs ran took 385-428 ms on
+  average against 31-35 ms throttled.
 
 libgomp counts a thread's team for as long as the thread lives. So `Throttle` keeps one parked
 thread with its own team alive while batches run (the count exceeds the cores: throttled) and lets
