@@ -302,9 +302,10 @@ async def _features(state: ServerState, registry: Registry, artifact: str | None
                     then=None) -> tuple[np.ndarray, Any]:
     """(n, D) features of the uploads in `artifact`'s layer, and `then(features)` (None without `then`).
 
-    A lone one-image request on an idle network is decoded, forwarded and followed up (`then`) in one
-    trip to the forward thread; otherwise the images are decoded in the worker pool and make one trip
-    through the micro-batcher, and `then` runs in a worker thread."""
+    The only request in the server, with one image, is decoded, forwarded and followed up (`then`)
+    in one trip to the forward thread (no hops to the decode pool and back, no batch to form, no
+    extra trip for the classifier); otherwise the images are decoded in the worker pool and make
+    one trip through the micro-batcher, and `then` runs in a worker thread."""
     from featx.serve.decoding import decode_views
 
     engine, layer = registry.engine_of(artifact)

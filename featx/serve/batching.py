@@ -136,8 +136,8 @@ class MicroBatcher:
     async def run_alone(self, decode: Callable[[], torch.Tensor], n: int,
                         then: Callable[[dict[str, np.ndarray]], object] | None = None):
         """Decode, forward and `then` (e.g. classify) one request in a single trip to the forward
-        thread; `(then(outputs) or outputs, seconds decoding, seconds in the forward pass)`. Call it
-        only when `idle`; requests that arrive meanwhile queue and wait for it to finish."""
+        thread: `(then(outputs), seconds decoding, seconds in the forward pass)` (`outputs` without
+        `then`). Call it only when `idle`; requests that arrive meanwhile queue and wait for it."""
         if not self.running:
             raise RuntimeError(f"the batcher of {self.name} is not running")
         self._alone += 1
@@ -165,8 +165,11 @@ class MicroBatcher:
         started = time.perf_counter()
         views = decode()
         decoded = time.perf_counter()
-        spin = self._lone_choice.spin()
-        self._throttle.release() if spin else self._throttle.engage()
+        spin = self._lone_choice.spin()  # OpenMP workers spinning or throttled, whichever was faster lately
+        if spin:
+            self._throttle.release()
+        else:
+            self._throttle.engage()
         forward_started = time.perf_counter()
         outputs = self.forward(views)
         ended = time.perf_counter()
@@ -244,7 +247,8 @@ class MicroBatcher:
                     item.future.set_result(part)
 
     def _timed_forward(self, parts: list[torch.Tensor]):
-        """In the forward thread, the concatenation too: torch's parallel copy stays off the event loop."""
+        """A batched pass, OpenMP workers throttled; in the forward thread, the concatenation too
+        (torch's parallel copy stays off the event loop and the decode threads)."""
         started = time.perf_counter()
         if len(parts) > 1:
             self._throttle.engage()
