@@ -138,10 +138,12 @@ def paired_single(base: str, model_dir: Path, paths: list[str], n: int) -> dict:
                                 extractor.backbone.preprocess, extractor.tta)
             extractor._forward(views)
             offline.append(time.perf_counter() - start)
+            time.sleep(0.01)  # torch's OpenMP workers spin ~ms after a pass: let this process's settle first
             start = time.perf_counter()
             response = http.post("/v1/predict", files=[("files", (Path(path).name, data, "image/jpeg"))])
             served.append(time.perf_counter() - start)
             response.raise_for_status()
+            time.sleep(0.01)  # ... and the server's, before the next offline pass
     ratios = [s / o for s, o in zip(served, offline)]
     return {"pairs": n, "offline_ms": 1000 * statistics.median(offline), "served_ms": 1000 * statistics.median(served),
             "ratio_median": statistics.median(ratios), "ratio_p25": percentile(ratios, 25),

@@ -84,3 +84,63 @@ def test_info_refuses_a_changed_metadata_file(artifacts, tmp_path):
     meta.write_bytes(meta.read_bytes() + b"x")
     with pytest.raises(IntegrityError, match="meta.parquet.*sha256"):
         describe_artifact(copy)
+
+
+def test_info_of_a_finished_store_reads_its_sealed_counts_without_pyarrow_or_numpy(artifacts):
+    code = ("import featx.cli\n"
+            f"featx.cli.app(['info', {str(artifacts / 'store')!r}, '--json'], standalone_mode=False)\n"
+            "assert 'pyarrow' not in sys.modules and 'numpy' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.split('.')[0] in ('pyarrow', 'numpy'))[:3]")
+    assert heavy_modules_after(code) == []
+
+
+def _rewrite_manifest(store: Path, change) -> None:
+    from featx.artifacts import seal
+
+    manifest = json.loads((store / "manifest.json").read_text())
+    change(manifest)
+    (store / "manifest.json").write_text(json.dumps(seal(manifest)))
+
+
+def test_a_store_finalized_without_sealed_counts_is_counted_from_its_table(artifacts, tmp_path):
+    import shutil
+
+    from featx.info import store_summary
+    from featx.store import FeatureStore
+
+    copy = tmp_path / "store"
+    shutil.copytree(artifacts / "store", copy)
+    _rewrite_manifest(copy, lambda m: m["meta"].pop("summary"))  # as written by an older featx
+    full = FeatureStore.open(copy).summary()
+    assert json.loads(json.dumps(store_summary(copy))) == json.loads(json.dumps(full)) and full["failed"] == 1
+
+
+def test_info_refuses_edited_counts(artifacts, tmp_path):
+    import shutil
+
+    from featx.errors import IntegrityError
+    from featx.info import describe_artifact
+
+    copy = tmp_path / "store"
+    shutil.copytree(artifacts / "store", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["meta"]["summary"]["failed"] = 0  # hide the failed row without resealing
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IntegrityError, match="manifest.json"):
+        describe_artifact(copy)
+
+
+def test_extracting_again_seals_the_counts_into_an_older_store(artifacts, tmp_path):
+    import shutil
+
+    from featx.extract import extract
+    from featx.store import FeatureStore
+
+    copy = tmp_path / "store"
+    shutil.copytree(artifacts / "store", copy)
+    _rewrite_manifest(copy, lambda m: m["meta"].pop("summary"))
+    extract(artifacts / "images", copy, **TINY)  # nothing changed: only the counts are added
+    manifest = json.loads((copy / "manifest.json").read_text())
+    full = FeatureStore.open(copy).summary()
+    assert manifest["meta"]["summary"]["failed"] == 1 == full["failed"]
+    assert manifest["meta"]["summary"]["per_class"] == full["per_class"]

@@ -86,6 +86,25 @@ def test_32_concurrent_requests_each_get_their_own_answer_equal_to_offline(artif
     assert batcher.images == 64 and batcher.batches < 64  # requests were batched together
 
 
+def test_a_lone_request_takes_the_one_trip_path_and_answers_like_offline(artifacts):
+    from featx.predict import predict
+
+    files = sorted(str(p) for p in artifacts.images.rglob("*.png"))[:3]
+    offline = predict(artifacts.model, files, workers=0, device="cpu")
+    classes = [c for c in offline.columns if c.startswith("score:")]
+    with TestClient(create_app(options(artifacts))) as c:
+        for i, path in enumerate(files):  # one at a time: each is the only request in the server
+            result = c.post("/v1/predict", files=upload(Path(path).read_bytes())).json()["results"][0]
+            assert result["label"] == offline["predicted"].iat[i]
+            np.testing.assert_allclose([result["scores"][k.split(":", 1)[1]] for k in classes],
+                                       offline.loc[i, classes].to_numpy(float), rtol=1e-4, atol=1e-5)
+        metrics = c.get("/metrics").text
+        bad = c.post("/v1/predict", files=upload(png_bytes(4)[:80]))  # a truncated PNG
+    assert 'featx_stage_seconds_count{stage="alone_hop"} 3.0' in metrics  # all three took the lone path
+    assert 'featx_stage_seconds_count{stage="decode_hop"}' not in metrics  # none went through the pool
+    assert bad.status_code == 422 and bad.json()["error"]["file"] == "img0.png"  # its errors name the file
+
+
 def test_inputs_keep_their_order_and_duplicates(client):
     a, b = png_bytes(1), png_bytes(2)
     results = client.post("/v1/predict", files=upload(a, b, a, a)).json()["results"]

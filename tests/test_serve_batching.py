@@ -81,3 +81,100 @@ def test_a_failed_decode_stops_the_wait():
     out, elapsed = asyncio.run(main())
     assert (out["layer"] == 3).all()
     assert elapsed < 2.5  # released when the other request failed, not after the 5 s max wait
+
+
+def test_run_alone_decodes_forwards_and_follows_up_in_one_trip_to_the_forward_thread():
+    import threading
+
+    threads = []
+
+    def decode():
+        threads.append(threading.current_thread().name)
+        return views(5)
+
+    def then(outputs):
+        threads.append(threading.current_thread().name)
+        return outputs["layer"].sum()
+
+    sizes = []
+
+    async def main():
+        batcher = MicroBatcher(identity, on_batch=sizes.append)
+        batcher.start()
+        assert batcher.idle
+        result = await batcher.run_alone(decode, 1, then)
+        await batcher.stop()
+        return result
+
+    total, decode_s, forward_s = asyncio.run(main())
+    assert total == 5 * 12 and decode_s >= 0 and forward_s >= 0
+    assert len(threads) == 2 and threads[0] == threads[1] and threads[0].startswith("featx-forward")
+    assert sizes == [1]
+
+
+def test_requests_arriving_during_a_lone_pass_wait_for_it_then_share_one_batch():
+    import threading
+
+    gate, sizes = threading.Event(), []
+
+    def forward(batch):
+        if batch.shape[0] == 1 and batch[0, 0, 0, 0] == 9:  # the lone request's pass stalls until released
+            gate.wait(10)
+        return identity(batch)
+
+    async def main():
+        batcher = MicroBatcher(forward, max_wait_s=0.05, on_batch=sizes.append)
+        batcher.start()
+        lone = asyncio.ensure_future(batcher.run_alone(lambda: views(9), 1))
+        await asyncio.sleep(0.05)
+        assert not batcher.idle  # the lone pass holds the network
+        later = [asyncio.ensure_future(batcher.submit(views(v, n), n)) for v, n in ((1, 1), (2, 2))]
+        await asyncio.sleep(0.1)
+        assert sizes == [] and batcher.queued == 3  # they wait behind the lone pass, not beside it
+        gate.set()
+        results = await asyncio.gather(lone, *later)
+        await batcher.stop()
+        return results
+
+    (alone, _, _), first, second = asyncio.run(main())
+    assert (alone["layer"] == 9).all()
+    assert (first["layer"] == 1).all() and first["layer"].shape[0] == 1
+    assert (second["layer"] == 2).all() and second["layer"].shape[0] == 2
+    assert sizes == [1, 3]  # the lone pass, then one batch for both later requests
+
+
+def test_lone_choice_tries_both_modes_then_keeps_the_faster_and_retries_the_other():
+    from featx.serve.omp import LoneChoice
+
+    choice = LoneChoice(explore=4)
+    first = []
+    for _ in range(4):
+        spin = choice.spin()
+        first.append(spin)
+        choice.record(spin, 0.4 if spin else 0.03)  # spinning is slow here: a busy machine
+    assert first == [True, True, False, False]
+    later = []
+    for _ in range(8):
+        spin = choice.spin()
+        later.append(spin)
+        choice.record(spin, 0.4 if spin else 0.03)
+    assert later.count(False) == 6 and later.count(True) == 2  # throttled, with every 4th pass a retry
+    for _ in range(12):  # the machine went quiet: spinning is faster now and wins once retried
+        spin = choice.spin()
+        choice.record(spin, 0.018 if spin else 0.03)
+    assert [choice.spin() for _ in range(3)].count(True) >= 2
+
+
+def test_throttle_parks_one_thread_and_ends_it():
+    import threading
+
+    from featx.serve.omp import Throttle
+
+    throttle = Throttle()
+    before = {t.name for t in threading.enumerate()}
+    throttle.engage()
+    throttle.engage()  # once only
+    parked = [t for t in threading.enumerate() if t.name == "featx-omp-throttle"]
+    assert throttle.on and len(parked) == 1 and "featx-omp-throttle" not in before
+    throttle.release()
+    assert not throttle.on and not parked[0].is_alive()

@@ -53,6 +53,7 @@ class ServerState:
     jobs: Any = None
     load_error: str | None = None
     retiring: set = field(default_factory=set)
+    active: int = 0  # HTTP requests being handled (counted on the event loop)
 
 
 def read_token(token_file: str | None) -> str | None:
@@ -89,7 +90,7 @@ def create_app(options: ServeOptions | None = None, *, registry: Registry | None
     async def lifespan(app: FastAPI):
         loop = asyncio.get_running_loop()
         try:
-            new = registry if registry is not None else await loop.run_in_executor(None, load_registry, options)
+            new = registry if registry is not None else await _in_own_thread(load_registry, options)
         except FeatxError as exc:
             raise RuntimeError(f"featx serve could not load its artifacts: {exc}") from exc
         _start_engines(state, new)
@@ -159,6 +160,7 @@ class _Guard:
                 status["code"] = message["status"]
             await send(message)
 
+        self.state.active += 1
         try:
             if self.expected is not None and scope["method"] != "OPTIONS" and not _public(path):
                 given = dict(scope["headers"]).get(b"authorization", b"")
@@ -169,6 +171,7 @@ class _Guard:
                     return await response(scope, receive, tracking_send)
             await self.app(scope, receive, tracking_send)
         finally:
+            self.state.active -= 1
             self.state.metrics.observe_request(route, status["code"], time.perf_counter() - started)
 
 
@@ -295,31 +298,56 @@ async def _images_of(state: ServerState, uploads: list[Upload], paths: list[str]
     return uploads
 
 
-async def _features(state: ServerState, registry: Registry, artifact: str | None, uploads: list[Upload]):
-    """Decode in the worker pool, then one trip through the micro-batcher: (n, D) of the layer."""
+async def _features(state: ServerState, registry: Registry, artifact: str | None, uploads: list[Upload],
+                    then=None) -> tuple[np.ndarray, Any]:
+    """(n, D) features of the uploads in `artifact`'s layer, and `then(features)` (None without `then`).
+
+    The only request in the server, with one image, is decoded, forwarded and followed up (`then`)
+    in one trip to the forward thread (no hops to the decode pool and back, no batch to form, no
+    extra trip for the classifier); otherwise the images are decoded in the worker pool and make
+    one trip through the micro-batcher, and `then` runs in a worker thread."""
     from featx.serve.decoding import decode_views
 
     engine, layer = registry.engine_of(artifact)
     extractor = engine.extractor
     loop = asyncio.get_running_loop()
+    decode_s = [0.0] * len(uploads)
 
-    async def decode(i: int, upload: Upload):
+    def decode_one(i: int, upload: Upload):
+        started = time.perf_counter()
         try:
-            return await loop.run_in_executor(state.decode_pool, lambda: decode_views(
-                upload.data, engine.preprocess, extractor.tta, max_pixels=state.options.max_pixels,
-                decoder=extractor.decode))
+            return decode_views(upload.data, engine.preprocess, extractor.tta, max_pixels=state.options.max_pixels,
+                                decoder=extractor.decode)
         except DecodeError as exc:
             exc.extra = {"file": upload.name, "position": i}
             exc.message = f"{upload.name}: {exc.message}"
             raise
+        finally:
+            decode_s[i] = time.perf_counter() - started
 
-    import torch
+    started = time.perf_counter()
+    if len(uploads) == 1 and state.active <= 1 and engine.batcher.idle:  # the only request in the server
+        def finish(outputs):
+            X = outputs[layer]
+            return X, (then(X) if then is not None else None)
+
+        (X, done), decode_seconds, forward_seconds = await engine.batcher.run_alone(
+            lambda: decode_one(0, uploads[0]), 1, finish)
+        state.metrics.observe_stage("decode", decode_seconds)
+        state.metrics.observe_stage("forward", forward_seconds)
+        state.metrics.observe_stage("alone_hop", time.perf_counter() - started - decode_seconds - forward_seconds)
+        return X, done
 
     with engine.batcher.expecting(len(uploads)):  # lets a batch being formed wait for these images
-        views = await asyncio.gather(*(decode(i, u) for i, u in enumerate(uploads)))
-        batch = torch.cat(views) if len(views) > 1 else views[0]
-    outputs = await engine.batcher.submit(batch, len(uploads))
-    return outputs[layer]
+        views = await asyncio.gather(*(loop.run_in_executor(state.decode_pool, decode_one, i, u)
+                                       for i, u in enumerate(uploads)))
+    decoded = time.perf_counter()
+    state.metrics.observe_stage("decode", max(decode_s))
+    state.metrics.observe_stage("decode_hop", decoded - started - max(decode_s))
+    # the forward thread concatenates them (a parallel torch op, kept off the event loop)
+    outputs = await engine.batcher.submit(views, len(uploads))
+    X = outputs[layer]
+    return X, (await run_in_threadpool(then, X) if then is not None else None)
 
 
 def _rows(store, rows: list[int], layer: str) -> np.ndarray:
@@ -429,7 +457,9 @@ def _routes(app: FastAPI, state: ServerState) -> None:
 
 
 async def _predict(request: Request, state: ServerState) -> dict:
+    started = time.perf_counter()
     body, uploads = await _parse(request, state, PredictRequest)
+    state.metrics.observe_stage("parse", time.perf_counter() - started)
     with state.registry.use() as registry:
         loaded = registry.model(body.model)
         model = loaded.model
@@ -439,8 +469,14 @@ async def _predict(request: Request, state: ServerState) -> dict:
 
             store = registry.store(body.store)
             require_same_config(model.extractor_config, store.config, f"model '{loaded.name}'")
-        X, names = await _query_vectors(state, registry, loaded.name, body, uploads, store, model.layer, "classify")
-        scores = await run_in_threadpool(model.scores, X)
+        def classify(X):
+            started = time.perf_counter()
+            scores = model.scores(X)
+            state.metrics.observe_stage("classify", time.perf_counter() - started)
+            return scores
+
+        X, names, scores = await _query_vectors(state, registry, loaded.name, body, uploads, store, model.layer,
+                                                "classify", then=classify)
         classes = list(model.classes)
         results = []
         for name, row in zip(names, scores):
@@ -453,17 +489,19 @@ async def _predict(request: Request, state: ServerState) -> dict:
 
 
 async def _query_vectors(state: ServerState, registry, artifact: str, body, uploads, store, layer: str,
-                         what: str) -> tuple[np.ndarray, list[str]]:
-    """The query vectors of a request, with a name each: stored rows of `store`, or uploaded /
-    `paths` images through `artifact`'s network."""
+                         what: str, then=None) -> tuple[np.ndarray, list[str], Any]:
+    """The query vectors of a request, with a name each, and `then(vectors)` (None without `then`):
+    stored rows of `store`, or uploaded / `paths` images through `artifact`'s network."""
     if body.rows is not None:
         if uploads or body.paths:
             raise InputError("send either rows, paths or files, not several")
-        return await run_in_threadpool(_rows, store, body.rows, layer), [f"row {r}" for r in body.rows]
+        X = await run_in_threadpool(_rows, store, body.rows, layer)
+        return X, [f"row {r}" for r in body.rows], (await run_in_threadpool(then, X) if then is not None else None)
     uploads = await _images_of(state, uploads, body.paths)
     if not uploads:
         raise InputError(f"nothing to {what}: send image files, 'paths' or 'rows'")
-    return await _features(state, registry, artifact, uploads), [u.name for u in uploads]
+    X, done = await _features(state, registry, artifact, uploads, then)
+    return X, [u.name for u in uploads], done
 
 
 async def _search(request: Request, state: ServerState) -> dict:
@@ -472,7 +510,7 @@ async def _search(request: Request, state: ServerState) -> dict:
         loaded = registry.index(body.index)
         index, store = loaded.index, registry.stores[loaded.store]
         exclude = body.rows
-        X, names = await _query_vectors(state, registry, loaded.name, body, uploads, store, index.info["layer"],
+        X, names, _ = await _query_vectors(state, registry, loaded.name, body, uploads, store, index.info["layer"],
                                         "search with")
         k = min(body.k, int(index.faiss_index.ntotal) - (1 if exclude else 0))
         if k < 1:
@@ -504,7 +542,7 @@ async def _place(request: Request, state: ServerState) -> dict:
         loaded = registry.projection(body.projection)
         projection = loaded.projection
         store = registry.stores[loaded.store]
-        X, names = await _query_vectors(state, registry, loaded.name, body, uploads, store, projection.layer,
+        X, names, _ = await _query_vectors(state, registry, loaded.name, body, uploads, store, projection.layer,
                                         "place")
         stored = [projection.stored(r) for r in body.rows] if body.rows is not None else [None] * len(names)
         missing = [i for i, point in enumerate(stored) if point is None]
@@ -554,7 +592,7 @@ async def _embed(request: Request, state: ServerState):
             engine, layer = registry.engine_of(body.artifact)
             if body.layer is not None and body.layer != layer:
                 raise InputError(f"layer '{body.layer}' is not served for this artifact; it uses '{layer}'")
-            X = await _features(state, registry, body.artifact, uploads)
+            X, _ = await _features(state, registry, body.artifact, uploads)
         X = np.asarray(X, dtype=np.float32)
         if body.format == "npy":
             buffer = io.BytesIO()
@@ -567,14 +605,30 @@ async def _embed(request: Request, state: ServerState):
 # --- engines and hot swap ---------------------------------------------------------------------------
 
 def _start_engines(state: ServerState, registry: Registry) -> None:
+    import torch
+
     for engine in registry.engines.values():
         if engine.batcher is None:
             engine.batcher = MicroBatcher(engine.forward, views_per_image=engine.extractor.tta,
                                           max_batch=state.options.max_batch,
                                           max_wait_s=state.options.max_wait_ms / 1000,
                                           max_queue=state.options.max_queue, on_batch=state.metrics.observe_batch,
+                                          on_stage=state.metrics.observe_stage,
                                           name=engine.extractor.backbone.name)
-        engine.batcher.start()
+        crop = engine.preprocess.crop_size
+        # from numpy: torch.zeros fills in parallel, which would start an OpenMP team in the event loop's thread
+        warm_up = torch.from_numpy(np.zeros((engine.extractor.tta, 3, crop, crop), dtype=np.uint8))
+        engine.batcher.start(warm_up=warm_up)
+
+
+async def _in_own_thread(fn, *args):
+    """`fn(*args)` in a new thread that ends with it. Loading networks runs parallel torch ops, and
+    libgomp keeps an OpenMP team for every thread that ran one, for as long as that thread lives.
+    With more such threads than cores it throttles all of them: their workers stop spinning between
+    parallel regions, and every region of a forward pass waits for a woken worker. Throttling is
+    chosen on purpose, per pass (featx.serve.omp); a team left behind by loading would force it."""
+    with ThreadPoolExecutor(1, thread_name_prefix="featx-load") as pool:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
 
 def _queued_images(state: ServerState) -> int:
@@ -588,7 +642,7 @@ async def _reload(state: ServerState) -> JSONResponse:
     async with state.reload_lock:
         old = state.registry
         try:
-            new = await asyncio.get_running_loop().run_in_executor(None, load_registry, state.options, old)
+            new = await _in_own_thread(load_registry, state.options, old)
         except Exception as exc:  # a broken or tampered artifact: keep serving the old ones
             log.error("reload refused: %s", exc)
             state.metrics.reloads.labels("refused").inc()

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 from featx.backbones.preprocess import Preprocess
 from featx.images import DecodeError, error_code, to_rgb
-from featx.views import image_views
+from featx.views import image_views, main_view
 
 
 def decode_views(data: bytes, preprocess: Preprocess, tta: int, *, max_pixels: int,
@@ -54,6 +54,9 @@ def decode_views(data: bytes, preprocess: Preprocess, tta: int, *, max_pixels: i
         image = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block must not lose the pixels
         pass
+    if tta == 1:  # the one view as it is (channels-last memory, which the network wants anyway): torch.stack's
+        # copy would be a parallel op, starting an OpenMP team in every decode thread that spins next to the forward pass
+        return main_view(to_rgb(image), preprocess).unsqueeze(0)
     return image_views(to_rgb(image), preprocess, tta)
 
 

@@ -365,13 +365,12 @@ class FeatureStore:
         return problems
 
     def summary(self) -> dict:
-        meta = self.meta[self.meta["active"].astype(bool)]
-        failed = meta[meta["status"] != "ok"]
+        counts = meta_counts(self.meta)
         return {
             "path": str(self.path),
-            "rows": len(meta),
-            "ok": int((meta["status"] == "ok").sum()),
-            "failed": len(failed),
+            "rows": counts["rows"],
+            "ok": counts["ok"],
+            "failed": counts["failed"],
             "complete": self.complete,
             "backbone": self.config.get("backbone"),
             "weights": self.config.get("weights_id"),
@@ -379,10 +378,27 @@ class FeatureStore:
             "pool": self.config.get("pool"),
             "fingerprint": self.manifest.get("fingerprint"),
             "last_changes": (self.manifest.get("last_run") or {}).get("line"),
-            "per_class": meta["label"].fillna("(none)").value_counts().sort_index().to_dict(),
-            "per_split": meta["split"].fillna("(none)").value_counts().sort_index().to_dict(),
-            "errors": failed[["path", "status", "error"]].to_dict("records"),
+            "per_class": counts["per_class"],
+            "per_split": counts["per_split"],
+            "errors": counts["errors"],
         }
+
+
+SUMMARY_ERRORS_MAX = 1000  # failed rows listed in a sealed summary; with more, `featx info` reads the table
+
+
+def meta_counts(meta: pd.DataFrame) -> dict:
+    """The row counts of a store's summary: rows, ok, failed, per class and split, the failed rows."""
+    if "active" in meta:
+        meta = meta[meta["active"].astype(bool)]
+    failed = meta[meta["status"] != "ok"]
+    return {"rows": len(meta), "ok": int((meta["status"] == "ok").sum()), "failed": len(failed),
+            "per_class": {str(k): int(v) for k, v in
+                          meta["label"].fillna("(none)").value_counts().sort_index().items()},
+            "per_split": {str(k): int(v) for k, v in
+                          meta["split"].fillna("(none)").value_counts().sort_index().items()},
+            "errors": [{k: (None if not isinstance(v, str) and pd.isna(v) else str(v)) for k, v in row.items()}
+                       for row in failed[["path", "status", "error"]].to_dict("records")]}
 
 
 def missing_ranges(shards: list[dict], n_rows: int) -> list[tuple[int, int]]:
@@ -580,11 +596,19 @@ class StoreWriter:
                 meta = store.plan.merge(store.results()[RESULT_COLUMNS[:4]], on="row_id", how="left")
                 meta = meta[META_COLUMNS].reset_index(drop=True)
                 self.manifest["meta"] = {"path": META, "sha256": _save_parquet(self.path / META, meta)}
+                counts = meta_counts(meta)
+                if counts["failed"] <= SUMMARY_ERRORS_MAX:  # sealed with the manifest: `featx info` needs no parquet
+                    self.manifest["meta"]["summary"] = counts
                 self.manifest["fingerprint"] = fingerprint(meta, self.hash)
                 self.manifest["content_fingerprint"] = content_fingerprint(meta, self.hash)
                 self.manifest["complete"] = True
                 self._write_manifest()
                 self._collect_garbage()
+            elif self.manifest.get("meta") and "summary" not in self.manifest["meta"]:
+                counts = meta_counts(FeatureStore(self.path, self.manifest).meta)  # finalized by an older featx
+                if counts["failed"] <= SUMMARY_ERRORS_MAX:
+                    self.manifest["meta"]["summary"] = counts
+                    self._write_manifest()
             return FeatureStore.open(self.path)
         finally:
             self.close()
