@@ -558,7 +558,7 @@ def probe_cmd(
     layers: str = typer.Option("auto", help="'auto' (~6 stage outputs spread over depth) or comma-separated layer names."),
     pool: str = typer.Option("avg,gem,avgmax", "--pool", help="Comma-separated poolings to try: avg, max, avgmax, gem."),
     budget: Optional[str] = typer.Option(None, help="A time (90s, 10m, 1h) or a number of candidates."),
-    classifiers: str = typer.Option("pca-logreg,linear-svm", help="Comma-separated: pca-logreg, linear-svm, logreg (slower on wide features)."),
+    classifiers: str = typer.Option("pca-logreg,linear-svm,rbf-svm", help="Comma-separated: pca-logreg, linear-svm, rbf-svm (up to 20,000 training rows), logreg (slower on wide features)."),
     weights: str = typer.Option("default", help="'default' or 'random' (for every --model)."),
     image_size: Optional[int] = typer.Option(None, help="Override the weights' crop size."),
     batch_size: int = typer.Option(32),

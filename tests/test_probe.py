@@ -276,3 +276,23 @@ def test_domain_shift_orders_near_far_farthest(tmp_path):
     assert head["hymenoptera"] > head["fashion"] > head["noise"], head
     assert [reports[k].level for k in sets] == ["near", "far", "far"]
     assert "far" in reports["fashion"].advice and "earlier" in reports["fashion"].advice
+
+
+def test_rbf_svm_is_scored_up_to_its_row_limit_and_skipped_with_a_reason_above(tmp_path, monkeypatch):
+    from featx.learn import probe as probe_module
+
+    images = make_class_folder(tmp_path / "images", per_class=6)
+    options = PROBE_TINY | {"classifiers": ["logreg", "rbf-svm"]}
+    frame = probe(images, tmp_path / "under", layers=["layer4"], pools="avg", **options)
+    assert set(frame["classifiers"][0]) == {"logreg", "rbf-svm"}
+    assert frame["classifiers"][0]["rbf-svm"]["train_options"]["classifier"] == "rbf-svm"
+    assert not frame.attrs["skipped"]
+
+    monkeypatch.setattr(probe_module, "RBF_MAX_ROWS", 10)  # 12 labelled images, all fitted under CV
+    frame = probe(images, tmp_path / "over", layers=["layer4"], pools="avg", **options)
+    assert set(frame["classifiers"][0]) == {"logreg"}
+    (skipped,) = frame.attrs["skipped"]
+    assert skipped["what"] == "classifier rbf-svm" and "12 training rows" in skipped["reason"]
+    assert "rbf-svm" not in json.loads((tmp_path / "over" / "probe.json").read_text())["classifiers"]
+    with pytest.raises(InputError, match="rbf-svm alone"):
+        probe(images, tmp_path / "alone", layers=["layer4"], pools="avg", **(options | {"classifiers": ["rbf-svm"]}))

@@ -28,7 +28,7 @@ from featx.backbones import DEFAULT_BACKBONE, resolve_family
 from featx.errors import InputError, WeightsError
 from featx.images import is_glob, scan_inputs
 from featx.learn.candidates import layer_depths, parse_layers
-from featx.learn.probe_score import DEFAULT_CLASSIFIERS, PROBE_CLASSIFIERS, choose_protocol
+from featx.learn.probe_score import DEFAULT_CLASSIFIERS, PROBE_CLASSIFIERS, RBF_MAX_ROWS, choose_protocol
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,15 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = None, layer
                                np.array([r.split or "" for r in labelled], dtype=object), cv)
     models = list(models or [DEFAULT_BACKBONE])
     skipped: list[dict] = []
+    fit_rows = sum(r.split == "train" for r in labelled) if protocol.kind == "held-out" else len(labelled)
+    if "rbf-svm" in classifiers and fit_rows > RBF_MAX_ROWS:
+        reason = (f"{fit_rows:,} training rows; an RBF SVM's fit grows with the square of the rows, so the probe "
+                  f"tries it up to {RBF_MAX_ROWS:,} (train-shallow --classifier rbf-svm still can)")
+        log.warning("probe: not scoring rbf-svm: %s", reason)
+        skipped.append({"what": "classifier rbf-svm", "reason": reason})
+        classifiers = [c for c in classifiers if c != "rbf-svm"]
+        if not classifiers:
+            raise InputError(f"--classifiers rbf-svm alone cannot be scored here: {reason}; add pca-logreg or linear-svm")
     usable = []
     for model in dict.fromkeys(models):
         if weights == "default" and not _offline(model):
@@ -244,18 +253,23 @@ def _candidate(model, layer, how, context, plan, protocol, current_paths, classi
     store = context["stores"][how]
     meta = store.meta
     rows = (store.ok & meta["label"].notna().to_numpy() & meta["path"].isin(current_paths).to_numpy())
-    key = _digest(SCORE_VERSION, store.config_hash, layer, store.manifest.get("meta", {}).get("sha256"),
-                  np.flatnonzero(rows).tolist(), protocol.to_dict(), list(classifiers), cv, seed)
+    # not keyed on the classifier list: each classifier's score is kept on its own, so adding one to
+    # --classifiers scores only that one, and a run stopped between classifiers keeps the finished ones
+    key = score_key(store, layer, rows, protocol, cv, seed)
     cache = out / "scores" / f"{_safe(model)}-{how}-{_safe(layer)}-{key}.json"
-    if cache.is_file():
-        scores = json.loads(cache.read_text())
-    else:
+    scores = json.loads(cache.read_text()) if cache.is_file() else {"classifiers": {}}
+    missing = [c for c in classifiers if c not in scores["classifiers"]]
+    if missing or "map@10" not in scores:
         X = np.asarray(store.features(layer)[rows], dtype=np.float32)
         y = meta["label"].to_numpy(dtype=object)[rows].astype(str)
         splits = meta["split"].fillna("").to_numpy(dtype=object)[rows]
-        scores = {"classifiers": score_features(X, y, splits, protocol, classifiers=classifiers, cv=cv, seed=seed),
-                  "map@10": retrieval_map(store, layer, k=10), "n": int(rows.sum())}
-        atomic.write_json(cache, scores)
+        for name in missing:
+            scores["classifiers"] |= score_features(X, y, splits, protocol, classifiers=[name], cv=cv, seed=seed)
+            atomic.write_json(cache, scores)
+        if "map@10" not in scores:
+            scores |= {"map@10": retrieval_map(store, layer, k=10), "n": int(rows.sum())}
+            atomic.write_json(cache, scores)
+    scores = scores | {"classifiers": {c: scores["classifiers"][c] for c in classifiers}}
     best = max(scores["classifiers"], key=lambda c: (scores["classifiers"][c]["balanced_accuracy"],
                                                      scores["classifiers"][c]["accuracy"]))
     shape = store.manifest["layers"][layer]["shape"]
@@ -268,6 +282,12 @@ def _candidate(model, layer, how, context, plan, protocol, current_paths, classi
             "forward_img_per_s": context["speed"][layer], "store_bytes": int(store_bytes),
             "vector_bytes": int(np.prod(shape)) * np.dtype(store.manifest["layers"][layer]["dtype"]).itemsize,
             "shift": shift, "n_images": scores["n"], "store": str(store.path), "classifiers": scores["classifiers"]}
+
+
+def score_key(store, layer: str, rows: np.ndarray, protocol, cv: int, seed: int) -> str:
+    """What a candidate's cached scores depend on: the features, the rows, the protocol and the seed."""
+    return _digest(SCORE_VERSION, store.config_hash, layer, store.manifest.get("meta", {}).get("sha256"),
+                   np.flatnonzero(rows).tolist(), protocol.to_dict(), cv, seed)
 
 
 def _rank(candidates: list[dict]) -> pd.DataFrame:
