@@ -91,8 +91,11 @@ def head_start(inputs, *, model: str, image_size: int | None = None, resize: str
                processes: int | None = None) -> "HeadStart | None":
     """Start decoding `inputs` ahead, or None where it cannot pay or cannot be proven equal: another
     engine, decoder or device than a local CPU run decoding with Pillow in this process, corner-crop
-    TTA, one core, or no preprocessing recorded for this model. Call it before importing torch.
+    TTA, one core, no preprocessing recorded for this model, or FEATX_HEAD_START=0 in the
+    environment. Call it before importing torch.
     `processes`: decoding processes (default: the cores but one, which imports torch)."""
+    if os.environ.get("FEATX_HEAD_START", "1") == "0":  # switched off (to compare, or to rule it out)
+        return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     processes = processes or cores - 1
     if (engine != "local" or workers is not None or tta not in (1, 2) or decode not in ("auto", "pil")
@@ -107,6 +110,12 @@ def head_start(inputs, *, model: str, image_size: int | None = None, resize: str
         records = scan_inputs(inputs)
     except InputError:  # extract() reports it, in its own order of checks
         return None
+    # libgomp (torch's OpenMP on Linux) spins 300,000 times at each barrier before a thread sleeps,
+    # unless it manages more threads than there are cores, which the extractor's own decoding
+    # threads make it see. Fed from the head start, the forward pass runs without them, and on a
+    # busy machine its spinning threads ran it 3x slower (same CPU seconds in, 2.75x the user time):
+    # spin as briefly as the extractor does anyway. Read when torch loads, so set before that.
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
     started = HeadStart(list(inputs) if not isinstance(inputs, (str, os.PathLike)) else [inputs],
                         records, preprocess, tta, processes)
     started.start()
