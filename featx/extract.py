@@ -403,7 +403,8 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
 
     `head_start`: a `featx.head_start.HeadStart` started on the same inputs before torch was
     imported (the CLI does); the images it decoded meanwhile are used where its preprocessing is
-    this extractor's, and it is stopped in any case."""
+    this extractor's, and it is stopped before the extraction starts (at the latest when the
+    process exits)."""
     if engine not in ENGINES:
         raise InputError(f"unknown --engine '{engine}'; allowed: {', '.join(ENGINES)}")
     if engine == "local" and (ray_address or num_gpus_per_worker is not None or cpus_per_worker is not None):
@@ -448,6 +449,9 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
         if engine == "ray":
             from featx.engines.ray_engine import run_shards
 
+            if head_start is not None:
+                head_start.stop()
+
             run_shards(writer, work.plan, shards, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
                        cpus_per_worker=cpus_per_worker, batch_size=batch_size, device=device, amp=amp,
                        workers=workers, progress=progress)
@@ -455,7 +459,7 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
             from featx.worker import extract_shards
 
             plan_rows = work.plan[["row_id", "path"]].to_dict("records")
-            ready = _take_head_start(head_start, extractor) if shards else {}
+            ready = _take_head_start(head_start, extractor, shards)
             for start, features, meta in extract_shards(extractor, plan_rows, shards, progress=progress, ready=ready):
                 writer.commit_shard(start, features, meta)
         store = writer.finalize()
@@ -464,13 +468,14 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
     return store
 
 
-def _take_head_start(head_start, extractor: Extractor) -> dict[str, dict]:
-    """The views `head_start` decoded, where this extractor decodes them the same way: with Pillow,
-    in this process (the CPU plan), with the same preprocessing and TTA (checked by `take`)."""
+def _take_head_start(head_start, extractor: Extractor, shards: list) -> dict[str, dict]:
+    """The views `head_start` decoded (and it stopped), where this extractor decodes them the same
+    way: with Pillow, in this process (the CPU plan), with the same preprocessing and TTA (checked
+    by `take`)."""
     if head_start is None:
         return {}
     plan = decode_plan(extractor.device, extractor.workers, extractor.cores)
-    if extractor.decode != "pil" or plan.processes:
+    if not shards or extractor.decode != "pil" or plan.processes:
         head_start.stop()
         return {}
     return head_start.take(extractor.backbone.preprocess.to_dict(), extractor.tta)

@@ -19,6 +19,7 @@ The first run of a model on a machine (nothing recorded yet) gets no head start.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import mmap
@@ -149,6 +150,7 @@ class HeadStart:
         self._stop = mmap.mmap(-1, 1)
         self._pids: list[int] = []
         self.started_at = time.perf_counter()
+        atexit.register(self.stop)  # a caller that raised before the hand-over leaves no process behind
         for worker in range(self.processes):
             pid = os.fork()
             if pid == 0:  # the child never returns into the caller's code
@@ -210,6 +212,7 @@ class HeadStart:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
         self._pids = []
+        atexit.unregister(self.stop)
 
     def take(self, preprocess: dict, tta: int) -> dict[str, dict]:
         """Stop decoding; the finished images by path ({"views": (tta, 3, S, S) uint8, "sha256"}),
