@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 _MEMO_FILE = "preprocess.json"
 _MEMO_KEPT = 64  # entries; the oldest go first
 BUFFER_BYTES = 512 << 20  # decoded views kept ahead at most (4,000 images at 224 px)
+NICE = 10  # the decoding processes' niceness
 STOP_WAIT_S = 1.0  # at hand-over a process may finish the image it decodes; then it is killed
 _PENDING, _DONE, _LEFT = 0, 1, 2  # per-image state in shared memory
 
@@ -167,6 +168,10 @@ class HeadStart:
     def _decode(self, worker: int) -> None:
         """In a child: images worker, worker + processes, ... until stopped or done."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+        try:  # idle cores only: on a busy machine, slowing the parent's imports would cost more than it saves
+            os.nice(NICE)
+        except OSError:
+            pass
         parent = os.getppid()
         pre = SimpleNamespace(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.preprocess.items()})
         from featx.pil_views import draft_request, plain_views
