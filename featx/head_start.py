@@ -112,11 +112,10 @@ def head_start(inputs, *, model: str, image_size: int | None = None, resize: str
         records = scan_inputs(inputs)
     except InputError:  # extract() reports it, in its own order of checks
         return None
-    # libgomp (torch's OpenMP on Linux) spins 300,000 times at each barrier before a thread sleeps,
-    # unless it manages more threads than there are cores, which the extractor's own decoding
-    # threads make it see. Fed from the head start, the forward pass runs without them, and on a
-    # busy machine its spinning threads ran it 3x slower (same CPU seconds in, 2.75x the user time):
-    # spin as briefly as the extractor does anyway. Read when torch loads, so set before that.
+    # libgomp (torch's OpenMP on Linux) lets a waiting thread spin up to 300,000 times before it
+    # sleeps. Measured on a busy 2-core machine: fed from memory, the forward pass spent 2.75x the
+    # user CPU of the same batches decoded in turns (which did not show it) and ran 3x slower; with
+    # GOMP_SPINCOUNT=1000 it spent as little as they do. libgomp reads it when torch loads.
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
     started = HeadStart(list(inputs) if not isinstance(inputs, (str, os.PathLike)) else [inputs],
                         records, preprocess, tta, processes)
