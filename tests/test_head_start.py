@@ -157,3 +157,18 @@ def test_the_cli_uses_the_head_start_and_writes_the_same_store(tmp_path, caplog)
     a, b = read(tmp_path / "a"), read(tmp_path / "b")
     assert np.array_equal(a[0], b[0], equal_nan=True) and a[1].equals(b[1])
     assert (a[1]["status"] != "ok").sum() == 2
+
+
+def test_openmp_spins_briefly_unless_the_user_chose(tmp_path, monkeypatch):
+    import os
+
+    folder = make_class_folder(tmp_path / "images", per_class=1)
+    remember_preprocess("resnet18", 64, "crop", PRE.to_dict())
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    with head_start([folder], model="resnet18", image_size=64, processes=1):
+        assert os.environ["GOMP_SPINCOUNT"] == "1000"
+    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
+    with head_start([folder], model="resnet18", image_size=64, processes=1):
+        assert os.environ["GOMP_SPINCOUNT"] == "300000"
+    monkeypatch.setenv("FEATX_HEAD_START", "0")
+    assert head_start([folder], model="resnet18", image_size=64, processes=1) is None
