@@ -133,13 +133,23 @@ def extract_cmd(
     compile: bool = _opt(ExtractOptions, "compile", "--compile"),
 ):
     """Extract features of images into a resumable feature store."""
-    from featx.extract import extract
+    from featx.head_start import head_start
 
-    store = extract(inputs, out, model=model, weights=weights, layers=layer or None, pool=pool, image_size=image_size,
-                    tta=tta, batch_size=batch_size, workers=workers, device=device, amp=amp, dtype=dtype,
-                    shard_size=shard_size, overwrite=overwrite, append=append, frozen=frozen, decode=decode,
-                    resize=resize, engine=engine, ray_address=ray_address,
-                    num_gpus_per_worker=num_gpus_per_worker, cpus_per_worker=cpus_per_worker, compile=compile)
+    # decode the first images on the other cores while torch loads (before importing featx.extract)
+    early = head_start(inputs, model=model, image_size=image_size, resize=resize, tta=tta, decode=decode,
+                       device=device, workers=workers, engine=engine)
+    try:
+        from featx.extract import extract
+
+        store = extract(inputs, out, model=model, weights=weights, layers=layer or None, pool=pool,
+                        image_size=image_size, tta=tta, batch_size=batch_size, workers=workers, device=device, amp=amp,
+                        dtype=dtype, shard_size=shard_size, overwrite=overwrite, append=append, frozen=frozen,
+                        decode=decode, resize=resize, engine=engine, ray_address=ray_address,
+                        num_gpus_per_worker=num_gpus_per_worker, cpus_per_worker=cpus_per_worker, compile=compile,
+                        head_start=early)
+    finally:
+        if early is not None:
+            early.close()
     console.print(f"inputs vs store: {store.manifest['last_run']['line']}", highlight=False)
     _print_summary(store.summary(), brief=True)
 

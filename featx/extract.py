@@ -75,17 +75,23 @@ def resolve_device(device: str) -> torch.device:
 class ImageViews(Dataset):
     """Item i: the file's views as uint8, or the reason it failed. Never raises for a bad file."""
 
-    def __init__(self, paths: Sequence[str], preprocess: Preprocess, tta: int, decode: str = "pil"):
+    def __init__(self, paths: Sequence[str], preprocess: Preprocess, tta: int, decode: str = "pil",
+                 ready: dict[str, dict] | None = None):
         self.paths = list(paths)
         self.preprocess = preprocess
         self.tta = tta
         self.decode = decode  # "torch": plain JPEGs travel as bytes, decoded on the extraction device
+        self.ready = ready  # path -> {"views", "sha256"} decoded ahead (featx.head_start); taken once
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
         item = {"index": i, "views": None, "jpeg": None, "sha256": None, "status": "ok", "error": None}
+        early = self.ready.pop(self.paths[i], None) if self.ready else None
+        if early is not None:
+            item["views"], item["sha256"] = torch.from_numpy(early["views"]), early["sha256"]
+            return item
         try:
             data, item["sha256"] = read_bytes(self.paths[i])
             if self.decode == "torch" and plain_jpeg(data):
@@ -237,11 +243,13 @@ class Extractor:
         return pooled
 
     def run(self, paths: Sequence[str], batches: Sequence[Sequence[int]] | None = None,
-            progress: bool = True, description: str = "extract") -> Iterator[Batch]:
-        """Features of `paths`, in batches (index lists into `paths`; default: consecutive)."""
+            progress: bool = True, description: str = "extract", ready: dict[str, dict] | None = None
+            ) -> Iterator[Batch]:
+        """Features of `paths`, in batches (index lists into `paths`; default: consecutive).
+        `ready`: views decoded ahead by path (`featx.head_start`), used instead of decoding."""
         if batches is None:
             batches = [list(range(i, min(i + self.batch_size, len(paths)))) for i in range(0, len(paths), self.batch_size)]
-        dataset = ImageViews(paths, self.backbone.preprocess, self.tta, self.decode)
+        dataset = ImageViews(paths, self.backbone.preprocess, self.tta, self.decode, ready)
         plan = decode_plan(self.device, self.workers, self.cores)
         total = sum(len(b) for b in batches)
         from tqdm.auto import tqdm
@@ -380,7 +388,7 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
             dtype: str = "float32", shard_size: int = 4096, overwrite: bool = False, append: bool = False,
             frozen: bool = False, decode: str = "auto", resize: str = "crop", progress: bool = True,
             engine: str = "local", ray_address: str | None = None, num_gpus_per_worker: float | None = None,
-            cpus_per_worker: float | None = None, compile: bool = False) -> FeatureStore:
+            cpus_per_worker: float | None = None, compile: bool = False, head_start=None) -> FeatureStore:
     """Extract features of `inputs` (folders, manifests, globs) into the store at `out`.
 
     The inputs are the truth: re-running reconciles the store with them (new, changed, relabelled,
@@ -391,7 +399,12 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
 
     `engine="ray"` runs the shards on a Ray cluster (`ray_address`: "auto", "ray://HOST:PORT" or
     None for a local one), one extractor per actor with `cpus_per_worker` / `num_gpus_per_worker`;
-    the store folder must be on a filesystem every node sees."""
+    the store folder must be on a filesystem every node sees.
+
+    `head_start`: a `featx.head_start.HeadStart` started on the same inputs before torch was
+    imported (the CLI does); the images it decoded meanwhile are used where its preprocessing is
+    this extractor's, and it is stopped before the extraction starts (at the latest when the
+    process exits)."""
     if engine not in ENGINES:
         raise InputError(f"unknown --engine '{engine}'; allowed: {', '.join(ENGINES)}")
     if engine == "local" and (ray_address or num_gpus_per_worker is not None or cpus_per_worker is not None):
@@ -402,7 +415,9 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
         raise InputError(f"--shard-size {shard_size} must be at least 1")
     if frozen and (overwrite or append):
         raise InputError("--frozen cannot be combined with --overwrite or --append: it refuses any change")
-    records = scan_inputs(inputs)
+    from featx.head_start import remember_preprocess, same_inputs
+
+    records = head_start.records if same_inputs(head_start, inputs) else scan_inputs(inputs)
     if engine == "ray":
         from featx.engines.ray_engine import import_ray
 
@@ -414,6 +429,7 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
                           dtype=dtype, batch_size=batch_size, workers=workers, decode=decode, resize=resize,
                           compile=compile)
     config = extractor.config | {"weights_source": _weights_source(weights)}
+    remember_preprocess(model, image_size, resize, extractor.backbone.preprocess.to_dict())  # the next head start's
     rows_per_shard = _rows_per_shard(int(shard_size), extractor)
     if engine == "ray":
         from featx.engines.ray_engine import Connection, RayFiles
@@ -433,6 +449,9 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
         if engine == "ray":
             from featx.engines.ray_engine import run_shards
 
+            if head_start is not None:
+                head_start.stop()
+
             run_shards(writer, work.plan, shards, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
                        cpus_per_worker=cpus_per_worker, batch_size=batch_size, device=device, amp=amp,
                        workers=workers, progress=progress)
@@ -440,12 +459,26 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
             from featx.worker import extract_shards
 
             plan_rows = work.plan[["row_id", "path"]].to_dict("records")
-            for start, features, meta in extract_shards(extractor, plan_rows, shards, progress=progress):
+            ready = _take_head_start(head_start, extractor, shards)
+            for start, features, meta in extract_shards(extractor, plan_rows, shards, progress=progress, ready=ready):
                 writer.commit_shard(start, features, meta)
         store = writer.finalize()
     summary = store.summary()
     log.info("store %s: %d images, %d ok, %d failed", out, summary["rows"], summary["ok"], summary["failed"])
     return store
+
+
+def _take_head_start(head_start, extractor: Extractor, shards: list) -> dict[str, dict]:
+    """The views `head_start` decoded (and it stopped), where this extractor decodes them the same
+    way: with Pillow, in this process (the CPU plan), with the same preprocessing and TTA (checked
+    by `take`)."""
+    if head_start is None:
+        return {}
+    plan = decode_plan(extractor.device, extractor.workers, extractor.cores)
+    if not shards or extractor.decode != "pil" or plan.processes:
+        head_start.stop()
+        return {}
+    return head_start.take(extractor.backbone.preprocess.to_dict(), extractor.tta)
 
 
 def _weights_source(weights: str) -> str:

@@ -20,6 +20,8 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from featx.cache import cache_dir  # noqa: F401  (also imported from here)
+
 log = logging.getLogger(__name__)
 
 FOLD_TOLERANCE = 1e-4  # largest allowed |lean - original| relative to the layer's largest |activation|
@@ -150,13 +152,6 @@ def max_relative_difference(a: dict, b: dict) -> float:
 
 _CHECKS_FILE = "lean-graph-checks.json"
 _CHECKS_KEPT = 256  # entries; the oldest go first
-
-
-def cache_dir() -> Path:
-    """$FEATX_CACHE_DIR, else $XDG_CACHE_HOME/featx, else ~/.cache/featx."""
-    if os.environ.get("FEATX_CACHE_DIR"):
-        return Path(os.environ["FEATX_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "featx"
 
 
 def check_key(graph_module: fx.GraphModule, parts: dict) -> str:

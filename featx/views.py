@@ -17,22 +17,16 @@ from torchvision.transforms import InterpolationMode
 
 from featx.backbones.preprocess import Preprocess
 from featx.errors import InputError
-from featx.images import FULL_SIZE_KEY
+# the Pillow pixels live in featx.pil_views (no torch there, so a process can make them before torch loads)
+from featx.pil_views import (_MIN_SHIFT_MARGIN, _PIL_FILTERS, DRAFT_MARGIN, REDUCING_GAP,  # noqa: F401 (re-exported)
+                             crop_resized_image, draft_request, letterbox_fill, letterbox_geometry, letterbox_image,
+                             resize_image, to_chw)
 
 MAX_TTA = 10
 # view order: the original first, then its flip, then shifted crops (corners) and their flips
 _CORNERS = ("top_left", "bottom_right", "top_right", "bottom_left")
-_MIN_SHIFT_MARGIN = 1.14  # corner crops need room around the center crop
-# Pillow: reduce() by an integer factor while the image stays ≥ 3x the target, then resample;
-# Pillow's docs call 3.0 "indistinguishable from fair resampling in most cases"
-REDUCING_GAP = 3.0
 # mean |difference| (0..255 levels) allowed against a full-size decode and an exact resample
 PIXEL_TOLERANCE = 2.0
-# the draft scale leaves the image >= 1.5x the view: the DCT-domain downscale of libjpeg is blurrier
-# than an exact resample, and decoded right at the view's size a textured photo differed by up to
-# 3.2 (crop) and 5.3 (pad) levels on average; with 1.5x to spare the worst hymenoptera photo differs
-# by 0.4 (crop) and 1.1 (pad), for ~10% more decoding time on 12 MP JPEGs
-DRAFT_MARGIN = 1.5
 
 
 def check_tta(tta: int) -> int:
@@ -86,67 +80,29 @@ def _shift_canvas(image, pre: Preprocess):
     return resized
 
 
-def draft_request(size: tuple[int, int], pre: Preprocess, tta: int = 1) -> tuple[int, int]:
-    """The smallest (width, height) an image of `size` may be decoded at: every view covered with
-    `DRAFT_MARGIN` to spare (JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale, never below the
-    request)."""
-    w, h = size
-    c = pre.crop_size
-    if pre.resize == "crop":
-        short = pre.resize_size if tta < 3 else max(pre.resize_size, math.ceil(c * _MIN_SHIFT_MARGIN))
-        scale = DRAFT_MARGIN * short / min(w, h)
-    else:
-        side = c if tta < 3 else max(pre.resize_size, math.ceil(c * _MIN_SHIFT_MARGIN))
-        if pre.resize == "full":
-            return min(w, math.ceil(DRAFT_MARGIN * side)), min(h, math.ceil(DRAFT_MARGIN * side))
-        scale = DRAFT_MARGIN * side / max(w, h)
-    return max(1, min(w, math.ceil(w * scale))), max(1, min(h, math.ceil(h * scale)))
-
-
-_PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
-
-
 def center_crop_resized(image: Image.Image, pre: Preprocess) -> torch.Tensor:
-    """Resize the shorter side to `resize_size`, then center-crop `crop_size` — as one resampling
-    of just the source region that survives the crop (40% less work than resizing it all)."""
-    w, h = image.size
-    side = pre.crop_size * min(w, h) / pre.resize_size  # the crop, in source pixels
-    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-    resized = image.resize((pre.crop_size, pre.crop_size), _PIL_FILTERS[pre.interpolation], box=box,
-                           reducing_gap=REDUCING_GAP)
-    return F.pil_to_tensor(resized)
+    """Resize the shorter side to `resize_size`, then center-crop `crop_size`, in one resampling
+    (`featx.pil_views.crop_resized_image`)."""
+    return torch.from_numpy(to_chw(crop_resized_image(image, pre)))
 
 
 def letterbox(image: Image.Image | torch.Tensor, pre: Preprocess, side: int):
     """The whole image scaled to fit a side x side square, centred; the rest is filled with the
     weights' mean colour, which normalises to 0 (the most neutral input the network knows)."""
+    if isinstance(image, Image.Image):
+        return letterbox_image(image, pre, side)
     _, h, w = F.get_dimensions(image)
-    if isinstance(image, Image.Image):  # a JPEG decoded at a DCT scale: its sides are rounded up
-        w, h = image.info.get(FULL_SIZE_KEY, (w, h))  # (113 for 900 / 8): size the box from the full image
-    scale = side / max(w, h)
-    new_w, new_h = max(1, min(side, round(w * scale))), max(1, min(side, round(h * scale)))
+    new_w, new_h, left, top = letterbox_geometry(w, h, side)
     resized = _resize(image, new_w, new_h, pre)
-    left, top = (side - new_w) // 2, (side - new_h) // 2
-    fill = letterbox_fill(pre)
-    if isinstance(image, torch.Tensor):
-        canvas = torch.tensor(fill, dtype=torch.uint8, device=image.device).view(3, 1, 1).repeat(1, side, side)
-        canvas[:, top:top + new_h, left:left + new_w] = resized
-        return canvas
-    canvas = Image.new("RGB", (side, side), fill)
-    canvas.paste(resized, (left, top))
+    canvas = torch.tensor(letterbox_fill(pre), dtype=torch.uint8, device=image.device).view(3, 1, 1).repeat(1, side, side)
+    canvas[:, top:top + new_h, left:left + new_w] = resized
     return canvas
-
-
-def letterbox_fill(pre: Preprocess) -> tuple[int, int, int]:
-    return tuple(int(round(m * 255)) for m in pre.mean)
 
 
 def _resize(image, width: int, height: int, pre: Preprocess):
     if isinstance(image, torch.Tensor):
         return F.resize(image, [height, width], interpolation=InterpolationMode(pre.interpolation), antialias=True)
-    if image.size == (width, height):
-        return image
-    return image.resize((width, height), _PIL_FILTERS[pre.interpolation], reducing_gap=REDUCING_GAP)
+    return resize_image(image, width, height, pre)
 
 
 def _resize_short(image, short: int, pre: Preprocess):
@@ -157,7 +113,7 @@ def _resize_short(image, short: int, pre: Preprocess):
 
 
 def _to_tensor(image) -> torch.Tensor:
-    return image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
+    return image if isinstance(image, torch.Tensor) else torch.from_numpy(to_chw(image))
 
 
 def normalise(batch: torch.Tensor, pre: Preprocess) -> torch.Tensor:

@@ -16,19 +16,20 @@ SHARD_META_COLUMNS = ["row_id", "path", "sha256", "status", "error", "size", "mt
 
 
 def extract_shards(extractor, plan_rows: Sequence[dict], ranges: Sequence[tuple[int, int]], *,
-                   progress: bool = False, description: str = "extract"
+                   progress: bool = False, description: str = "extract", ready: dict[str, dict] | None = None
                    ) -> Iterator[tuple[int, dict[str, np.ndarray], pd.DataFrame]]:
     """(start, features by layer, metadata) for each row range `ranges[i] = (start, stop)`, in
     order. `plan_rows[r]` is the planned row with `row_id == r` (or, for a worker given only its
     shard's rows, `plan_rows[r - offset]`: see `extract_shard`). One reader pipeline runs over all
-    ranges, so decoding of the next shard overlaps the forward pass of this one."""
+    ranges, so decoding of the next shard overlaps the forward pass of this one. `ready`: views
+    decoded ahead, by path (`featx.head_start`)."""
     offset = int(plan_rows[0]["row_id"]) if len(plan_rows) else 0
     paths = [row["path"] for row in plan_rows]
     batches = [list(range(b - offset, min(b + extractor.batch_size, stop) - offset))
                for start, stop in ranges for b in range(start, stop, extractor.batch_size)]
     stops = {start - offset: stop - offset for start, stop in ranges}
     current, buffer = None, None
-    for batch in extractor.run(paths, batches, progress=progress, description=description):
+    for batch in extractor.run(paths, batches, progress=progress, description=description, ready=ready):
         first = batch.indices[0]
         if first in stops:  # batches never cross a shard boundary
             current, buffer = first, {"features": {layer: [] for layer in extractor.layers}, "meta": []}
