@@ -34,7 +34,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from featx.cache import cache_dir
+from featx.cache import recall, remember
 from featx.errors import InputError
 from featx.images import ImageRecord, decode_image, read_bytes, scan_inputs
 
@@ -55,35 +55,13 @@ def _memo_key(model: str, image_size: int | None, resize: str) -> str:
 
 
 def remembered_preprocess(model: str, image_size: int | None, resize: str) -> dict | None:
-    try:
-        found = json.loads((cache_dir() / _MEMO_FILE).read_text()).get(_memo_key(model, image_size, resize))
-    except (OSError, ValueError, AttributeError):
-        return None
+    found = recall(_MEMO_FILE, _memo_key(model, image_size, resize))
     return found if isinstance(found, dict) else None
 
 
 def remember_preprocess(model: str, image_size: int | None, resize: str, preprocess: dict) -> None:
-    """Record the preprocessing `model` used (as JSON), for the next run's head start; a cache that
-    cannot be written only costs that head start."""
-    preprocess = json.loads(json.dumps(preprocess))
-    key = _memo_key(model, image_size, resize)
-    path = cache_dir() / _MEMO_FILE
-    try:
-        try:
-            memo = json.loads(path.read_text())
-            memo = memo if isinstance(memo, dict) else {}
-        except (OSError, ValueError):
-            memo = {}
-        if memo.get(key) == preprocess:
-            return
-        memo.pop(key, None)
-        memo[key] = preprocess
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial_path = path.with_name(f"{path.name}.{os.getpid()}.part")
-        partial_path.write_text(json.dumps(dict(list(memo.items())[-_MEMO_KEPT:])))
-        os.replace(partial_path, path)  # atomic: a concurrent reader sees the old file or the new one
-    except OSError as exc:
-        log.debug("cannot remember the preprocessing in %s: %s", path, exc)
+    """Record the preprocessing `model` used (as JSON), for the next run's head start."""
+    remember(_MEMO_FILE, _memo_key(model, image_size, resize), json.loads(json.dumps(preprocess)), kept=_MEMO_KEPT)
 
 
 # --- starting -----------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from featx.cache import cache_dir  # noqa: F401  (also imported from here)
+from featx.cache import recall, remember
 
 log = logging.getLogger(__name__)
 
@@ -164,26 +163,8 @@ def check_key(graph_module: fx.GraphModule, parts: dict) -> str:
 
 
 def remembered_check(key: str) -> dict | None:
-    try:
-        return json.loads((cache_dir() / _CHECKS_FILE).read_text()).get(key)
-    except (OSError, ValueError, AttributeError):  # no cache yet, or a damaged one: check again
-        return None
+    return recall(_CHECKS_FILE, key)
 
 
 def remember_check(key: str, record: dict) -> None:
-    """Add `record` under `key`; a cache that cannot be written only costs the next run the check."""
-    path = cache_dir() / _CHECKS_FILE
-    try:
-        try:
-            checks = json.loads(path.read_text())
-            checks = checks if isinstance(checks, dict) else {}
-        except (OSError, ValueError):
-            checks = {}
-        checks.pop(key, None)
-        checks[key] = record
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-        partial.write_text(json.dumps(dict(list(checks.items())[-_CHECKS_KEPT:])))
-        os.replace(partial, path)  # atomic: a concurrent reader sees the old file or the new one
-    except OSError as exc:
-        log.debug("cannot remember the lean-graph check in %s: %s", path, exc)
+    remember(_CHECKS_FILE, key, record, kept=_CHECKS_KEPT)
