@@ -275,12 +275,19 @@ def test_hot_swap_under_load_loses_no_request(artifacts):
     blobs = [png_bytes(200 + i) for i in range(12)]
 
     async def load(base):
+        reloaded = asyncio.Event()
         async with httpx.AsyncClient(base_url=base, timeout=60) as http:
             async def client_loop(c):
-                out = []
-                for j in range(6):
+                # the load lasts until both swaps are done (however fast the requests are), and beyond
+                out, j = [], 0
+                while j < 6 or (not reloaded.is_set() and j < 500):
                     image = (c + j) % len(blobs)
                     out.append((image, await http.post("/v1/predict", files=upload(blobs[image]))))
+                    j += 1
+                for _ in range(3):  # requests that surely run on the newest artifacts
+                    image = (c + j) % len(blobs)
+                    out.append((image, await http.post("/v1/predict", files=upload(blobs[image]))))
+                    j += 1
                 return out
 
             async def reloads():
@@ -288,6 +295,7 @@ def test_hot_swap_under_load_loses_no_request(artifacts):
                 for _ in range(2):
                     await asyncio.sleep(0.3)
                     out.append(await http.post("/v1/reload"))
+                reloaded.set()
                 return out
 
             *answers, swaps = await asyncio.gather(*(client_loop(c) for c in range(6)), reloads())
@@ -296,9 +304,9 @@ def test_hot_swap_under_load_loses_no_request(artifacts):
     with running_server(app) as base:
         answers, swaps = asyncio.run(load(base))
     assert [s.status_code for s in swaps] == [200, 200]
-    assert [r.status_code for _, r in answers] == [200] * 36
+    assert len(answers) >= 6 * 9 and [r.status_code for _, r in answers] == [200] * len(answers)
     generations = {r.json()["generation"] for _, r in answers}
-    assert generations <= {1, 2, 3} and len(generations) >= 2  # requests ran on the old and the new artifacts
+    assert generations <= {1, 2, 3} and {1, 3} <= generations  # requests ran on the old and the new artifacts
     scores = {}
     for image, r in answers:  # the same image got the same answer from every generation
         scores.setdefault(image, []).append(r.json()["results"][0]["scores"])
