@@ -8,6 +8,7 @@ standard deviation over the held-out rows."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from sklearn.model_selection import StratifiedKFold
 
 from featx.errors import InputError
 from featx.evaluate import classification_metrics
+
+log = logging.getLogger(__name__)
 
 # regularised, each tuned on the training rows only, exactly as `featx train-shallow` tunes them:
 # name → (train-shallow --classifier, --reduce); "pca" stands for PCA-whitened to `pca_components`
@@ -109,7 +112,10 @@ def score_features(X: np.ndarray, y: np.ndarray, splits: np.ndarray, protocol: P
     else:
         folds = list(StratifiedKFold(protocol.folds, shuffle=True, random_state=seed).split(X, y))
     results = {}
-    with warnings.catch_warnings():
+    # a candidate's score is what counts; the tuning's own notes (e.g. a refit that fell back to the
+    # next best C) go to the log, which `featx -v probe` shows, instead of raw warnings per candidate
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
         warnings.filterwarnings("ignore", category=RuntimeWarning, module="sklearn")
@@ -129,6 +135,8 @@ def score_features(X: np.ndarray, y: np.ndarray, splits: np.ndarray, protocol: P
                 per_fold.append((y[eval_idx], predicted))
                 strengths.append(chosen_strength(model))
             results[name] = _summarise(per_fold, classes, protocol, seed) | {"C": strengths, "train_options": options}
+    for note in dict.fromkeys(str(w.message) for w in caught):
+        log.info("probe: %s", note)
     return results
 
 
