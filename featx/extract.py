@@ -446,11 +446,9 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
                   for s in range(start, stop, rows_per_shard)]
         if shards and len(work.plan) and shards[0][0]:
             log.info("resuming store %s: %d of %d rows left", out, sum(b - a for a, b in shards), len(work.plan))
+        ready = _take_head_start(head_start, extractor, shards, engine)  # stopped in every case
         if engine == "ray":
             from featx.engines.ray_engine import run_shards
-
-            if head_start is not None:
-                head_start.stop()
 
             run_shards(writer, work.plan, shards, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
                        cpus_per_worker=cpus_per_worker, batch_size=batch_size, device=device, amp=amp,
@@ -459,7 +457,6 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
             from featx.worker import extract_shards
 
             plan_rows = work.plan[["row_id", "path"]].to_dict("records")
-            ready = _take_head_start(head_start, extractor, shards)
             for start, features, meta in extract_shards(extractor, plan_rows, shards, progress=progress, ready=ready):
                 writer.commit_shard(start, features, meta)
         store = writer.finalize()
@@ -468,14 +465,14 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
     return store
 
 
-def _take_head_start(head_start, extractor: Extractor, shards: list) -> dict[str, dict]:
+def _take_head_start(head_start, extractor: Extractor, shards: list, engine: str) -> dict[str, dict]:
     """The views `head_start` decoded (and it stopped), where this extractor decodes them the same
-    way: with Pillow, in this process (the CPU plan), with the same preprocessing and TTA (checked
-    by `take`)."""
+    way: the local engine, with Pillow, in this process (the CPU plan), with the same preprocessing
+    and TTA (checked by `take`)."""
     if head_start is None:
         return {}
     plan = decode_plan(extractor.device, extractor.workers, extractor.cores)
-    if not shards or extractor.decode != "pil" or plan.processes:
+    if engine != "local" or not shards or extractor.decode != "pil" or plan.processes:
         head_start.stop()
         return {}
     return head_start.take(extractor.backbone.preprocess.to_dict(), extractor.tta)
