@@ -452,7 +452,7 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
 
             run_shards(writer, work.plan, shards, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
                        cpus_per_worker=cpus_per_worker, batch_size=batch_size, device=device, amp=amp,
-                       workers=workers, progress=progress)
+                       workers=workers, progress=progress, preprocess=extractor.backbone.preprocess.to_dict())
         else:
             from featx.worker import extract_shards
 

@@ -74,7 +74,7 @@ def head_start(inputs, *, model: str, image_size: int | None = None, resize: str
     TTA, one core, no preprocessing recorded for this model, or FEATX_HEAD_START=0 in the
     environment. Call it before importing torch.
     `processes`: decoding processes (default: the cores but one, which imports torch)."""
-    if os.environ.get("FEATX_HEAD_START", "1") == "0":  # switched off (to compare, or to rule it out)
+    if switched_off():
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     processes = processes or cores - 1
@@ -90,13 +90,26 @@ def head_start(inputs, *, model: str, image_size: int | None = None, resize: str
         records = scan_inputs(inputs)
     except InputError:  # extract() reports it, in its own order of checks
         return None
+    return start_decoding(records, preprocess, tta, processes,
+                          inputs=list(inputs) if not isinstance(inputs, (str, os.PathLike)) else [inputs])
+
+
+def switched_off() -> bool:
+    """FEATX_HEAD_START=0 in the environment: no head start anywhere (to compare, or to rule it out)."""
+    return os.environ.get("FEATX_HEAD_START", "1") == "0"
+
+
+def start_decoding(records: list[ImageRecord], preprocess: dict, tta: int, processes: int, *,
+                   inputs: list | None = None) -> "HeadStart":
+    """Fork `processes` decoders of `records` (in order) with `preprocess` (a `Preprocess.to_dict()`)
+    and `tta`: the shared start of the CLI's head start and a Ray actor's. Call it before torch
+    is imported."""
     # libgomp (torch's OpenMP on Linux) lets a waiting thread spin up to 300,000 times before it
     # sleeps. Measured on a busy 2-core machine: fed from memory, the forward pass spent 2.75x the
     # user CPU of the same batches decoded in turns (which did not show it) and ran 3x slower; with
     # GOMP_SPINCOUNT=1000 it spent as little as they do. libgomp reads it when torch loads.
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
-    started = HeadStart(list(inputs) if not isinstance(inputs, (str, os.PathLike)) else [inputs],
-                        records, preprocess, tta, processes)
+    started = HeadStart(inputs or [], records, json.loads(json.dumps(preprocess)), tta, processes)  # as `take` compares
     started.start()
     return started
 

@@ -51,12 +51,14 @@ def extract_shards(extractor, plan_rows: Sequence[dict], ranges: Sequence[tuple[
             current, buffer = None, None
 
 
-def extract_shard(extractor, plan_rows: Sequence[dict]) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """Features and metadata of one shard: `plan_rows` are its consecutive planned rows."""
+def extract_shard(extractor, plan_rows: Sequence[dict], ready: dict[str, dict] | None = None
+                  ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """Features and metadata of one shard: `plan_rows` are its consecutive planned rows. `ready`:
+    views decoded ahead, by path (taken from it as they are used)."""
     if not plan_rows:
         raise ValueError("extract_shard needs at least one row")
     start = int(plan_rows[0]["row_id"])
     stop = start + len(plan_rows)
-    for _, features, meta in extract_shards(extractor, plan_rows, [(start, stop)]):
+    for _, features, meta in extract_shards(extractor, plan_rows, [(start, stop)], ready=ready):
         return features, meta
     raise RuntimeError(f"internal: no result for rows {start}..{stop}")  # pragma: no cover

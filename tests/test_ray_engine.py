@@ -3,6 +3,7 @@ an actor killed mid-run loses nothing, a killed driver resumes, nothing is lost 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -54,6 +55,42 @@ def test_ray_engine_equals_local_engine(ray_cluster, tmp_path):
     # a re-run of the finished store has nothing to extract and keeps the shards
     again = extract(images, tmp_path / "ray", shard_size=4, engine="ray", cpus_per_worker=1, **TINY)
     assert again.manifest["shards"] == remote.manifest["shards"]
+
+
+def test_a_lone_actor_decodes_ahead_while_it_loads(ray_cluster, tmp_path, caplog):
+    """A pool of one actor (2 CPUs) decodes the first planned images on its other core while it
+    imports torch and rebuilds the network; the vectors and statuses are the local engine's, bad
+    files included (the extractor decodes those itself)."""
+    images = make_class_folder(tmp_path / "images", per_class=10)
+    (images / "cats" / "cats_00.png").write_bytes(b"")  # among the first planned rows
+    (images / "cats" / "cats_01.png").write_text("not an image")
+    options = {**TINY, "workers": None}  # the CPU plan: decoding in turns with the forward pass
+    local = extract(images, tmp_path / "local", shard_size=8, **options)
+    with caplog.at_level(logging.INFO, logger="featx.engines.ray_engine"):
+        remote = extract(images, tmp_path / "ray", shard_size=8, engine="ray", cpus_per_worker=2, **options)
+    _same_store(local, remote)
+    assert sorted(remote.meta.loc[~remote.ok, "status"]) == ["empty", "not_image"]
+    decoded_ahead = [r.args for r in caplog.records if "decoded while the actor loaded" in r.getMessage()]
+    assert len(decoded_ahead) == 1
+    ahead, total = decoded_ahead[0]
+    assert total == 20 and 0 < ahead <= 18  # the two bad files are never taken from the head start
+
+
+def test_no_head_start_where_the_actor_would_not_use_it():
+    from featx.engines.ray_engine import _actor_head_start
+
+    config = {"preprocess": {"implementation": "pil-draft-reduce/3"}, "tta": 1}
+    cpu = {"device": "cpu", "workers": None}
+    head = {"paths": ["a.jpg"], "preprocess": {"crop_size": 64}}
+    for config_, runtime, threads, head_ in [
+            (config, cpu, 1, head),  # one core: the import needs it
+            (config, {**cpu, "device": "cuda"}, 2, head),  # GPU actors decode in worker processes
+            (config, {**cpu, "workers": 2}, 2, head),
+            ({**config, "preprocess": {"implementation": "torchvision-decode-resize/3"}}, cpu, 2, head),
+            ({**config, "tta": 3}, cpu, 2, head),
+            (config, cpu, 2, {}),  # a pool of several actors gets no paths
+    ]:
+        assert _actor_head_start(head_, config_, runtime, threads) is None
 
 
 def test_change_detection_runs_on_the_ray_workers(ray_cluster, tmp_path, monkeypatch):

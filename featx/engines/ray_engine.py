@@ -19,17 +19,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+from itertools import islice
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from featx.errors import ConfigMismatchError, InputError
+
+if TYPE_CHECKING:  # an actor unpickles this module before its head start: nothing slow at import
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'featx[ray]'"
 DEFAULT_CPUS_PER_WORKER = 4
+HEAD_START_PATHS = 4096  # planned paths a lone actor may decode while it loads (its buffer holds fewer)
 
 
 def import_ray():
@@ -108,9 +114,24 @@ class RayFiles:
 
 
 class ShardWorker:
-    """A Ray Data actor: one loaded extractor, shards in, committed-to-be shard entries out."""
+    """A Ray Data actor: one loaded extractor, shards in, committed-to-be shard entries out.
 
-    def __init__(self, config: dict, config_hash: str, store_path: str, runtime: dict, threads: int | None):
+    `head_start`: the planned paths this actor will most likely get first and the driver's
+    preprocessing (given to a pool of one actor). While the actor imports torch and rebuilds the network (seconds of
+    one core) its other cores decode them (`featx.head_start`); the first shards use those views."""
+
+    def __init__(self, config: dict, config_hash: str, store_path: str, runtime: dict, threads: int | None,
+                 head_start: dict | None = None):
+        head = _actor_head_start(head_start or {}, config, runtime, threads)  # before torch is imported
+        try:
+            self._load(config, config_hash, runtime, threads)
+            self.ready = head.take(self.extractor.backbone.preprocess.to_dict(), self.extractor.tta) if head else {}
+        finally:
+            if head:
+                head.stop()
+        self.store_path = store_path
+
+    def _load(self, config: dict, config_hash: str, runtime: dict, threads: int | None) -> None:
         import torch
 
         from featx.extract import extractor_from_config
@@ -124,22 +145,42 @@ class ShardWorker:
             raise ConfigMismatchError(f"the extractor rebuilt on node {os.uname().nodename} has config hash {own}, "
                                       f"the store expects {config_hash}; install the same featx, torch and timm "
                                       "versions on every node")
-        self.store_path = store_path
 
     def __call__(self, batch: dict) -> dict:
         from featx.store import write_shard
         from featx.worker import extract_shard
 
-        entries, ok = [], []
+        entries, ok, ahead = [], [], []
         for start, paths in zip(batch["start"], batch["paths"]):
             start = int(start)
             rows = [{"row_id": start + i, "path": str(p)} for i, p in enumerate(paths)]
-            features, meta = extract_shard(self.extractor, rows)
+            waiting = len(self.ready)
+            features, meta = extract_shard(self.extractor, rows, ready=self.ready or None)
             entry = write_shard(self.store_path, start, features, meta)
             entries.append(json.dumps(entry))
             ok.append(int((meta["status"] == "ok").sum()))
+            ahead.append(waiting - len(self.ready))  # views used from the head start (taken as used)
         return {"start": np.asarray(batch["start"], dtype=np.int64), "stop": np.asarray(batch["stop"], dtype=np.int64),
-                "entry": np.asarray(entries, dtype=object), "ok": np.asarray(ok, dtype=np.int64)}
+                "entry": np.asarray(entries, dtype=object), "ok": np.asarray(ok, dtype=np.int64),
+                "ahead": np.asarray(ahead, dtype=np.int64)}
+
+
+def _actor_head_start(head_start: dict, config: dict, runtime: dict, threads: int | None):
+    """Decoders of `head_start["paths"]` with `head_start["preprocess"]` on the actor's cores but
+    one, or None where the actor would not use their views: its decoding must be the CPU plan's
+    (Pillow in the actor's own process, TTA 1-2)."""
+    from featx.head_start import start_decoding, switched_off
+    from featx.images import ImageRecord
+
+    paths, preprocess = head_start.get("paths"), head_start.get("preprocess")
+    implementation = str(config["preprocess"].get("implementation", ""))
+    cores = max(1, int(threads or 1))
+    if (not paths or not preprocess or cores < 2 or switched_off() or not hasattr(os, "fork") or runtime.get("device") != "cpu"
+            or runtime.get("workers") is not None or not implementation.startswith("pil")
+            or config.get("tta", 1) not in (1, 2)):
+        return None
+    # `take` compares `preprocess` with the rebuilt extractor's own: any difference, nothing is used
+    return start_decoding([ImageRecord(str(p)) for p in paths], preprocess, int(config.get("tta", 1)), cores - 1)
 
 
 def _pool_size(ray, n_shards: int, cpus: float, gpus: float | None) -> int:
@@ -159,8 +200,9 @@ def _pool_size(ray, n_shards: int, cpus: float, gpus: float | None) -> int:
 def run_shards(writer, plan: pd.DataFrame, shards: list[tuple[int, int]], *, ray_address: str | None = None,
                num_gpus_per_worker: float | None = None, cpus_per_worker: float | None = None,
                batch_size: int = 32, device: str = "auto", amp: str = "none", workers: int | None = None,
-               progress: bool = True) -> None:
-    """Extract `shards` (row ranges of `plan`) on Ray and commit each through `writer` as it lands."""
+               progress: bool = True, preprocess: dict | None = None) -> None:
+    """Extract `shards` (row ranges of `plan`) on Ray and commit each through `writer` as it lands.
+    `preprocess`: the driver's extractor's (`Preprocess.to_dict()`), for a lone actor's head start."""
     if not shards:
         return
     if num_gpus_per_worker is not None and num_gpus_per_worker <= 0:
@@ -182,6 +224,10 @@ def run_shards(writer, plan: pd.DataFrame, shards: list[tuple[int, int]], *, ray
                    "workers": workers, "cores": threads}
         paths = plan["path"].to_numpy(dtype=object)
         items = [{"start": start, "stop": stop, "paths": [str(p) for p in paths[start:stop]]} for start, stop in shards]
+        # a lone actor gets the shards in order, so it can decode the first ones while it loads;
+        # in a larger pool which actor gets which shard is Ray Data's choice
+        head_start = {"paths": list(islice((p for item in items for p in item["paths"]), HEAD_START_PATHS)),
+                      "preprocess": preprocess} if size == 1 and preprocess else None
         # Ray Data's own INFO lines only with `featx -v`
         logging.getLogger("ray.data").setLevel(logging.getLogger("featx").getEffectiveLevel())
         context = ray.data.DataContext.get_current()
@@ -190,7 +236,7 @@ def run_shards(writer, plan: pd.DataFrame, shards: list[tuple[int, int]], *, ray
             ShardWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size),
             fn_constructor_kwargs={"config": writer.config, "config_hash": writer.hash,
                                    "store_path": str(Path(writer.path).resolve()), "runtime": runtime,
-                                   "threads": threads},
+                                   "threads": threads, "head_start": head_start},
             # Ray Data's actor pools restart a killed actor and retry its unfinished shards without
             # limit (max_restarts=-1, max_task_retries=-1 are its defaults; passing them is deprecated)
             num_cpus=cpus, num_gpus=num_gpus_per_worker or None)
@@ -202,11 +248,14 @@ def run_shards(writer, plan: pd.DataFrame, shards: list[tuple[int, int]], *, ray
 def _commit_as_they_land(writer, dataset, total_rows: int, progress: bool) -> None:
     from tqdm.auto import tqdm
 
+    ahead = 0
     with tqdm(total=total_rows, desc="extract (ray)", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for row in dataset.iter_rows():
+            ahead += int(row["ahead"])
             entry = json.loads(row["entry"])
             if writer.is_committed(entry["start"], entry["stop"]):  # a retried shard delivered twice
                 log.info("ray: rows %d..%d arrived twice; the second copy is dropped", entry["start"], entry["stop"])
                 continue
             writer.commit_written(entry)
             bar.update(entry["stop"] - entry["start"])
+    log.info("ray: %d of %d images were decoded while the actor loaded", ahead, total_rows)
