@@ -76,6 +76,56 @@ def test_a_lone_actor_decodes_ahead_while_it_loads(ray_cluster, tmp_path, caplog
     assert total == 20 and 0 < ahead <= 18  # the two bad files are never taken from the head start
 
 
+def test_a_small_job_is_cut_into_units_for_every_actor(ray_cluster, tmp_path):
+    """140 images at the default 4,096 rows per shard would be one unit of work for one actor;
+    on the 2-CPU cluster the default is two actors of 1 CPU, so the job is cut into equal units of
+    whole batches, and the store equals the local engine's."""
+    from featx.engines.ray_engine import default_cpus_per_worker
+
+    assert default_cpus_per_worker(ray) == 1.0
+    images = make_class_folder(tmp_path / "images", per_class=70)
+    local = extract(images, tmp_path / "local", **TINY)
+    remote = extract(images, tmp_path / "ray", engine="ray", **TINY)
+    _same_store(local, remote)
+    assert sorted((s["start"], s["stop"]) for s in remote.manifest["shards"]) == [(0, 48), (48, 96), (96, 140)]
+    assert remote.complete and remote.verify() == []
+
+
+def test_work_units_cover_every_row_once_in_whole_batches():
+    from featx.engines.ray_engine import MIN_UNIT_ROWS, work_units
+
+    shards = [(0, 256), (256, 512), (512, 768), (768, 1024), (1024, 1200)]
+    units = work_units(shards, actors=2, batch_size=32)
+    assert units == [(0, 128), (128, 256), (256, 384), (384, 512), (512, 640), (640, 768), (768, 896),
+                     (896, 1024), (1024, 1120), (1120, 1200)]
+    for planned in (shards, [(0, 5000)], [(0, 100), (300, 999)], [(0, 1)]):
+        for actors in (1, 2, 3, 16):
+            cut = work_units(planned, actors=actors, batch_size=32)
+            rows = [r for start, stop in cut for r in range(start, stop)]
+            assert rows == [r for start, stop in planned for r in range(start, stop)]  # once each, in order
+            inner = [(a, b) for a, b in cut if (b not in {stop for _, stop in planned})]
+            assert all((b - a) % 32 == 0 and b - a >= MIN_UNIT_ROWS for a, b in inner)
+    # one actor, or a large job whose shards already give every actor several: kept as planned
+    assert work_units([(0, 4096)], actors=1, batch_size=32) == [(0, 4096)]
+    big = [(s, s + 4096) for s in range(0, 4096 * 40, 4096)]
+    assert work_units(big, actors=4, batch_size=32) == big
+
+
+def test_default_cpus_per_worker_gives_two_actors_or_more_per_node():
+    from types import SimpleNamespace
+
+    from featx.engines.ray_engine import default_cpus_per_worker
+
+    def cluster(*cpus, dead=()):
+        nodes = [{"Alive": True, "Resources": {"CPU": c}} for c in cpus]
+        nodes += [{"Alive": False, "Resources": {"CPU": c}} for c in dead]
+        return SimpleNamespace(nodes=lambda: nodes)
+
+    assert [default_cpus_per_worker(cluster(c)) for c in (1, 2, 3, 4, 6, 8, 16, 96)] == [1, 1, 1, 2, 3, 4, 4, 4]
+    assert default_cpus_per_worker(cluster(2, 16)) == 4  # sized for the largest node
+    assert default_cpus_per_worker(cluster(2, dead=(64,))) == 1
+
+
 def test_no_head_start_where_the_actor_would_not_use_it():
     from featx.engines.ray_engine import _actor_head_start
 

@@ -34,7 +34,9 @@ if TYPE_CHECKING:  # an actor unpickles this module before its head start: nothi
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'featx[ray]'"
-DEFAULT_CPUS_PER_WORKER = 4
+DEFAULT_CPUS_PER_WORKER = 4  # at most, by default: each actor holds its own torch and network
+MIN_UNIT_ROWS = 64  # smaller units of work cost more in Ray tasks and small files than they balance
+UNITS_PER_ACTOR = 4  # so that the last unit leaves one actor at most a quarter of its share to finish alone
 HEAD_START_PATHS = 4096  # planned paths a lone actor may decode while it loads (its buffer holds fewer)
 
 
@@ -183,6 +185,38 @@ def _actor_head_start(head_start: dict, config: dict, runtime: dict, threads: in
     return start_decoding([ImageRecord(str(p)) for p in paths], preprocess, int(config.get("tta", 1)), cores - 1)
 
 
+def work_units(shards: list[tuple[int, int]], actors: int, batch_size: int) -> list[tuple[int, int]]:
+    """The planned shards, cut so that each of `actors` gets about UNITS_PER_ACTOR of them: a job
+    of fewer shards than actors (1,200 images at the default 4,096 rows per shard) would leave
+    actors idle, and a few large shards a long tail on one. Units are whole batches of at least
+    MIN_UNIT_ROWS rows; a large job's shards are already small enough and are kept as planned.
+    The store takes shards of any row ranges."""
+    rows = sum(stop - start for start, stop in shards)
+    if actors < 2 or not rows:
+        return list(shards)
+    unit = max(MIN_UNIT_ROWS, _ceil_div(rows, actors * UNITS_PER_ACTOR))
+    units = []
+    for start, stop in shards:  # each shard in equal pieces of whole batches
+        pieces = _ceil_div(stop - start, unit)
+        step = _ceil_div(_ceil_div(stop - start, pieces), batch_size) * batch_size
+        units += [(s, min(s + step, stop)) for s in range(start, stop, step)]
+    return units
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def default_cpus_per_worker(ray) -> float:
+    """Two actors or more per node, of at most DEFAULT_CPUS_PER_WORKER CPUs each. Inside one
+    actor decoding and the forward pass take turns; two actors on a node overlap them, one
+    decoding while the other runs its forward pass. Measured on 2 cores, 1,200 JPEGs
+    (benchmarks/extract_engines.py): two actors of 1 CPU matched the local engine, one actor of
+    2 CPUs took 2-3 s longer."""
+    nodes = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")]
+    return float(max(1, min(DEFAULT_CPUS_PER_WORKER, int(max(nodes, default=1)) // 2)))
+
+
 def _pool_size(ray, n_shards: int, cpus: float, gpus: float | None) -> int:
     resources = ray.cluster_resources()
     if gpus:
@@ -213,8 +247,10 @@ def run_shards(writer, plan: pd.DataFrame, shards: list[tuple[int, int]], *, ray
         raise InputError(f"--amp {amp} needs GPU workers: add --num-gpus-per-worker 1, or use --amp none")
     with Connection(ray_address) as connection:  # already connected when change detection ran on Ray
         ray = connection.get()
-        cpus = float(cpus_per_worker or min(DEFAULT_CPUS_PER_WORKER, max(1.0, ray.cluster_resources().get("CPU", 1))))
-        size = _pool_size(ray, len(shards), cpus, num_gpus_per_worker)
+        cpus = float(cpus_per_worker or default_cpus_per_worker(ray))
+        rows = sum(stop - start for start, stop in shards)
+        size = _pool_size(ray, max(len(shards), rows // MIN_UNIT_ROWS), cpus, num_gpus_per_worker)
+        shards = work_units(shards, size, batch_size)
         threads = max(1, int(cpus))
         # the actor plans decoding as the local engine does, within its own share of the node's
         # cores: on CPUs decoding and the forward pass take turns on all of them (a decoding
