@@ -1,7 +1,8 @@
 """`featx extract --engine ray`: the planned shards run on a Ray cluster through Ray Data.
 
 The driver plans (it holds the store's lock), turns each missing row range into one Ray Data row
-(start, stop, planned paths) and streams them through `map_batches` on a pool of actors. Each actor
+(start, stop, planned paths) and streams them through `map_batches` on a pool of actors (two or
+more per node by default; a small job's ranges are cut so that every actor gets some). Each actor
 holds one loaded extractor, rebuilt from the store's config, reads and hashes the files itself,
 decodes each row with featx's own decoder (a bad file is one error row, never a lost block — which
 is why Ray Data's `read_images` is not used) and writes its shard files straight into the store
@@ -21,7 +22,6 @@ import logging
 import os
 from itertools import islice
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -119,8 +119,9 @@ class ShardWorker:
     """A Ray Data actor: one loaded extractor, shards in, committed-to-be shard entries out.
 
     `head_start`: the planned paths this actor will most likely get first and the driver's
-    preprocessing (given to a pool of one actor). While the actor imports torch and rebuilds the network (seconds of
-    one core) its other cores decode them (`featx.head_start`); the first shards use those views."""
+    preprocessing (given to a pool of one actor). While the actor imports torch and rebuilds the
+    network (seconds of one core) its other cores decode them (`featx.head_start`); the first
+    shards use those views."""
 
     def __init__(self, config: dict, config_hash: str, store_path: str, runtime: dict, threads: int | None,
                  head_start: dict | None = None):
@@ -177,9 +178,9 @@ def _actor_head_start(head_start: dict, config: dict, runtime: dict, threads: in
     paths, preprocess = head_start.get("paths"), head_start.get("preprocess")
     implementation = str(config["preprocess"].get("implementation", ""))
     cores = max(1, int(threads or 1))
-    if (not paths or not preprocess or cores < 2 or switched_off() or not hasattr(os, "fork") or runtime.get("device") != "cpu"
-            or runtime.get("workers") is not None or not implementation.startswith("pil")
-            or config.get("tta", 1) not in (1, 2)):
+    if (not paths or not preprocess or cores < 2 or switched_off() or not hasattr(os, "fork")
+            or runtime.get("device") != "cpu" or runtime.get("workers") is not None
+            or not implementation.startswith("pil") or config.get("tta", 1) not in (1, 2)):
         return None
     # `take` compares `preprocess` with the rebuilt extractor's own: any difference, nothing is used
     return start_decoding([ImageRecord(str(p)) for p in paths], preprocess, int(config.get("tta", 1)), cores - 1)
@@ -217,7 +218,8 @@ def default_cpus_per_worker(ray) -> float:
     return float(max(1, min(DEFAULT_CPUS_PER_WORKER, int(max(nodes, default=1)) // 2)))
 
 
-def _pool_size(ray, n_shards: int, cpus: float, gpus: float | None) -> int:
+def _pool_size(ray, most: int, cpus: float, gpus: float | None) -> int:
+    """Actors of `cpus` CPUs (or `gpus` GPUs) the cluster holds, at most `most` (one per unit of work)."""
     resources = ray.cluster_resources()
     if gpus:
         available = int(resources.get("GPU", 0) // gpus)
@@ -228,7 +230,7 @@ def _pool_size(ray, n_shards: int, cpus: float, gpus: float | None) -> int:
         available = int(resources.get("CPU", 1) // cpus)
         if available < 1:
             raise InputError(f"--cpus-per-worker {cpus:g} is more than the Ray cluster's {resources.get('CPU', 0):g} CPUs")
-    return max(1, min(available, n_shards))
+    return max(1, min(available, most))
 
 
 def run_shards(writer, plan: pd.DataFrame, shards: list[tuple[int, int]], *, ray_address: str | None = None,
@@ -249,7 +251,7 @@ def run_shards(writer, plan: pd.DataFrame, shards: list[tuple[int, int]], *, ray
         ray = connection.get()
         cpus = float(cpus_per_worker or default_cpus_per_worker(ray))
         rows = sum(stop - start for start, stop in shards)
-        size = _pool_size(ray, max(len(shards), rows // MIN_UNIT_ROWS), cpus, num_gpus_per_worker)
+        size = _pool_size(ray, max(len(shards), rows // MIN_UNIT_ROWS), cpus, num_gpus_per_worker)  # units it can cut
         shards = work_units(shards, size, batch_size)
         threads = max(1, int(cpus))
         # the actor plans decoding as the local engine does, within its own share of the node's
