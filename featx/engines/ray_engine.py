@@ -296,4 +296,5 @@ def _commit_as_they_land(writer, dataset, total_rows: int, progress: bool) -> No
                 continue
             writer.commit_written(entry)
             bar.update(entry["stop"] - entry["start"])
-    log.info("ray: %d of %d images were decoded while the actor loaded", ahead, total_rows)
+    if ahead:  # only a lone actor of 2 CPUs or more decodes ahead
+        log.info("ray: %d of %d images were decoded while the actor loaded", ahead, total_rows)
