@@ -74,14 +74,10 @@ def head_start(inputs, *, model: str, image_size: int | None = None, resize: str
     TTA, one core, no preprocessing recorded for this model, or FEATX_HEAD_START=0 in the
     environment. Call it before importing torch.
     `processes`: decoding processes (default: the cores but one, which imports torch)."""
-    if switched_off():
-        return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     processes = processes or cores - 1
-    if (engine != "local" or workers is not None or tta not in (1, 2) or decode not in ("auto", "pil")
-            or device not in ("auto", "cpu") or processes < 1 or not hasattr(os, "fork")):
-        return None
-    if device == "auto" and _accelerator_present():
+    if engine != "local" or not can_decode_ahead(workers=workers, tta=tta, decode=decode, device=device,
+                                                 processes=processes):
         return None
     preprocess = remembered_preprocess(model, image_size, resize)
     if preprocess is None:
@@ -94,9 +90,16 @@ def head_start(inputs, *, model: str, image_size: int | None = None, resize: str
                           inputs=list(inputs) if not isinstance(inputs, (str, os.PathLike)) else [inputs])
 
 
-def switched_off() -> bool:
-    """FEATX_HEAD_START=0 in the environment: no head start anywhere (to compare, or to rule it out)."""
-    return os.environ.get("FEATX_HEAD_START", "1") == "0"
+def can_decode_ahead(*, workers: int | None, tta: int, decode: str, device: str, processes: int) -> bool:
+    """Whether views decoded ahead by `processes` forked decoders would be used: the extractor
+    decodes with Pillow in its own process on the CPU (the CPU plan: no `workers`, no accelerator
+    behind `device="auto"`), TTA 1-2 (not corner crops), and FEATX_HEAD_START=0 is not set (to
+    compare, or to rule it out). The CLI's head start and a lone Ray actor's both ask this."""
+    if os.environ.get("FEATX_HEAD_START", "1") == "0" or processes < 1 or not hasattr(os, "fork"):
+        return False
+    if workers is not None or tta not in (1, 2) or decode not in ("auto", "pil") or device not in ("auto", "cpu"):
+        return False
+    return not (device == "auto" and _accelerator_present())
 
 
 def start_decoding(records: list[ImageRecord], preprocess: dict, tta: int, processes: int, *,

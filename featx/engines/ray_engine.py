@@ -172,18 +172,18 @@ def _actor_head_start(head_start: dict, config: dict, runtime: dict, threads: in
     """Decoders of `head_start["paths"]` with `head_start["preprocess"]` on the actor's cores but
     one, or None where the actor would not use their views: its decoding must be the CPU plan's
     (Pillow in the actor's own process, TTA 1-2)."""
-    from featx.head_start import start_decoding, switched_off
+    from featx.head_start import can_decode_ahead, start_decoding
     from featx.images import ImageRecord
 
     paths, preprocess = head_start.get("paths"), head_start.get("preprocess")
-    implementation = str(config["preprocess"].get("implementation", ""))
-    cores = max(1, int(threads or 1))
-    if (not paths or not preprocess or cores < 2 or switched_off() or not hasattr(os, "fork")
-            or runtime.get("device") != "cpu" or runtime.get("workers") is not None
-            or not implementation.startswith("pil") or config.get("tta", 1) not in (1, 2)):
+    decode = "pil" if str(config["preprocess"].get("implementation", "")).startswith("pil") else "torch"
+    processes = max(1, int(threads or 1)) - 1  # one core imports torch
+    if (not paths or not preprocess or runtime.get("device") != "cpu"  # GPU actors: "auto" or "cuda"
+            or not can_decode_ahead(workers=runtime.get("workers"), tta=config.get("tta", 1), decode=decode,
+                                    device="cpu", processes=processes)):
         return None
     # `take` compares `preprocess` with the rebuilt extractor's own: any difference, nothing is used
-    return start_decoding([ImageRecord(str(p)) for p in paths], preprocess, int(config.get("tta", 1)), cores - 1)
+    return start_decoding([ImageRecord(str(p)) for p in paths], preprocess, int(config.get("tta", 1)), processes)
 
 
 def work_units(shards: list[tuple[int, int]], actors: int, batch_size: int) -> list[tuple[int, int]]:
