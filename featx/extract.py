@@ -467,12 +467,16 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
 
 def _take_head_start(head_start, extractor: Extractor, shards: list, engine: str) -> dict[str, dict]:
     """The views `head_start` decoded (and it stopped), where this extractor decodes them the same
-    way: the local engine, with Pillow, in this process (the CPU plan), with the same preprocessing
-    and TTA (checked by `take`)."""
+    way: the local engine, with Pillow, in this process (the CPU plan; the check the head start was
+    started under, now with the built extractor's device), with the same preprocessing and TTA
+    (checked by `take`)."""
     if head_start is None:
         return {}
-    plan = decode_plan(extractor.device, extractor.workers, extractor.cores)
-    if engine != "local" or not shards or extractor.decode != "pil" or plan.processes:
+    from featx.head_start import can_decode_ahead
+
+    if engine != "local" or not shards or not can_decode_ahead(
+            workers=extractor.workers, tta=extractor.tta, decode=extractor.decode, device=extractor.device.type,
+            processes=head_start.processes):
         head_start.stop()
         return {}
     return head_start.take(extractor.backbone.preprocess.to_dict(), extractor.tta)
