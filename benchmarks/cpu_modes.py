@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def decoded(extractor, folder: Path) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    from featx.extract import ImageViews
+    from featx.extract.extractor import ImageViews
 
     paths = sorted(folder.rglob("*.jpg"))
     dataset = ImageViews([str(p) for p in paths], extractor.backbone.preprocess, 1, "pil")
@@ -43,8 +43,8 @@ def decoded(extractor, folder: Path) -> tuple[torch.Tensor, np.ndarray, np.ndarr
 
 
 def features(extractor, forward, views: torch.Tensor, batch: int) -> np.ndarray:
-    from featx.pooling import pool
-    from featx.views import normalise
+    from featx.backbones.pooling import pool
+    from featx.preprocess.views import normalise
 
     layer = extractor.layers[0]
     out = []
@@ -56,7 +56,7 @@ def features(extractor, forward, views: torch.Tensor, batch: int) -> np.ndarray:
 
 
 def accuracy(X: np.ndarray, labels: np.ndarray, splits: np.ndarray) -> float:
-    from featx.classify import build_pipeline
+    from featx.learn.classify import build_pipeline
 
     train, val = splits == "train", splits == "val"
     pipeline = build_pipeline(n_samples=int(train.sum()), n_features=X.shape[1],
@@ -120,13 +120,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="hymenoptera folder (train/, val/)")
     args = parser.parse_args()
     from extract_throughput import HYMENOPTERA
-    from featx.extract import Extractor, usable_cores
+    from featx.extract.extractor import Extractor, usable_cores
 
     data = args.data or HYMENOPTERA
     torch.set_num_threads(usable_cores())
     extractor = Extractor(args.model, weights=args.weights, device="cpu", batch_size=args.batch_size)
     views, labels, splits = decoded(extractor, data)
-    from featx.views import normalise
+    from featx.preprocess.views import normalise
 
     calibration = normalise(views[splits == "train"][:64].contiguous(memory_format=torch.channels_last),
                             extractor.backbone.preprocess)

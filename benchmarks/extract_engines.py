@@ -50,7 +50,7 @@ def copied_jpegs(count: int) -> Path:
 
 
 def run(engine: str, folder: Path, out: Path, args) -> float:
-    from featx.extract import extract
+    from featx.extract.job import extract
 
     options = dict(model=args.model, batch_size=args.batch_size, device=args.device, progress=False,
                    shard_size=args.shard_size)

@@ -113,7 +113,7 @@ def forward_rates(extractor, native: torch.nn.Module, rounds: int, seconds: floa
         _sync(device)
         return done / (time.perf_counter() - start)
 
-    from featx.extract import _torch_threads, decode_plan
+    from featx.extract.extractor import _torch_threads, decode_plan
 
     with torch.inference_mode(), autocast, _torch_threads(decode_plan(device, extractor.workers).torch_threads):
         native(x), extractor.tap(x)  # warm-up
@@ -126,7 +126,7 @@ def decode_cost(extractor, paths: list[str], count: int) -> float:
     """Seconds of ONE core to read, decode and preprocess one image (CPU time of this thread, so
     other load on the machine does not inflate it). With --decode torch on an accelerator, the
     wall time per image of the batched device decoder instead."""
-    from featx.extract import ImageViews, collate
+    from featx.extract.extractor import ImageViews, collate
 
     dataset = ImageViews(paths[:count], extractor.backbone.preprocess, extractor.tta, extractor.decode)
     dataset[0]
@@ -162,7 +162,7 @@ def in_process(extractor, paths: list[str]) -> float:
 
 def api(folder: Path, model: str, weights: str, args, count: int) -> float:
     """img/s of one `extract()` call into a fresh store, in this (already importing) process."""
-    from featx.extract import extract
+    from featx.extract.job import extract
 
     out = Path(tempfile.mkdtemp(prefix="featx-bench-store-"))
     start = time.perf_counter()
@@ -179,7 +179,7 @@ def api(folder: Path, model: str, weights: str, args, count: int) -> float:
 
 
 def resolve_device(device: str) -> torch.device:
-    from featx.extract import resolve_device as resolve
+    from featx.extract.extractor import resolve_device as resolve
 
     return resolve(device)
 
@@ -223,7 +223,7 @@ def peak_rss_mb(folder: Path, model: str, weights: str) -> float:
 
 def layer_sweep(extractor_args: dict, model: str, rounds: int, seconds: float, count: int = 6) -> None:
     from featx.api import describe_layers
-    from featx.extract import Extractor
+    from featx.extract.extractor import Extractor
 
     names = [row["layer"] for row in describe_layers(model)]
     picks = sorted({names[round(i * (len(names) - 1) / (count - 1))] for i in range(count)}, key=names.index)
@@ -267,8 +267,8 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from featx.extract import Extractor, decode_plan, resolve_device
-    from featx.parallel import usable_cores
+    from featx.extract.extractor import Extractor, decode_plan, resolve_device
+    from featx.runtime import usable_cores
 
     device = resolve_device(args.device)
     cores = usable_cores()

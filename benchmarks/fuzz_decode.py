@@ -33,12 +33,12 @@ def worker(list_file: str, out_file: str, time_limit: float) -> None:
     (after a 'ready' line), so the parent knows which file a dead or stuck worker was on."""
     import warnings
 
-    import featx.images
-    from featx.backbones.preprocess import Preprocess
-    import featx.views  # noqa: F401  (imports torch: before 'ready', so it is not timed)
+    import featx.io.decode
+    from featx.preprocess.config import Preprocess
+    import featx.preprocess.views  # noqa: F401  (imports torch: before 'ready', so it is not timed)
     from tests.fuzz_corpus import decode_outcome
 
-    featx.images.FILE_TIME_LIMIT_S = time_limit
+    featx.io.decode.FILE_TIME_LIMIT_S = time_limit
     warnings.simplefilter("ignore")  # Pillow warns about every corrupt EXIF block; the outcome is what counts
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # libtiff writes its complaints to stderr
     preprocess = Preprocess(256, 224, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # the default's

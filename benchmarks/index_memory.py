@@ -37,7 +37,7 @@ CONFIG = {"backbone": "synthetic", "weights_id": "none", "weights_sha256": None,
 
 
 def records(n: int):
-    from featx.images import ImageRecord
+    from featx.io.sources import ImageRecord
 
     return [ImageRecord(f"/synthetic/{i:08d}.jpg", f"c{i % 100}", None) for i in range(n)]
 
@@ -64,11 +64,11 @@ CHILD = """
 import json, os, resource, sys, tempfile, time
 sys.path.insert(0, {repo!r})
 import faiss
-from featx.index import build_index
+from featx.retrieval.index import build_index
 from featx.store import library_versions
 if not {presize}:  # the streamed build before the lists were pre-sized, for the side-by-side figure
-    import featx.index_stream
-    featx.index_stream.presize_lists = lambda *args, **kwargs: None
+    import featx.retrieval.stream
+    featx.retrieval.stream.presize_lists = lambda *args, **kwargs: None
 library_versions()  # the build records them: torch, torchvision and scikit-learn are imported before the baseline
 # VmHWM: this program's own high-water mark. ru_maxrss is not: Linux carries the pre-exec image's
 # peak over into it, i.e. the RSS of the benchmark process that forked this one (≈ 1 GiB after

@@ -39,7 +39,7 @@ def synthetic(n: int, dim: int, seed: int = 0, noise: float = 0.05) -> np.ndarra
 def measure(store, kind: str, budget: int | None, queries: np.ndarray, truth: np.ndarray, k: int = 10, **options):
     import faiss
 
-    from featx.index import build_index
+    from featx.retrieval.index import build_index
 
     start = time.perf_counter()
     index = build_index(store, kind=kind, memory_budget=budget, **options)

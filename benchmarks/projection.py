@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, resource, sys, time, warnings
 warnings.filterwarnings("ignore")
-from featx.project import project
+from featx.maps.project import project
 t = time.perf_counter()
 coords = project(sys.argv[1], method=sys.argv[2], seed=0)
 elapsed = time.perf_counter() - t

@@ -121,10 +121,10 @@ def paired_single(base: str, model_dir: Path, paths: list[str], n: int) -> dict:
     """Offline decode + forward of an image, then the same image as one POST /v1/predict, n times."""
     import httpx
 
-    from featx.classify import ShallowModel
-    from featx.extract import extractor_from_config
-    from featx.images import decode_image, read_bytes
-    from featx.views import image_views
+    from featx.learn.classify import ShallowModel
+    from featx.extract.extractor import extractor_from_config
+    from featx.io.decode import decode_image, read_bytes
+    from featx.preprocess.views import image_views
 
     model = ShallowModel.load(model_dir)
     extractor = extractor_from_config(dict(model.extractor_config, layers=[model.layer]), device="cpu")
@@ -152,10 +152,10 @@ def paired_single(base: str, model_dir: Path, paths: list[str], n: int) -> dict:
 
 def offline_baselines(model_dir: Path, paths: list[str]) -> dict:
     """`featx extract`'s img/s with the model's own extractor, and one image's decode + forward."""
-    from featx.classify import ShallowModel
-    from featx.extract import extractor_from_config
-    from featx.images import decode_image, read_bytes
-    from featx.views import image_views
+    from featx.learn.classify import ShallowModel
+    from featx.extract.extractor import extractor_from_config
+    from featx.io.decode import decode_image, read_bytes
+    from featx.preprocess.views import image_views
 
     model = ShallowModel.load(model_dir)
     extractor = extractor_from_config(dict(model.extractor_config, layers=[model.layer]), device="cpu")
@@ -174,8 +174,8 @@ def offline_baselines(model_dir: Path, paths: list[str]) -> dict:
 
 
 def build_model(images: Path, folder: Path) -> Path:
-    from featx.classify import train_shallow
-    from featx.extract import extract
+    from featx.learn.classify import train_shallow
+    from featx.extract.job import extract
 
     store = extract(images, folder / "store", device="cpu", progress=False)
     train_shallow(store, classifier="logreg", out=folder / "model", learning_curve=False)
@@ -206,7 +206,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    from featx.images import scan_inputs
+    from featx.io.sources import scan_inputs
 
     paths = [r.path for r in scan_inputs(args.images)]
     blobs = [(Path(p).name, Path(p).read_bytes()) for p in paths]

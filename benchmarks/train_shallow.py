@@ -35,7 +35,7 @@ CHILD = r"""
 import json, resource, sys, time, warnings
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_score
-from featx.classify import build_pipeline
+from featx.learn.classify import build_pipeline
 warnings.filterwarnings("ignore")
 n, dim, folds, case = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rng = np.random.default_rng(0)
@@ -63,7 +63,7 @@ if case.startswith("store:"):  # real features: the defaults on a stored data se
 if case.startswith("featx:"):  # the user's call, defaults and all, on a store holding the features
     import atexit, shutil, tempfile
     from pathlib import Path
-    from featx.images import ImageRecord
+    from featx.io.sources import ImageRecord
     from featx.store import StoreWriter
     config = {"backbone": "synthetic", "weights_id": "none", "weights_sha256": None, "layers": ["vec"],
               "pool": "avg", "preprocess": {}, "tta": 1, "dtype": "float32"}

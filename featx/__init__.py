@@ -17,14 +17,14 @@ _EXPORTS = {
     "describe_layers": "featx.api",
     "list_backbones": "featx.backbones", "load_backbone": "featx.backbones",
     "FeatxError": "featx.errors",
-    "Extractor": "featx.extract", "extract": "featx.extract",
+    "Extractor": "featx.extract.extractor", "extract": "featx.extract.job",
     "FeatureStore": "featx.store",
-    "ShallowModel": "featx.classify", "train_shallow": "featx.classify",
-    "predict": "featx.predict",
-    "Index": "featx.index", "build_index": "featx.index",
-    "project": "featx.project", "plot_projection": "featx.project", "write_projection": "featx.project",
-    "fit_projection": "featx.project", "load_projection": "featx.placement",
-    "audit": "featx.learn.audit", "probe": "featx.learn.probe",
+    "ShallowModel": "featx.learn.classify", "train_shallow": "featx.learn.classify",
+    "predict": "featx.learn.predict",
+    "Index": "featx.retrieval.index", "build_index": "featx.retrieval.index",
+    "project": "featx.maps.project", "plot_projection": "featx.maps.project", "write_projection": "featx.maps.project",
+    "fit_projection": "featx.maps.project", "load_projection": "featx.maps.placement",
+    "audit": "featx.audit.audit", "probe": "featx.probe.probe",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -45,10 +45,10 @@ def __dir__() -> list[str]:
 
 class _Package(types.ModuleType):
     def __setattr__(self, name, value):
-        # importing the submodule featx.extract (or .predict, .project) must not hide the function of
-        # the same name: `featx.extract(...)` stays the function, as when everything was imported eagerly
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
-            value = getattr(value, name, value)
+        # the packages featx.extract, featx.audit and featx.probe share their names with the API's
+        # functions: importing them must not hide `featx.extract(...)`, which __getattr__ finds on first use
+        if isinstance(value, types.ModuleType) and name in _EXPORTS and value.__name__ != _EXPORTS[name]:
+            return
         super().__setattr__(name, value)
 
 
@@ -58,13 +58,14 @@ sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports, never run
     from featx.api import describe_layers
     from featx.backbones import list_backbones, load_backbone
-    from featx.classify import ShallowModel, train_shallow
+    from featx.learn.classify import ShallowModel, train_shallow
     from featx.errors import FeatxError
-    from featx.extract import Extractor, extract
-    from featx.index import Index, build_index
-    from featx.predict import predict
-    from featx.placement import load_projection
-    from featx.project import fit_projection, plot_projection, project, write_projection
-    from featx.learn.audit import audit
-    from featx.learn.probe import probe
+    from featx.extract.extractor import Extractor
+    from featx.extract.job import extract
+    from featx.retrieval.index import Index, build_index
+    from featx.learn.predict import predict
+    from featx.maps.placement import load_projection
+    from featx.maps.project import fit_projection, plot_projection, project, write_projection
+    from featx.audit.audit import audit
+    from featx.probe.probe import probe
     from featx.store import FeatureStore

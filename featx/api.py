@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from featx.artifacts import RECORD_FILES, artifact_kind, read_record
+from featx.store.artifacts import RECORD_FILES, artifact_kind, read_record
 from featx.errors import StoreError
 
 
@@ -12,7 +12,7 @@ def describe_layers(model: str, image_size: int | None = None, weights: str = "r
     """Every addressable layer of `model` with its output shape at the model's input size.
     Shapes do not depend on the weights, so random ones are used: this works offline."""
     from featx.backbones import load_backbone
-    from featx.layers import addressable_layers, default_layer, layer_shapes
+    from featx.backbones.layers import addressable_layers, default_layer, layer_shapes
 
     backbone = load_backbone(model, weights, image_size)
     addressable = addressable_layers(backbone.model)

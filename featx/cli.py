@@ -133,13 +133,13 @@ def extract_cmd(
     compile: bool = _opt(ExtractOptions, "compile", "--compile"),
 ):
     """Extract features of images into a resumable feature store."""
-    from featx.head_start import head_start
+    from featx.extract.head_start import head_start
 
     # decode the first images on the other cores while torch loads (before importing featx.extract)
     early = head_start(inputs, model=model, image_size=image_size, resize=resize, tta=tta, decode=decode,
                        device=device, workers=workers, engine=engine)
     try:
-        from featx.extract import extract
+        from featx.extract.job import extract
 
         store = extract(inputs, out, model=model, weights=weights, layers=layer or None, pool=pool,
                         image_size=image_size, tta=tta, batch_size=batch_size, workers=workers, device=device, amp=amp,
@@ -223,7 +223,7 @@ def train_shallow_cmd(
     column in the store's metadata keeps each group's images in one fold."""
     import warnings
 
-    from featx.classify import train_shallow
+    from featx.learn.classify import train_shallow
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -272,7 +272,7 @@ def predict_cmd(
     device: Device = _opt(ExtractOptions, "device"),
 ):
     """Predict labels of new images with a trained model (its own extractor first)."""
-    from featx.predict import predict
+    from featx.learn.predict import predict
 
     result = predict(model, images, tta=tta, top_k=top_k, device=device)
     emit_frame(result, output_format)
@@ -321,7 +321,7 @@ def audit_cmd(
     seed: int = _opt(AuditOptions, "seed"),
 ):
     """Find label errors, duplicates and train/test leakage, outliers, and whether more data would help."""
-    from featx.learn.audit import audit
+    from featx.audit.audit import audit
 
     suspects = audit(store, out=out, write_manifest=write_manifest, layer=layer, classifier=classifier, cv=cv, k=k,
                      threshold=threshold, calibrate=calibrate, outlier_z=outlier_z, outlier_k=outlier_k, model=model, seed=seed,
@@ -330,7 +330,7 @@ def audit_cmd(
 
 
 def print_audit_summary(suspects) -> None:
-    from featx.learn.audit import KIND_TITLES, KINDS
+    from featx.audit.audit import KIND_TITLES, KINDS
 
     summary = suspects.attrs["summary"]
     console.print(f"[bold]audit of {summary['store']}[/]: {summary['ok_rows']} images, {summary['flagged_rows']} "
@@ -372,7 +372,7 @@ def index_cmd(
     ray_address: Optional[str] = _opt(IndexOptions, "ray_address"),
 ):
     """Build a FAISS retrieval index over stored features (or --update one)."""
-    from featx.index import Index, build_index
+    from featx.retrieval.index import Index, build_index
 
     if update is not None:
         index = Index.load(update, allow_stale=True)
@@ -384,7 +384,7 @@ def index_cmd(
         return
     if store is None or out is None:
         raise FeatxError("featx index needs STORE and --out INDEX_DIR (or --update INDEX_DIR)")
-    from featx.artifacts import check_output
+    from featx.store.artifacts import check_output
 
     check_output(out, "index", inputs=[store])  # before the work, not after
     index = build_index(store, layer=layer, kind=kind, metric=metric, reduce=reduce, memory_budget=memory_budget,
@@ -409,7 +409,7 @@ def search_cmd(
     mmap: bool = typer.Option(False, "--mmap", help="Memory-map the index file (indexes bigger than RAM)."),
 ):
     """Find the stored images most similar to query images (or evaluate the index)."""
-    from featx.index import Index
+    from featx.retrieval.index import Index
 
     index = Index.load(index_dir, mmap=mmap)
     if evaluate:
@@ -427,7 +427,7 @@ def search_cmd(
         raise FeatxError("give query images (files, folders, globs) or --rows of the store, or --evaluate")
     results = index.search(queries or [], k, rows=row_ids, exclude_self=row_ids is not None, device=device)
     if html is not None:
-        from featx.search_page import render_search_page
+        from featx.pages.search import render_search_page
 
         labels = dict(zip(index.store.paths, index.store.labels)) if row_ids is not None else None
         html.write_text(render_search_page(results, f"featx search: {index_dir}", labels))
@@ -456,8 +456,8 @@ def project_cmd(
     """Project features to 2-D/3-D with UMAP, t-SNE or PCA: a PNG, an interactive page, coordinates."""
     import warnings
 
-    from featx.artifacts import check_output
-    from featx.project import fit_projection, write_projection
+    from featx.store.artifacts import check_output
+    from featx.maps.project import fit_projection, write_projection
 
     check_output(out, "projection", inputs=[store])  # before the work, not after
     with warnings.catch_warnings(record=True) as caught:
@@ -484,7 +484,7 @@ def run_cmd(
     force: bool = typer.Option(False, help="Run every step, even unchanged ones."),
 ):
     """Run a recipe: extract → train-shallow → index → project → report, skipping unchanged steps."""
-    from featx.run import run_recipe
+    from featx.recipes.run import run_recipe
 
     produced = run_recipe(recipe, set_ or [], force=force,
                           say=lambda m: console.print(m, highlight=False, markup=False))
@@ -578,7 +578,7 @@ def probe_cmd(
     seed: int = typer.Option(0),
 ):
     """Measure which backbone × layer × pooling × classifier suits your labelled images."""
-    from featx.learn.probe import probe
+    from featx.probe.probe import probe
 
     frame = probe(inputs, out, models=model or None, layers=layers, pools=pool, budget=budget,
                   classifiers=classifiers, weights=weights,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from featx.artifacts import RECORD_FILES, artifact_kind, read_record
+from featx.store.artifacts import RECORD_FILES, artifact_kind, read_record
 from featx.errors import IntegrityError, StoreError
 
 SCHEMA_VERSION = 2  # featx.store.SCHEMA_VERSION; tests prove they are equal
@@ -21,7 +21,7 @@ STORE_FIX = "create one with `featx extract IMAGES -o STORE`"
 
 def store_manifest(path: str | Path) -> dict:
     """The sealed manifest of a store, with the sha256 of its metadata files checked."""
-    from featx.atomic import file_sha256
+    from featx.io.atomic import file_sha256
 
     path = Path(path)
     manifest = read_record(path, "manifest.json", "a feature store", STORE_FIX)

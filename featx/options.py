@@ -9,7 +9,7 @@ The typer options of extract, train-shallow, audit, index, project and serve tak
 (the Literal types), defaults, bounds and help from these models (`featx.cli._opt`); tests prove the
 models' defaults equal the Python functions' and the choices the library's own tuples. Recipes
 validate the extract step with `ExtractOptions` and every step's choices with these models
-(`featx.recipe._choices`)."""
+(`featx.recipes.recipe._choices`)."""
 
 from __future__ import annotations
 

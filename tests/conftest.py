@@ -12,7 +12,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 HYMENOPTERA = Path(os.environ.get("FEATX_HYMENOPTERA", REPO.parent / "shared" / "datasets" / "hymenoptera")).resolve()
 DEMO = REPO / "data" / "digits-demo"
-# remembered lean-graph checks (featx.lean_graph) go to a folder of this test session, not ~/.cache
+# remembered lean-graph checks (featx.backbones.lean_graph) go to a folder of this test session, not ~/.cache
 os.environ.setdefault("FEATX_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="featx-test-cache-"))
 
 # a small, fast network for unit tests: random weights, 64 px input
@@ -55,7 +55,7 @@ def make_feature_store(path: Path, X, labels, splits=None, config=None, shard_si
     'group' column to the returned store's (in-memory) metadata, as a manifest's group column does."""
 
     from featx.store import StoreWriter
-    from featx.images import ImageRecord
+    from featx.io.sources import ImageRecord
 
     X = np.asarray(X, dtype=np.float32)
     splits = splits if splits is not None else [None] * len(X)

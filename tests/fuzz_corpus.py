@@ -206,8 +206,8 @@ class Outcome:
 
 def decode_outcome(path: Path, preprocess) -> Outcome:
     """What the extraction's reader does with one file: read, decode, make the network input."""
-    from featx.images import DecodeError, decode_image, read_bytes
-    from featx.views import image_views
+    from featx.io.decode import DecodeError, decode_image, read_bytes
+    from featx.preprocess.views import image_views
 
     start = time.perf_counter()
     try:
@@ -225,7 +225,7 @@ def decode_outcome(path: Path, preprocess) -> Outcome:
 
 def judge(case: Case, outcome: Outcome, hang_after_s: float) -> str | None:
     """Why this outcome misses the targets, or None when it meets them."""
-    from featx.images import ERROR_CODES
+    from featx.io.decode import ERROR_CODES
 
     if outcome.status == "crash":
         return f"crash: {outcome.detail}"

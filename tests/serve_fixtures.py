@@ -25,9 +25,9 @@ class Artifacts:
 
 
 def build_artifacts(root: Path) -> Artifacts:
-    from featx.classify import train_shallow
-    from featx.extract import extract
-    from featx.index import build_index
+    from featx.learn.classify import train_shallow
+    from featx.extract.job import extract
+    from featx.retrieval.index import build_index
 
     images = make_class_folder(root / "images", classes=("cats", "dogs", "owls"), per_class=6, size=(56, 48))
     store = extract(images, root / "store", **TINY)

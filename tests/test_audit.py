@@ -11,15 +11,15 @@ import pytest
 from typer.testing import CliRunner
 
 from featx.errors import InputError
-from featx.learn.audit import audit, run_audit
-from featx.learn.data_size import doubling_estimate
+from featx.audit.audit import audit, run_audit
+from featx.audit.data_size import doubling_estimate
 from featx.learn.duplicates import heldout_near_duplicates
 from tests.conftest import SYNTHETIC_CONFIG, TINY, blobs, make_class_folder
 
 
 def synthetic_store(path, X, labels, splits, sha256=None):
     """Like conftest.make_feature_store, with chosen sha256 values (exact duplicates)."""
-    from featx.images import ImageRecord
+    from featx.io.sources import ImageRecord
     from featx.store import StoreWriter
 
     X = np.asarray(X, dtype=np.float32)
@@ -127,7 +127,7 @@ def test_outputs_manifest_and_self_contained_page(planted, tmp_path):
 
 
 def test_cleaned_manifest_round_trips_through_extract(tmp_path):
-    from featx.extract import extract
+    from featx.extract.job import extract
     from featx.store import FeatureStore
 
     images = make_class_folder(tmp_path / "images", per_class=6, splits=("train", "val"))
@@ -157,7 +157,7 @@ def test_copy_calibration_uses_the_store_extractor(tmp_path):
 
 
 def extract_tiny(images, out):
-    from featx.extract import extract
+    from featx.extract.job import extract
 
     return extract(images, out, **TINY)
 
@@ -170,7 +170,7 @@ def test_auto_calibration_falls_back_without_images(planted):
 
 
 def test_train_shallow_warns_about_heldout_near_duplicates(tmp_path):
-    from featx.classify import train_shallow
+    from featx.learn.classify import train_shallow
 
     X, y = blobs(n_per_class=30, classes=2, dim=16, seed=4)
     splits = (["train"] * 20 + ["val"] * 10) * 2
@@ -240,7 +240,7 @@ def test_cli_audit(planted, tmp_path):
 
 
 def test_recipe_audit_step_and_report_section(tmp_path):
-    from featx.run import run_recipe
+    from featx.recipes.run import run_recipe
 
     make_class_folder(tmp_path / "images", per_class=8, splits=("train", "val"))
     recipe = tmp_path / "recipe.yaml"

@@ -4,10 +4,10 @@ import warnings
 import numpy as np
 import pytest
 
-from featx.classify import CLASSIFIERS, DEFAULT_CLASSIFIER, ShallowModel, train_shallow
+from featx.learn.classify import CLASSIFIERS, DEFAULT_CLASSIFIER, ShallowModel, train_shallow
 from featx.errors import ConfigMismatchError, InputError, IntegrityError, StoreError
 from featx.learn.tune import STRENGTHS, cv_splitter
-from featx.reduce import ProductQuantizer
+from featx.learn.reduce import ProductQuantizer
 from tests.conftest import SYNTHETIC_CONFIG, blobs, make_feature_store
 
 
@@ -271,7 +271,7 @@ def test_parallel_tuning_equals_serial_tuning(classifier):
     depend on how many (warm-started models keep one per fold, so no thread sees another's)."""
     from sklearn.base import clone
 
-    from featx.classify import build_pipeline
+    from featx.learn.classify import build_pipeline
     from featx.learn.tune import TunedPipeline
 
     X, y = blobs(n_per_class=40, classes=3, dim=32, spread=5.0, seed=2)

@@ -83,13 +83,13 @@ def test_option_models_are_the_library_defaults_and_choices():
     """Defaults equal the Python functions' keyword defaults; choices equal the tuples the library checks."""
     import inspect
 
-    from featx.classify import BALANCES, CLASSIFIERS, DEFAULT_CLASSIFIER, train_shallow
-    from featx.index import KINDS, METRICS, Index
-    from featx.learn.audit import audit
+    from featx.learn.classify import BALANCES, CLASSIFIERS, DEFAULT_CLASSIFIER, train_shallow
+    from featx.retrieval.index import KINDS, METRICS, Index
+    from featx.audit.audit import audit
     from featx.learn.duplicates import CALIBRATIONS
-    from featx.learn.label_issues import CLASSIFIERS as AUDIT_CLASSIFIERS
-    from featx.project import COLORS, METHODS, project
-    from featx.reduce import NORMALIZERS
+    from featx.audit.label_issues import CLASSIFIERS as AUDIT_CLASSIFIERS
+    from featx.maps.project import COLORS, METHODS, project
+    from featx.learn.reduce import NORMALIZERS
 
     for model, function in ((TrainShallowOptions, train_shallow), (AuditOptions, audit), (IndexOptions, Index.build),
                             (ProjectOptions, project)):

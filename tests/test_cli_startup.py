@@ -40,9 +40,9 @@ def test_help_pulls_in_no_heavy_library():
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    from featx.classify import train_shallow
-    from featx.extract import extract
-    from featx.index import build_index
+    from featx.learn.classify import train_shallow
+    from featx.extract.job import extract
+    from featx.retrieval.index import build_index
 
     root = tmp_path_factory.mktemp("startup")
     images = make_class_folder(root / "images", per_class=4)
@@ -95,7 +95,7 @@ def test_info_of_a_finished_store_reads_its_sealed_counts_without_pyarrow_or_num
 
 
 def _rewrite_manifest(store: Path, change) -> None:
-    from featx.artifacts import seal
+    from featx.io.atomic import seal
 
     manifest = json.loads((store / "manifest.json").read_text())
     change(manifest)
@@ -133,7 +133,7 @@ def test_info_refuses_edited_counts(artifacts, tmp_path):
 def test_extracting_again_seals_the_counts_into_an_older_store(artifacts, tmp_path):
     import shutil
 
-    from featx.extract import extract
+    from featx.extract.job import extract
     from featx.store import FeatureStore
 
     copy = tmp_path / "store"

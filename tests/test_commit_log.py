@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from featx.errors import IntegrityError
-from featx.images import ImageRecord
+from featx.io.sources import ImageRecord
 from featx.store import FeatureStore, StoreWriter
 from featx.store.commit_log import COMMIT_LOG
 from tests.conftest import SYNTHETIC_CONFIG

@@ -7,14 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-import featx.device_views as device_views
+import featx.preprocess.device as device_views
 from conftest import HYMENOPTERA, needs_hymenoptera
-from featx.backbones.preprocess import Preprocess
-from featx.device_views import batched_views
-from featx.extract import ImageViews
-from featx.images import decode_image
-from featx.tensor_decode import decode_on
-from featx.views import PIXEL_TOLERANCE, image_views
+from featx.preprocess.config import Preprocess
+from featx.preprocess.device import batched_views
+from featx.extract.extractor import ImageViews
+from featx.io.decode import decode_image
+from featx.preprocess.device import decode_on
+from featx.preprocess.views import PIXEL_TOLERANCE, image_views
 
 PRE = Preprocess(resize_size=73, crop_size=64, interpolation="bilinear", mean=(0.485, 0.456, 0.406),
                  std=(0.229, 0.224, 0.225))

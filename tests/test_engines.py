@@ -10,14 +10,14 @@ from tests.conftest import REPO, TINY
 
 
 def test_importing_featx_does_not_import_ray():
-    code = ("import sys, featx, featx.api, featx.cli, featx.extract, featx.index, featx.worker, featx.engines\n"
+    code = ("import sys, featx, featx.api, featx.cli, featx.extract, featx.retrieval.index, featx.extract.worker, featx.extract.engines\n"
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_missing_ray_names_the_extra(image_folder, tmp_path, monkeypatch):
-    from featx.extract import extract
+    from featx.extract.job import extract
 
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees where it is not installed
     with pytest.raises(InputError, match=r"pip install 'featx\[ray\]'"):

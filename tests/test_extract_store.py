@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from featx.errors import ConfigMismatchError, InputError, StoreError
-from featx.extract import extract
+from featx.extract.job import extract
 from featx.store import FeatureStore, StoreWriter
 from tests.conftest import TINY, make_class_folder
 
@@ -116,7 +116,7 @@ def test_tta_views_are_averaged(image_folder, tmp_path):
     two = extract(image_folder, tmp_path / "b", tta=2, **TINY).features()
     assert one.shape == two.shape and not np.allclose(one, two)
     # the stored vector is the mean of the per-view vectors, and view 0 is the plain center crop
-    from featx.extract import Extractor
+    from featx.extract.extractor import Extractor
 
     options = {k: v for k, v in TINY.items() if k not in ("model", "progress")}
     paths = FeatureStore.open(tmp_path / "b").paths.tolist()
@@ -188,7 +188,7 @@ def test_atomic_writes_never_change_the_process_umask(tmp_path, monkeypatch):
     service writes job stores while serving); writes must only read it."""
     import os
 
-    from featx import atomic
+    from featx.io import atomic
 
     def forbidden(_mask):
         raise AssertionError("os.umask called during a write")

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from featx.backbones.preprocess import Preprocess
-from featx.images import ERROR_CODES
+from featx.preprocess.config import Preprocess
+from featx.io.decode import ERROR_CODES
 from tests.conftest import TINY
 from tests.fuzz_corpus import BAD_KINDS, GOOD_FORMATS, cases, decode_outcome, judge, materialise
 
@@ -18,9 +18,9 @@ TIME_LIMIT_S = 5.0
 
 @pytest.fixture
 def short_time_limit(monkeypatch):
-    import featx.images
+    import featx.io.decode
 
-    monkeypatch.setattr(featx.images, "FILE_TIME_LIMIT_S", TIME_LIMIT_S)
+    monkeypatch.setattr(featx.io.decode, "FILE_TIME_LIMIT_S", TIME_LIMIT_S)
 
 
 def test_500_tries_no_crash_no_hang_good_kept_bad_reported(tmp_path, short_time_limit):
@@ -42,7 +42,7 @@ def test_500_tries_no_crash_no_hang_good_kept_bad_reported(tmp_path, short_time_
 
 
 def test_end_to_end_extract_keeps_good_files_and_reports_each_bad_one(tmp_path, short_time_limit):
-    from featx.extract import extract
+    from featx.extract.job import extract
 
     folder = tmp_path / "corpus"
     folder.mkdir()

@@ -1,4 +1,4 @@
-"""The CLI's head start (featx.head_start): images decoded by forked processes while torch loads
+"""The CLI's head start (featx.extract.head_start): images decoded by forked processes while torch loads
 give the very bytes and rows the extractor makes itself, and anything it cannot prove equal is
 not used."""
 
@@ -14,13 +14,13 @@ import pytest
 from PIL import Image
 
 from conftest import TINY, make_class_folder
-from featx.backbones.preprocess import Preprocess
-from featx.cache import cache_dir
-from featx.head_start import _MEMO_FILE, head_start, remember_preprocess, remembered_preprocess
-from featx.images import decode_image
-from featx.pil_views import draft_request, plain_views
+from featx.preprocess.config import Preprocess
+from featx.io.cache import cache_dir
+from featx.extract.head_start import _MEMO_FILE, head_start, remember_preprocess, remembered_preprocess
+from featx.io.decode import decode_image
+from featx.preprocess.pil import draft_request, plain_views
 from featx.store import FeatureStore
-from featx.views import image_views
+from featx.preprocess.views import image_views
 from test_cli_startup import heavy_modules_after
 
 PRE = Preprocess(resize_size=64, crop_size=56, interpolation="bicubic", mean=(0.5, 0.25, 0.75), std=(0.2, 0.2, 0.2))
@@ -54,7 +54,7 @@ def test_torch_free_views_are_the_extractors_bytes(mode, tta):
 
 def test_the_head_start_imports_no_heavy_library(tmp_path):
     folder = make_class_folder(tmp_path / "images", per_class=2)
-    code = ("from featx.head_start import head_start, remember_preprocess\n"
+    code = ("from featx.extract.head_start import head_start, remember_preprocess\n"
             f"remember_preprocess('resnet18', 64, 'crop', {PRE.to_dict()!r})\n"
             f"h = head_start([{str(folder)!r}], model='resnet18', image_size=64, processes=1)\n"
             "import time\n"
@@ -95,14 +95,14 @@ def read(store_path):
 
 
 def test_features_and_rows_with_a_head_start_equal_the_normal_run(tmp_path, caplog):
-    from featx.extract import extract
+    from featx.extract.job import extract
 
     folder = folder_with_bad_files(tmp_path)
     extract(folder, tmp_path / "plain", **EXTRACT)  # also records the preprocessing for the next head start
     head = head_start([folder], model="resnet18", image_size=64)
     assert head is not None and len(head.records) == 13
     wait_until_decoded(head)
-    with caplog.at_level(logging.INFO, logger="featx.head_start"), head:
+    with caplog.at_level(logging.INFO, logger="featx.extract.head_start"), head:
         extract([folder], tmp_path / "early", head_start=head, **EXTRACT)
     assert "head start: 11 of 13 images decoded" in caplog.text  # the two bad files are left to the extractor
     (plain, plain_meta, plain_manifest), (early, early_meta, early_manifest) = read(tmp_path / "plain"), read(tmp_path / "early")
@@ -113,7 +113,7 @@ def test_features_and_rows_with_a_head_start_equal_the_normal_run(tmp_path, capl
 
 
 def test_another_preprocessing_than_the_recorded_one_is_not_used(tmp_path, caplog):
-    from featx.extract import extract
+    from featx.extract.job import extract
 
     folder = make_class_folder(tmp_path / "images", per_class=3)
     extract(folder, tmp_path / "plain", **EXTRACT)
@@ -121,7 +121,7 @@ def test_another_preprocessing_than_the_recorded_one_is_not_used(tmp_path, caplo
     remember_preprocess("resnet18", 64, "crop", wrong)
     head = head_start([folder], model="resnet18", image_size=64)
     wait_until_decoded(head)
-    with caplog.at_level(logging.INFO, logger="featx.head_start"), head:
+    with caplog.at_level(logging.INFO, logger="featx.extract.head_start"), head:
         extract([folder], tmp_path / "early", head_start=head, **EXTRACT)
     assert "head start not used" in caplog.text
     assert np.array_equal(read(tmp_path / "plain")[0], read(tmp_path / "early")[0])
@@ -150,7 +150,7 @@ def test_the_cli_uses_the_head_start_and_writes_the_same_store(tmp_path, caplog)
     first = runner.invoke(app, ["extract", str(folder), "-o", str(tmp_path / "a"), *args])
     assert first.exit_code == 0, first.output
     assert json.loads((cache_dir() / _MEMO_FILE).read_text())  # the first run recorded the preprocessing
-    with caplog.at_level(logging.INFO, logger="featx.head_start"):
+    with caplog.at_level(logging.INFO, logger="featx.extract.head_start"):
         second = runner.invoke(app, ["extract", str(folder), "-o", str(tmp_path / "b"), *args])
     assert second.exit_code == 0, second.output
     assert "of 13 images decoded while the network loaded" in caplog.text

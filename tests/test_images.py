@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from featx.errors import InputError
-from featx.images import DecodeError, decode_image, read_bytes, scan_inputs
+from featx.io.decode import DecodeError, decode_image, read_bytes
+from featx.io.sources import scan_inputs
 from tests.conftest import make_class_folder
 
 

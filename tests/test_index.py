@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from featx.errors import ConfigMismatchError, InputError, IntegrityError, StaleArtifactError, StoreError
-from featx.index import TARGET_RECALL, Index, build_index, parse_size
+from featx.retrieval.index import TARGET_RECALL, Index, build_index, parse_size
 from tests.conftest import SYNTHETIC_CONFIG, blobs, make_feature_store
 
 
@@ -65,7 +65,7 @@ def test_update_adds_appended_rows(tmp_path):
     # the same store grown by 40 rows (a store appended to, as `featx extract --append` does)
     grown = make_feature_store(tmp_path / "s2", X, y)
     index = Index.load(tmp_path / "ix", store=None)
-    index._store = grown
+    index.store = grown
     assert index.update() == {"mode": "added", "rows": 40} and index.faiss_index.ntotal == 100
     assert index.search_vectors(X[[90]], 1)[1][0, 0] == 90
 
@@ -96,9 +96,9 @@ def test_k_is_clamped_and_options_are_checked(tmp_path):
 
 
 def test_auto_picks_compressed_index_for_large_collections(tmp_path, monkeypatch):
-    import featx.index as index_module
+    import featx.retrieval.plan as plan_module
 
-    monkeypatch.setattr(index_module, "FLAT_MAX_ROWS", 500)
+    monkeypatch.setattr(plan_module, "FLAT_MAX_ROWS", 500)
     X, y = blobs(n_per_class=300, classes=4, dim=16, spread=1.0)
     index = build_index(make_feature_store(tmp_path / "s", X, y), kind="auto")
     assert index.info["kind"] != "flat" and index.info["params"]["tuned_recall@10"] >= 0.95
@@ -116,7 +116,7 @@ def test_rerank_with_exact_vectors_restores_recall(tmp_path):
 
 
 def test_update_after_extract_append(tmp_path):
-    from featx.extract import extract
+    from featx.extract.job import extract
     from tests.conftest import TINY, make_class_folder
 
     images = make_class_folder(tmp_path / "images", per_class=4)

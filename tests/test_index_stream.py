@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from featx.index import Index, build_index
+from featx.retrieval.index import Index, build_index
 from tests.conftest import REPO, blobs, make_feature_store
 
 
@@ -53,7 +53,7 @@ def test_presized_lists_hold_what_a_plain_add_holds(store, kind):
     codes in the same order as adding without it (so searches are unchanged)."""
     import faiss
 
-    from featx import index_stream as stream
+    from featx.retrieval import stream
 
     ids = np.arange(len(store))
     plan = stream.choose_plan(store, "vec", ids, 32, kind, "cosine", faiss.METRIC_INNER_PRODUCT, None, None, 16, 8, 0, 0)

@@ -4,8 +4,8 @@ import torch
 from featx.api import describe_layers
 from featx.backbones import load_backbone
 from featx.errors import InputError, UnknownNameError
-from featx.layers import LayerTap
-from featx.pooling import check_pooling, pool
+from featx.backbones.layers import LayerTap
+from featx.backbones.pooling import check_pooling, pool
 
 
 @pytest.mark.parametrize("model,layer,dim", [
@@ -33,7 +33,7 @@ def test_several_layers_come_from_one_forward_pass():
 
 def test_hooked_layers_come_from_one_forward_pass_too():
     # models that do not trace with torch.fx are read with forward hooks: still one pass
-    from featx.layers import Addressable
+    from featx.backbones.layers import Addressable
 
     model = load_backbone("resnet18", "random").model
     calls = []
@@ -67,7 +67,7 @@ def test_flatten_refuses_huge_vectors():
 
 
 def test_channels_last_layers_are_pooled_over_their_spatial_axes():
-    from featx.layers import output_format
+    from featx.backbones.layers import output_format
 
     nchw = torch.rand(2, 5, 3, 3)
     nhwc = nchw.permute(0, 2, 3, 1).contiguous()
@@ -80,8 +80,9 @@ def test_channels_last_layers_are_pooled_over_their_spatial_axes():
 
 def test_extractor_records_and_respects_nhwc_layers(tmp_path):
     # timm's ConvNeXt runs its LayerNorm channels-last: (N, 16, 16, 40) at 64 px
-    from featx.extract import Extractor, extract
-    from featx.views import normalise
+    from featx.extract.extractor import Extractor
+    from featx.extract.job import extract
+    from featx.preprocess.views import normalise
     from tests.conftest import make_class_folder
 
     layers = ["stages.0.blocks.0.norm.layer_norm", "stages.0.blocks.0.conv_dw"]
@@ -102,7 +103,7 @@ def test_extractor_records_and_respects_nhwc_layers(tmp_path):
 def test_flatten_with_tta_is_refused_before_loading_the_model(monkeypatch):
     import importlib
 
-    extract_module = importlib.import_module("featx.extract")
+    extract_module = importlib.import_module("featx.extract.extractor")
 
     monkeypatch.setattr(extract_module, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(InputError, match=r"--pool flatten cannot be combined with --tta 2"):
@@ -117,7 +118,7 @@ def test_hooked_capture_is_per_call_when_forward_passes_overlap():
     import torch
     from torch import nn
 
-    from featx.layers import Addressable, LayerTap
+    from featx.backbones.layers import Addressable, LayerTap
 
     entered, release = threading.Event(), threading.Event()
 

@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from featx.backbones import load_backbone
-from featx.layers import LayerTap, addressable_layers
-from featx.lean_graph import FOLD_TOLERANCE, max_relative_difference
+from featx.backbones.layers import LayerTap, addressable_layers
+from featx.backbones.lean_graph import FOLD_TOLERANCE, max_relative_difference
 
 
 def _model_with_real_statistics(name: str) -> nn.Module:

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from featx.errors import InputError
-from featx.images import DecodeError, read_bytes, scan_inputs
+from featx.io.decode import DecodeError, read_bytes
+from featx.io.sources import scan_inputs
 
 
 @pytest.fixture
@@ -89,7 +90,7 @@ def test_labels_keep_leading_zeros_and_text_like_na(imgs):
 def test_split_aliases_are_mapped_and_said(imgs, caplog):
     manifest = write(imgs / "m.csv", "path,label,split\nimgs/a.png,x,TRAINING\nimgs/b.png,x,Validation\n"
                                      "imgs/c.png,x,test\n")
-    with caplog.at_level(logging.WARNING, logger="featx.manifest"):
+    with caplog.at_level(logging.WARNING, logger="featx.io.manifests"):
         records = scan_inputs(manifest)
     assert [r.split for r in records] == ["train", "val", "test"]
     assert "split 'TRAINING' read as 'train'" in caplog.text and "split 'Validation' read as 'val'" in caplog.text
@@ -166,7 +167,7 @@ def test_symlinked_directory_loop_does_not_hang_the_scan(imgs):
 
 
 def test_read_time_limit(imgs, monkeypatch):
-    import featx.images as images
+    import featx.io.decode as images
 
     monkeypatch.setattr(images, "FILE_TIME_LIMIT_S", 0.2)
     monkeypatch.setattr(images, "_READ_CHUNK", 1)  # one byte at a time, each slowed down below
@@ -187,7 +188,7 @@ def test_decode_time_limit(monkeypatch):
     import io
     import time
 
-    import featx.images as images
+    import featx.io.decode as images
 
     monkeypatch.setattr(images, "FILE_TIME_LIMIT_S", 0.2)
     monkeypatch.setattr(images.Image, "open", lambda *a, **k: time.sleep(3))
@@ -200,7 +201,7 @@ def test_decode_time_limit(monkeypatch):
 
 
 def test_extract_turns_odd_entries_into_error_rows(imgs):
-    from featx.extract import extract
+    from featx.extract.job import extract
     from tests.conftest import TINY
 
     plant_odd_entries(imgs / "imgs")
@@ -234,7 +235,7 @@ def test_a_folder_and_a_file_inside_it_give_one_row_with_the_label(imgs):
 def test_a_read_stuck_in_the_kernel_is_interrupted(imgs, monkeypatch):
     import time
 
-    import featx.images as images
+    import featx.io.decode as images
 
     monkeypatch.setattr(images, "FILE_TIME_LIMIT_S", 0.2)
     monkeypatch.setattr(images.os, "read", lambda fd, n: time.sleep(5))  # one read that never returns in time

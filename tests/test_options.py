@@ -9,13 +9,13 @@ from featx.options import Amp, Decoder, Device, Dtype, ExtractOptions, Pool, Res
 
 
 def test_choices_equal_the_library_checks():
-    from featx.extract import AMP_MODES, DECODERS, DEVICES, DTYPES
-    from featx.pooling import POOLINGS
+    from featx.extract.extractor import AMP_MODES, DECODERS, DEVICES, DTYPES
+    from featx.backbones.pooling import POOLINGS
 
     assert set(get_args(Pool)) == set(POOLINGS)
     assert get_args(Device) == DEVICES and get_args(Amp) == AMP_MODES
     assert get_args(Dtype) == DTYPES and get_args(Decoder) == DECODERS
-    from featx.backbones.preprocess import RESIZE_MODES
+    from featx.preprocess.config import RESIZE_MODES
 
     assert get_args(Resize) == tuple(RESIZE_MODES)
 
@@ -23,7 +23,7 @@ def test_choices_equal_the_library_checks():
 def test_extract_options_are_the_extract_keywords():
     import inspect
 
-    from featx.extract import extract
+    from featx.extract.job import extract
 
     # head_start: the CLI's decoding started before torch loaded, handed over in-process (not an option)
     keywords = set(inspect.signature(extract).parameters) - {"inputs", "out", "overwrite", "append", "progress",
@@ -44,7 +44,7 @@ def test_unknown_or_out_of_range_options_are_refused():
 
 def test_recipes_check_extract_choices_before_any_work(tmp_path):
     from featx.errors import InputError
-    from featx.recipe import load_recipe
+    from featx.recipes.recipe import load_recipe
 
     (tmp_path / "images").mkdir()
     recipe = tmp_path / "r.yaml"

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 import featx
 from featx.errors import InputError, UnknownNameError
-from featx.learn import probe_score
-from featx.learn.candidates import auto_layers, stage_outputs
-from featx.learn.probe import parse_budget, probe
+from featx.probe import scoring as probe_score
+from featx.probe.candidates import auto_layers, stage_outputs
+from featx.probe.probe import parse_budget, probe
 from tests.conftest import HYMENOPTERA, TINY, make_class_folder, needs_hymenoptera
 
 # TINY as probe options (probe has no `model`/`weights` singular, and shows no progress in tests)
@@ -82,8 +82,8 @@ def test_rerun_reuses_stores_and_scores(probed, monkeypatch):
 
 
 def test_winner_recipe_round_trips_through_featx_run(probed):
-    from featx.recipe import load_recipe
-    from featx.run import run_recipe
+    from featx.recipes.recipe import load_recipe
+    from featx.recipes.run import run_recipe
 
     root, _, frame = probed
     recipe_file = root / "out" / "winner.yaml"
@@ -196,7 +196,7 @@ def test_random_labels_score_at_chance():
 
 
 def test_bootstrap_metrics_match_scikit_learn():
-    from featx.evaluate import classification_metrics
+    from featx.learn.metrics import classification_metrics
 
     rng = np.random.default_rng(0)
     truth, predicted = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
@@ -211,8 +211,8 @@ def test_bootstrap_metrics_match_scikit_learn():
 
 def test_batchnorm_after_each_layer():
     from featx.backbones import load_backbone
-    from featx.layers import addressable_layers
-    from featx.learn.domain_shift import batchnorm_after
+    from featx.backbones.layers import addressable_layers
+    from featx.probe.domain_shift import batchnorm_after
 
     backbone = load_backbone("resnet18", "random", 64)
     names = addressable_layers(backbone.model).names
@@ -255,9 +255,9 @@ def test_domain_shift_orders_near_far_farthest(tmp_path):
     """Measured with the real EfficientNet-Lite0 weights: hymenoptera photos (near ImageNet) <
     Fashion-MNIST (grayscale products on black) < uniform noise, by BN distance and by the head."""
     from featx.backbones import load_backbone
-    from featx.extract import ImageViews
-    from featx.layers import addressable_layers
-    from featx.learn.domain_shift import mean_distance, measure_domain_shift
+    from featx.extract.extractor import ImageViews
+    from featx.backbones.layers import addressable_layers
+    from featx.probe.domain_shift import mean_distance, measure_domain_shift
 
     backbone = load_backbone("efficientnet_lite0", "default")
     names = addressable_layers(backbone.model).names
@@ -279,7 +279,7 @@ def test_domain_shift_orders_near_far_farthest(tmp_path):
 
 
 def test_rbf_svm_is_scored_up_to_its_row_limit_and_skipped_with_a_reason_above(tmp_path, monkeypatch):
-    from featx.learn import probe as probe_module
+    from featx.probe import probe as probe_module
 
     images = make_class_folder(tmp_path / "images", per_class=6)
     options = PROBE_TINY | {"classifiers": ["logreg", "rbf-svm"]}

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from featx.errors import InputError
-from featx.project import project, write_projection
+from featx.maps.project import project, write_projection
 from tests.conftest import blobs, make_feature_store
 
 

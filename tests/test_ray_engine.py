@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featx.extract import extract
+from featx.extract.job import extract
 from featx.store import FeatureStore
 from tests.conftest import REPO, TINY, make_class_folder
 
@@ -66,7 +66,7 @@ def test_a_lone_actor_decodes_ahead_while_it_loads(ray_cluster, tmp_path, caplog
     (images / "cats" / "cats_01.png").write_text("not an image")
     options = {**TINY, "workers": None}  # the CPU plan: decoding in turns with the forward pass
     local = extract(images, tmp_path / "local", shard_size=8, **options)
-    with caplog.at_level(logging.INFO, logger="featx.engines.ray_engine"):
+    with caplog.at_level(logging.INFO, logger="featx.extract.engines.ray"):
         remote = extract(images, tmp_path / "ray", shard_size=8, engine="ray", cpus_per_worker=2, **options)
     _same_store(local, remote)
     assert sorted(remote.meta.loc[~remote.ok, "status"]) == ["empty", "not_image"]
@@ -80,7 +80,7 @@ def test_a_small_job_is_cut_into_units_for_every_actor(ray_cluster, tmp_path):
     """140 images at the default 4,096 rows per shard would be one unit of work for one actor;
     on the 2-CPU cluster the default is two actors of 1 CPU, so the job is cut into equal units of
     whole batches, and the store equals the local engine's."""
-    from featx.engines.ray_engine import default_cpus_per_worker
+    from featx.extract.engines.ray import default_cpus_per_worker
 
     assert default_cpus_per_worker(ray) == 1.0
     images = make_class_folder(tmp_path / "images", per_class=70)
@@ -92,7 +92,7 @@ def test_a_small_job_is_cut_into_units_for_every_actor(ray_cluster, tmp_path):
 
 
 def test_work_units_cover_every_row_once_in_whole_batches():
-    from featx.engines.ray_engine import MIN_UNIT_ROWS, work_units
+    from featx.extract.engines.ray import MIN_UNIT_ROWS, work_units
 
     shards = [(0, 256), (256, 512), (512, 768), (768, 1024), (1024, 1200)]
     units = work_units(shards, actors=2, batch_size=32)
@@ -114,7 +114,7 @@ def test_work_units_cover_every_row_once_in_whole_batches():
 def test_default_cpus_per_worker_gives_two_actors_or_more_per_node():
     from types import SimpleNamespace
 
-    from featx.engines.ray_engine import default_cpus_per_worker
+    from featx.extract.engines.ray import default_cpus_per_worker
 
     def cluster(*cpus, dead=()):
         nodes = [{"Alive": True, "Resources": {"CPU": c}} for c in cpus]
@@ -127,7 +127,7 @@ def test_default_cpus_per_worker_gives_two_actors_or_more_per_node():
 
 
 def test_no_head_start_where_the_actor_would_not_use_it():
-    from featx.engines.ray_engine import _actor_head_start
+    from featx.extract.engines.ray import _actor_head_start
 
     config = {"preprocess": {"implementation": "pil-draft-reduce/3"}, "tta": 1}
     cpu = {"device": "cpu", "workers": None}
@@ -249,7 +249,7 @@ def test_killed_actor_loses_no_row(ray_cluster, tmp_path):
 DRIVER = """
 import sys, ray
 ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-from featx.extract import extract
+from featx.extract.job import extract
 extract(sys.argv[1], sys.argv[2], shard_size=4, engine="ray", cpus_per_worker=1, model="resnet18", weights="random",
         image_size=64, workers=0, batch_size=8, progress=False)
 """

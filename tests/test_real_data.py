@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featx.extract import extract
+from featx.extract.job import extract
 from featx.store import FeatureStore
 from tests.conftest import HYMENOPTERA, REPO, needs_hymenoptera
 from tests.test_images import png_header_only
@@ -99,8 +99,8 @@ def test_generated_bad_files_among_real_ones(tmp_path):
 
 
 def test_default_classifier_accuracy_on_hymenoptera(hymenoptera_store, tmp_path):
-    from featx.classify import train_shallow
-    from featx.predict import predict
+    from featx.learn.classify import train_shallow
+    from featx.learn.predict import predict
 
     model = train_shallow(hymenoptera_store, out=tmp_path / "model")
     assert model.report["n_train"] == 245 and model.report["n_eval"] == 153  # the GIF decodes: a train image

@@ -6,10 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from featx.classify import train_shallow
+from featx.learn.classify import train_shallow
 from featx.errors import InputError
-from featx.extract import Extractor, decode_plan, extract, extractor_from_config
-from featx.predict import predict
+from featx.extract.extractor import Extractor, decode_plan, extractor_from_config
+from featx.extract.job import extract
+from featx.learn.predict import predict
 from tests.conftest import TINY, make_class_folder
 
 
@@ -76,7 +77,7 @@ def test_decode_plan_shares_the_cores():
 def test_bf16_on_a_cpu_gives_nearly_the_float32_features(tmp_path, monkeypatch):
     import importlib
 
-    fx = importlib.import_module("featx.extract")  # the module (featx.extract is the function)
+    fx = importlib.import_module("featx.extract.extractor")  # the module (featx.extract is the function)
 
     images = make_class_folder(tmp_path / "images", per_class=3)
     options = {k: v for k, v in TINY.items() if k != "progress"}

@@ -21,7 +21,7 @@ Leave-one-out, k=2 (relevant = same label; A has 3 other A rows, B has 1 other B
 import numpy as np
 import pytest
 
-from featx.index import build_index
+from featx.retrieval.index import build_index
 from tests.conftest import make_feature_store
 
 X = np.array([[0, 0], [1, 0], [3, 0], [7, 0], [12, 0], [16, 0]], dtype=np.float32)

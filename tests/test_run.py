@@ -3,8 +3,8 @@ import json
 import pytest
 
 from featx.errors import InputError
-from featx.recipe import load_recipe
-from featx.run import run_recipe
+from featx.recipes.recipe import load_recipe
+from featx.recipes.run import run_recipe
 from tests.conftest import DEMO, REPO, make_class_folder
 
 TINY_EXTRACT = "  model: resnet18\n  weights: random\n  image_size: 64\n  workers: 0\n"
@@ -102,7 +102,7 @@ def test_recipe_values_are_checked_when_loading(tmp_path, body, match):
 def test_recipe_extract_values_fail_before_extraction(tmp_path, extract, match, monkeypatch):
     import importlib
 
-    extract_module = importlib.import_module("featx.extract")
+    extract_module = importlib.import_module("featx.extract.job")
 
     make_class_folder(tmp_path / "images", per_class=2)
     path = write_recipe(tmp_path, "output: out\nextract:\n  inputs: [images]\n" + extract)

@@ -49,8 +49,8 @@ def upload(*blobs, name="img"):
 def test_32_concurrent_requests_each_get_their_own_answer_equal_to_offline(artifacts, tmp_path):
     """Different images in 32 concurrent requests: batched together, yet each answer is the one
     offline `featx.predict` / `Index.search` give for that image."""
-    from featx.index import Index
-    from featx.predict import predict
+    from featx.retrieval.index import Index
+    from featx.learn.predict import predict
 
     blobs = [png_bytes(100 + i) for i in range(32)]
     files = []
@@ -87,7 +87,7 @@ def test_32_concurrent_requests_each_get_their_own_answer_equal_to_offline(artif
 
 
 def test_a_lone_request_takes_the_one_trip_path_and_answers_like_offline(artifacts):
-    from featx.predict import predict
+    from featx.learn.predict import predict
 
     files = sorted(str(p) for p in artifacts.images.rglob("*.png"))[:3]
     offline = predict(artifacts.model, files, workers=0, device="cpu")
@@ -115,7 +115,7 @@ def test_inputs_keep_their_order_and_duplicates(client):
 
 
 def test_search_by_row_leaves_the_row_out_and_links_thumbnails(client, artifacts):
-    from featx.index import Index
+    from featx.retrieval.index import Index
 
     body = client.post("/v1/search", json={"index": "i", "rows": [3], "k": 5}).json()
     neighbours = body["results"][0]["neighbours"]

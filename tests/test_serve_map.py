@@ -24,7 +24,7 @@ def artifacts(tmp_path_factory):
 
 
 def make_projection(store, out, method="pca", **kw):
-    from featx.project import fit_projection, write_projection
+    from featx.maps.project import fit_projection, write_projection
 
     coords, placer = fit_projection(store, method=method, **kw)
     write_projection(coords, out, placer=placer)
@@ -39,7 +39,7 @@ def pca_map(artifacts, tmp_path_factory):
 
 
 def test_projection_keeps_its_reducer_sealed_and_places_stored_rows_on_their_points(artifacts, pca_map):
-    from featx.placement import load_projection
+    from featx.maps.placement import load_projection
     from featx.store import FeatureStore
 
     record = json.loads((pca_map / "projection.json").read_text())
@@ -55,7 +55,7 @@ def test_projection_keeps_its_reducer_sealed_and_places_stored_rows_on_their_poi
 def test_a_changed_placer_or_coords_file_is_refused_before_it_is_read(pca_map, tmp_path):
     import shutil
 
-    from featx.placement import load_projection
+    from featx.maps.placement import load_projection
 
     for name in ("placer.joblib", "coords.parquet"):
         copy = tmp_path / name.split(".")[0]
@@ -120,8 +120,8 @@ def test_serve_refuses_a_tampered_projection(artifacts, pca_map, tmp_path):
 def test_umap_and_opentsne_maps_place_new_points_after_a_reload_from_disk(artifacts, tmp_path, method):
     """The reducer saved on disk places points exactly as the fitted one in memory did, within the
     map's extent; scikit-learn's TSNE could not (no transform): featx uses openTSNE."""
-    from featx.placement import load_projection
-    from featx.project import fit_projection, write_projection
+    from featx.maps.placement import load_projection
+    from featx.maps.project import fit_projection, write_projection
     from featx.store import FeatureStore
 
     coords, placer = fit_projection(artifacts.store, method=method)

@@ -43,7 +43,7 @@ def test_upload_see_neighbours_click_one_see_new_results(tmp_path, browser):
     from featx.options import ServeOptions
     from featx.serve.app import create_app
 
-    from featx.project import fit_projection, write_projection
+    from featx.maps.project import fit_projection, write_projection
 
     artifacts = build_artifacts(tmp_path / "artifacts")
     coords, placer = fit_projection(artifacts.store, method="pca")  # PCA: a stored image lands on its own point

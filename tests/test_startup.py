@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-import featx.lean_graph as lean_graph
+import featx.backbones.lean_graph as lean_graph
 from conftest import REPO, make_class_folder
-from featx.extract import Extractor
+from featx.extract.extractor import Extractor
 
 OPTIONS = dict(weights="random", image_size=64, workers=0, batch_size=8, device="cpu")
 
@@ -50,7 +50,7 @@ def test_a_remembered_failed_check_keeps_the_plain_graph(tmp_path, monkeypatch, 
     for record in checks.values():
         record["difference"] = 1.0
     (tmp_path / "lean-graph-checks.json").write_text(json.dumps(checks))
-    with caplog.at_level(logging.WARNING, logger="featx.layers"):
+    with caplog.at_level(logging.WARNING, logger="featx.backbones.layers"):
         plain = Extractor("resnet18", **OPTIONS)
     assert plain.tap.folded == 0
     assert "using the unfolded graph" in caplog.text
@@ -78,7 +78,7 @@ def test_extracting_with_a_torchvision_model_imports_neither_sklearn_nor_timm(tm
 
 def test_compile_is_refused_with_the_ray_engine(tmp_path):
     from featx.errors import InputError
-    from featx.extract import extract
+    from featx.extract.job import extract
 
     with pytest.raises(InputError, match="--compile works with --engine local only"):
         extract(make_class_folder(tmp_path / "images", per_class=1), tmp_path / "store", engine="ray",

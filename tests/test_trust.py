@@ -19,12 +19,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from featx.classify import ShallowModel, train_shallow
+from featx.learn.classify import ShallowModel, train_shallow
 from featx.cli import app
 from featx.errors import (ConfigMismatchError, FeatxError, InputsChangedError, OutputFolderError, StaleArtifactError,
                           StoreLockedError)
-from featx.extract import extract
-from featx.index import Index, build_index
+from featx.extract.job import extract
+from featx.retrieval.index import Index, build_index
 from featx.store import FeatureStore, StoreWriter
 from tests.conftest import REPO, SYNTHETIC_CONFIG, TINY, blobs, make_class_folder, make_feature_store
 
@@ -163,7 +163,7 @@ def test_index_and_model_refuse_a_store_that_changed_under_them(image_folder, tm
 def test_search_with_images_checks_the_full_extractor_config(image_folder, tmp_path, monkeypatch):
     import importlib
 
-    extract_module = importlib.import_module("featx.extract")
+    extract_module = importlib.import_module("featx.extract.extractor")
 
     store = extract(image_folder, tmp_path / "s", **TINY)
     index = build_index(store)

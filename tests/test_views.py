@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 from conftest import HYMENOPTERA, needs_hymenoptera
-from featx.backbones.preprocess import Preprocess
+from featx.preprocess.config import Preprocess
 from featx.errors import InputError
-from featx.images import decode_image
-from featx.views import PIXEL_TOLERANCE, _PIL_FILTERS, draft_request, image_views, letterbox_fill
+from featx.io.decode import decode_image
+from featx.preprocess.views import PIXEL_TOLERANCE, _PIL_FILTERS, draft_request, image_views, letterbox_fill
 
 PRE = Preprocess(resize_size=64, crop_size=56, interpolation="bilinear", mean=(0.5, 0.25, 0.75), std=(0.2, 0.2, 0.2))
 RED, BLUE, GREY = (255, 0, 0), (0, 0, 255), (128, 128, 128)

@@ -14,7 +14,7 @@ from torch import nn
 
 from featx.backbones.families import (BUNDLED, POSITIONAL_KEY_MAPPING, TIMM, TIMM_PREFIX, TORCHVISION,
                                       Family)
-from featx.backbones.preprocess import Preprocess
+from featx.preprocess.config import Preprocess
 from featx.backbones.weights import file_sha256, load_strict, read_state_dict
 from featx.errors import UnknownNameError, WeightsError
 

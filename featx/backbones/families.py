@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from torch import nn
 
-from featx.backbones.preprocess import Preprocess, from_timm_config, from_torchvision_weights
+from featx.preprocess.config import Preprocess, from_timm_config, from_torchvision_weights
 from featx.errors import WeightsError
 
 TIMM_PREFIX = "timm:"

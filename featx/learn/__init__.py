@@ -1,2 +1,2 @@
-"""Learning on stored features: tuning classifiers (tune.py), probing backbones, layers and poolings
-(probe.py), auditing the data (audit.py)."""
+"""Learning on stored features: normalisers and reducers, classifiers and their tuning, the model
+bundle, metrics and prediction."""

@@ -86,8 +86,8 @@ def copies_threshold(store, layer: str, rows: np.ndarray, U_rows: np.ndarray, nn
     distribution rule (where distinct images of this store start to look like duplicates).
     Harsher copies (half size and below) move the features as far as a different photo does;
     they are not the target."""
-    from featx.extract import extractor_from_config
-    from featx.images import decode_image, read_bytes
+    from featx.extract.extractor import extractor_from_config
+    from featx.io.decode import decode_image, read_bytes
 
     rng = np.random.default_rng(seed)
     paths = store.meta["path"].to_numpy(dtype=object)

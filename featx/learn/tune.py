@@ -26,7 +26,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from featx.errors import InputError
-from featx.parallel import thread_map
+from featx.runtime import thread_map
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def _std(values) -> float | None:
 
 def plot_validation_curve(curve: list[dict], chosen, label: str, path, title: str):
     """Train and CV balanced accuracy against the tuned strength: the bias/variance picture."""
-    from featx.evaluate import _pyplot
+    from featx.learn.metrics import _pyplot
 
     plt = _pyplot()
     points = [p for p in curve if not p.get("skipped") and p["cv_mean"] is not None]

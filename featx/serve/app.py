@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from featx.errors import ConfigMismatchError, FeatxError, InputError, IntegrityError, StoreError
-from featx.images import DecodeError
+from featx.io.decode import DecodeError
 from featx.options import EmbedRequest, ExtractJobRequest, PlaceRequest, PredictRequest, SearchRequest, ServeOptions
 from featx.serve.batching import MicroBatcher, QueueFull
 from featx.serve.errors import Forbidden, NotFound, UnsupportedMedia
@@ -306,7 +306,7 @@ async def _features(state: ServerState, registry: Registry, artifact: str | None
     in one trip to the forward thread (no hops to the decode pool and back, no batch to form, no
     extra trip for the classifier); otherwise the images are decoded in the worker pool and make
     one trip through the micro-batcher, and `then` runs in a worker thread."""
-    from featx.serve.decoding import decode_views
+    from featx.preprocess.contract import network_input
 
     engine, layer = registry.engine_of(artifact)
     extractor = engine.extractor
@@ -316,8 +316,8 @@ async def _features(state: ServerState, registry: Registry, artifact: str | None
     def decode_one(i: int, upload: Upload):
         started = time.perf_counter()
         try:
-            return decode_views(upload.data, engine.preprocess, extractor.tta, max_pixels=state.options.max_pixels,
-                                decoder=extractor.decode)
+            return network_input(upload.data, engine.preprocess, extractor.tta, decoder=extractor.decode,
+                                 max_pixels=state.options.max_pixels)
         except DecodeError as exc:
             exc.extra = {"file": upload.name, "position": i}
             exc.message = f"{upload.name}: {exc.message}"

@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import pandas as pd
 
-from featx import atomic
+from featx.io import atomic
 from featx.errors import FeatxError
-from featx.images import is_glob
+from featx.io.sources import is_glob
 from featx.options import ExtractJobRequest, ServeOptions
 from featx.serve.errors import Forbidden, NotFound
 
@@ -49,7 +49,7 @@ class JobManager:
     def submit(self, request: ExtractJobRequest) -> dict:
         """Check every input file (under --data-root, symlinks resolved), write the job's manifest
         of exactly those files, and queue it."""
-        from featx.images import scan_inputs
+        from featx.io.sources import scan_inputs
 
         root = Path(self.options.data_root).resolve()
         named = [_inside(root, item) for item in request.inputs]  # a traversal is refused before any scan
@@ -99,7 +99,7 @@ class JobManager:
             return 0
 
     def _run(self, job_id: str) -> None:
-        from featx.extract import extract
+        from featx.extract.job import extract
 
         record = self._read(job_id)
         record.update(status="running", started=time.time(), runs=record.get("runs", 0) + 1)

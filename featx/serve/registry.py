@@ -60,7 +60,7 @@ class Engine:
 class LoadedModel:
     name: str
     folder: Path
-    model: object  # featx.classify.ShallowModel
+    model: object  # featx.learn.classify.ShallowModel
     engine: str
 
 
@@ -68,7 +68,7 @@ class LoadedModel:
 class LoadedIndex:
     name: str
     folder: Path
-    index: object  # featx.index.Index
+    index: object  # featx.retrieval.index.Index
     engine: str
     store: str  # name of the store holding its rows (thumbnails, labels)
 
@@ -77,7 +77,7 @@ class LoadedIndex:
 class LoadedProjection:
     name: str
     folder: Path
-    projection: object  # featx.placement.Projection
+    projection: object  # featx.maps.placement.Projection
     engine: str
     store: str  # name of the store whose rows the map shows
 
@@ -190,9 +190,9 @@ def store_fingerprint(store) -> dict:
 def load_registry(options: ServeOptions, previous: Registry | None = None) -> Registry:
     """Load and verify every artifact named in `options`; any failure raises and loads nothing.
     Engines of `previous` with the same config and layers are reused, not rebuilt."""
-    from featx.classify import ShallowModel
-    from featx.extract import extractor_from_config
-    from featx.index import Index
+    from featx.learn.classify import ShallowModel
+    from featx.extract.extractor import extractor_from_config
+    from featx.retrieval.index import Index
     from featx.store import FeatureStore, require_same_config
 
     stores = {name: FeatureStore.open(folder) for name, folder in options.stores.items()}
@@ -253,7 +253,7 @@ def load_registry(options: ServeOptions, previous: Registry | None = None) -> Re
             stores[store_name] = store
             by_path[Path(store.path).resolve()] = store_name
         else:
-            index._store = stores[store_name]
+            index.store = stores[store_name]
         loaded_indexes[name] = LoadedIndex(name, folder, index, key, store_name)
 
     loaded_projections = {}
@@ -273,7 +273,7 @@ def load_registry(options: ServeOptions, previous: Registry | None = None) -> Re
 def _open_projection(name: str, folder: str):
     """The projection (checksums verified), the store it maps, unchanged since, and a first
     placement done now: UMAP compiles its transform on first use (seconds), not in a request."""
-    from featx.placement import load_projection
+    from featx.maps.placement import load_projection
     from featx.store import FeatureStore
 
     projection = load_projection(folder)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from featx.images import DecodeError, to_rgb
+from featx.io.decode import DecodeError, to_rgb
 
 
 def thumbnail_jpeg(path: str, size: int, max_pixels: int) -> bytes:

@@ -18,7 +18,7 @@ import logging
 import os
 from pathlib import Path
 
-from featx.atomic import _fsync_dir
+from featx.io.atomic import _fsync_dir
 from featx.errors import IntegrityError
 
 log = logging.getLogger(__name__)

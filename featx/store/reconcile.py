@@ -60,7 +60,7 @@ def file_stat(path: str) -> tuple[int, int] | None:
 
 
 def file_sha256_or_none(path: str) -> str | None:
-    from featx.atomic import file_sha256
+    from featx.io.atomic import file_sha256
 
     try:
         return file_sha256(path) if os.path.isfile(path) else None
@@ -71,7 +71,7 @@ def file_sha256_or_none(path: str) -> str | None:
 class LocalFiles:
     """Change detection on this machine: stats and content hashes of many files, in threads
     (hashlib and the kernel release the GIL, so reads overlap). An engine can pass its own object
-    with the same two methods to run them near the data (`featx.engines.ray_engine.RayFiles`)."""
+    with the same two methods to run them near the data (`featx.extract.engines.ray.RayFiles`)."""
 
     def __init__(self, threads: int = 8):
         self.threads = threads

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from featx import atomic
-from featx.atomic import file_sha256
-from featx.artifacts import SEAL, check_output, read_record, seal
+from featx.io import atomic
+from featx.io.atomic import file_sha256
+from featx.io.atomic import SEAL, seal
+from featx.store.artifacts import check_output, read_record
 from featx.errors import ConfigMismatchError, InputError, InputsChangedError, IntegrityError, StoreError
 from featx.store import commit_log
 from featx.store.commit_log import CommitLog

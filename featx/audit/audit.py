@@ -1,0 +1,299 @@
+"""`featx audit`: label errors, duplicates and train/test leakage, outliers, and whether more
+data would help — found on a store's features before they fool the results. The audit only
+reads; with `write_manifest` it writes a copy of the inputs with suspect rows flagged, never
+removed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from featx.io import atomic
+from featx.errors import InputError, StoreError
+from featx.audit.data_size import doubling_estimate, points_from_model_report, subsampled_curve
+from featx.learn.duplicates import calibrate as calibrate_threshold, duplicate_pairs, self_knn, unit_rows
+from featx.audit.label_issues import CLASSIFIERS, make_probabilistic, out_of_sample_probabilities, rank_label_issues
+from featx.store import FeatureStore, check_rows_finite, require_same_config
+
+log = logging.getLogger(__name__)
+
+KINDS = ("label_issue", "leakage", "conflicting_duplicate", "duplicate", "outlier")
+KIND_TITLES = {"label_issue": "Label issues", "leakage": "Train/test leakage (near-duplicates across splits)",
+               "conflicting_duplicate": "Duplicates with conflicting labels", "duplicate": "Duplicates within a class",
+               "outlier": "Outliers"}
+SUSPECT_COLUMNS = ["path", "kind", "score", "given_label", "suggested_label", "split", "row_id", "neighbour_path",
+                   "neighbour_label", "similarity", "detail"]
+NEIGHBOURS_SHOWN = 4
+HELD_OUT = ("val", "test")
+OUTLIER_K_FRACTION = 0.05  # the outlier score looks past clusters of junk up to ~5% of the rows (10…50)
+
+
+@dataclass
+class AuditResult:
+    suspects: pd.DataFrame  # one row per (image, issue kind), most suspicious first within a kind
+    scores: pd.DataFrame  # one row per store row: every score, flagged or not
+    pairs: pd.DataFrame  # duplicate pairs (row_a < row_b)
+    neighbours: dict  # row id -> [(row id, cosine)] nearest first, for ok rows
+    summary: dict = field(default_factory=dict)
+
+
+def _modified_z(values: np.ndarray) -> np.ndarray:
+    median = np.median(values)
+    mad = np.median(np.abs(values - median))
+    scale = mad * 1.4826 if mad > 0 else (np.mean(np.abs(values - median)) * 1.2533 or 1.0)
+    return (values - median) / scale
+
+
+def run_audit(store: FeatureStore | str | Path, *, layer: str | None = None, classifier: str = "logreg", cv: int = 5,
+              k: int = 10, threshold: float | None = None, calibrate: str = "auto", outlier_z: float = 3.5,
+              outlier_k: int | None = None, model: str | Path | None = None, learning_curve: bool = True, seed: int = 0,
+              progress: bool = False) -> AuditResult:
+    """Every check on one store; see `audit` for the options."""
+    store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
+    layer = store.check_layer(layer)
+    if classifier not in CLASSIFIERS:
+        raise InputError(f"unknown --classifier '{classifier}' for the audit; allowed: {', '.join(CLASSIFIERS)}")
+    if k < 1:
+        raise InputError(f"-k {k} must be at least 1 (neighbours used for outliers and near-duplicates)")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise InputError(f"--threshold {threshold} is a cosine similarity: give a value in (0, 1], e.g. 0.95")
+    meta = store.meta.reset_index(drop=True)
+    ok_rows = np.flatnonzero(store.ok)
+    if len(ok_rows) < 3:
+        raise StoreError(f"store '{store.path}' has {len(ok_rows)} usable rows; the audit needs at least 3")
+    X = np.asarray(store.gather(layer, ok_rows), dtype=np.float32)
+    check_rows_finite(X, f"store '{store.path}' layer '{layer}'")
+    labels = meta["label"].where(meta["label"].notna(), None).to_numpy(dtype=object)
+    splits = meta["split"].fillna("").astype(str).to_numpy(dtype=object)
+
+    # neighbours: one exact search serves near-duplicates, outliers and the page
+    U = unit_rows(X)
+    if outlier_k is None:
+        outlier_k = int(np.clip(round(OUTLIER_K_FRACTION * len(ok_rows)), 10, 50))
+    elif outlier_k < 1:
+        raise InputError(f"--outlier-k {outlier_k} must be at least 1")
+    searched_sims, searched_idx = self_knn(U, max(k, outlier_k))
+    nn_sims, nn_idx = searched_sims[:, :k], searched_idx[:, :k]
+    scores = meta[["row_id", "path", "label", "split", "status"]].copy()
+    scores["nn_row"] = pd.array([pd.NA] * len(meta), dtype="Int64")
+    scores["nn_similarity"] = np.nan
+    scores.loc[ok_rows, "nn_row"] = ok_rows[nn_idx[:, 0]]
+    scores.loc[ok_rows, "nn_similarity"] = nn_sims[:, 0]
+    neighbours = {int(r): [(int(ok_rows[j]), float(s)) for s, j in zip(nn_sims[p], nn_idx[p])]
+                  for p, r in enumerate(ok_rows)}
+
+    # outliers: cosine distance to the outlier_k-th nearest row (not the mean over the nearest:
+    # junk comes in small clusters, e.g. blank frames that are each other's nearest neighbours)
+    outlier_k = min(outlier_k, searched_sims.shape[1])
+    outlier_score = 1.0 - searched_sims[:, outlier_k - 1]
+    z = _modified_z(outlier_score)
+    scores["outlier_score"] = np.nan
+    scores.loc[ok_rows, "outlier_score"] = outlier_score
+    scores["outlier"] = False
+    scores.loc[ok_rows, "outlier"] = z > outlier_z
+
+    # duplicates and leakage
+    if threshold is None:
+        calibration = calibrate_threshold(store, layer, ok_rows, U, nn_sims[:, 0], method=calibrate, seed=seed,
+                                progress=progress)
+    else:
+        calibration = {"method": "given", "threshold": float(threshold), "rule": "--threshold"}
+    pairs = duplicate_pairs(meta, ok_rows, searched_sims, searched_idx, calibration["threshold"])
+
+    # label issues
+    labelled = store.ok & np.array([v is not None for v in labels])
+    label_info: dict = {"available": False}
+    scores["label_quality"], scores["label_issue"], scores["suggested_label"] = np.nan, False, None
+    train_mask = None
+    if len(set(labels[labelled])) >= 2:
+        rows = np.flatnonzero(labelled)
+        y = labels[rows].astype(str)
+        row_splits = splits[rows]
+        has_split = (row_splits == "train").any() and np.isin(row_splits, HELD_OUT).any()
+        train_mask = row_splits == "train" if has_split else np.ones(len(rows), bool)
+        position = {int(r): i for i, r in enumerate(ok_rows)}
+        X_labelled = X[[position[int(r)] for r in rows]]
+        oos = out_of_sample_probabilities(X_labelled, y, train_mask, classifier=classifier, cv=cv, seed=seed,
+                                          progress=progress)
+        ranked = rank_label_issues(y, oos)
+        target = rows[ranked["position"].to_numpy()]
+        scores.loc[target, "label_quality"] = ranked["label_quality"].to_numpy()
+        scores.loc[target, "label_issue"] = ranked["label_issue"].to_numpy()
+        scores.loc[target, "suggested_label"] = ranked["suggested_label"].to_numpy()
+        scores.loc[target, "suggested_probability"] = ranked["suggested_probability"].to_numpy()
+        label_info = {"available": True, "scheme": oos.scheme, "C": oos.C, "folds": oos.folds,
+                      "classes": oos.classes, "scored_rows": int(len(ranked)),
+                      "ranking": "cleanlab self-confidence (probability of the given label); flagged by cleanlab "
+                                 "find_label_issues (confident learning, prune_by_noise_rate)"}
+        if learning_curve:
+            label_info["data"] = _enough_data(store, model, X_labelled, y, train_mask, classifier, oos.C, seed,
+                                              progress)
+    else:
+        label_info["reason"] = "fewer than two labelled classes: label issues and the learning curve need labels"
+
+    suspects = _suspects(scores, pairs, neighbours, labels, splits, outlier_k)
+    counts = {kind: int((suspects["kind"] == kind).sum()) for kind in KINDS}
+    flagged_rows = int(suspects["row_id"].nunique())
+    summary = {
+        "store": str(store.path), "layer": layer, "rows": len(meta), "ok_rows": int(len(ok_rows)),
+        "labelled_rows": int(labelled.sum()), "counts": counts, "flagged_rows": flagged_rows,
+        "flagged_fraction": flagged_rows / max(1, len(ok_rows)),
+        "label_issues": {k: v for k, v in label_info.items() if k != "data"},
+        "near_duplicates": {**calibration, "k": int(searched_idx.shape[1]),
+                            "pairs": {scope: int((pairs["scope"] == scope).sum())
+                                      for scope in ("within_class", "across_classes", "across_splits")},
+                            "exact_pairs": int((pairs["match"] == "exact").sum()),
+                            "rows_with_nn_above_threshold": int(np.sum(nn_sims[:, 0] >= calibration["threshold"]))
+                            if nn_sims.shape[1] else 0},
+        "outliers": {"score": f"cosine distance to the {outlier_k}-th nearest image", "k": int(outlier_k),
+                     "rule": f"robust z-score (median, MAD) above {outlier_z}",
+                     "median_score": float(np.median(outlier_score))},
+        "enough_data": label_info.get("data", {"available": False,
+                                               "sentence": "No learning curve: "
+                                               + label_info.get("reason", "disabled (learning_curve=False).")}),
+        "options": {"classifier": classifier, "cv": cv, "k": k, "threshold": threshold, "calibrate": calibrate,
+                    "outlier_z": outlier_z, "outlier_k": outlier_k, "model": str(model) if model else None, "seed": seed},
+    }
+    return AuditResult(suspects, scores, pairs, neighbours, summary)
+
+
+def _enough_data(store, model, X, y, train_mask, classifier: str, C: float, seed: int, progress: bool) -> dict:
+    """train-shallow's own learning curve when a model is given; else one computed here with the
+    audit's classifier (its C fixed to the one the label check chose)."""
+    if model is not None:
+        folder = Path(model)
+        report_file = folder / "report" / "report.json"
+        if not report_file.is_file():
+            raise InputError(f"--model '{folder}' has no report/report.json; give a model folder written by "
+                             "`featx train-shallow`, or leave --model out to compute a learning curve here")
+        report = json.loads(report_file.read_text())
+        require_same_config(report["config"]["extractor"], store.config, f"model '{folder}'")
+        points = points_from_model_report(report)
+        return doubling_estimate(points, seed=seed, source=f"train-shallow's learning curve in {folder}")
+    points = subsampled_curve(lambda: make_probabilistic(classifier, C, seed), X, y, train_mask, seed=seed,
+                              progress=progress)
+    return doubling_estimate(points, seed=seed, source=f"learning curve computed by the audit ({classifier}, C={C:g}, "
+                                                       "stratified subsamples of 1/8 to all training images)")
+
+
+def _suspects(scores: pd.DataFrame, pairs: pd.DataFrame, neighbours: dict, labels, splits,
+              outlier_k: int) -> pd.DataFrame:
+    paths = scores["path"].to_numpy(dtype=object)
+    row_ids = scores["row_id"].to_numpy()
+    records = []
+
+    def add(row: int, kind: str, score: float, other: int | None, similarity: float | None, detail: str,
+            suggested=None) -> None:
+        if other is None and neighbours.get(row):
+            other, similarity = neighbours[row][0]
+        records.append({"path": paths[row], "kind": kind, "score": float(score), "given_label": labels[row],
+                        "suggested_label": suggested, "split": splits[row] or None, "row_id": int(row_ids[row]),
+                        "neighbour_path": None if other is None else paths[other],
+                        "neighbour_label": None if other is None else labels[other],
+                        "similarity": similarity, "detail": detail})
+
+    issues = scores[scores["label_issue"].astype(bool)]
+    for row in issues.itertuples():
+        add(row.Index, "label_issue", 1.0 - row.label_quality, None, None,
+            f"probability of the given label {row.label_quality:.3f}; of '{row.suggested_label}' "
+            f"{row.suggested_probability:.3f}", row.suggested_label)
+    for pair in pairs.itertuples():
+        a, b = pair.row_a, pair.row_b
+        how = "same file content (sha256)" if pair.match == "exact" else f"cosine {pair.similarity:.4f}"
+        if pair.scope == "across_splits":
+            # the held-out copy is the leak; between two held-out splits, the later row
+            leak, source = (a, b) if splits[b] == "train" else (b, a)
+            add(leak, "leakage", pair.similarity, source, pair.similarity,
+                f"{how} to a '{splits[source] or 'no split'}' image" + ("; labels differ" if pair.labels_differ else ""))
+        elif pair.scope == "across_classes":
+            for row, other in ((a, b), (b, a)):  # which label is right is for the user to say
+                add(row, "conflicting_duplicate", pair.similarity, other, pair.similarity,
+                    f"{how} to an image labelled '{labels[other]}'", labels[other])
+        else:
+            add(b, "duplicate", pair.similarity, a, pair.similarity, f"{how} to an earlier image")
+    outliers = scores[scores["outlier"].astype(bool)]
+    for row in outliers.itertuples():
+        add(row.Index, "outlier", row.outlier_score, None, None,
+            f"cosine distance {row.outlier_score:.4f} to its {outlier_k}-th nearest image")
+    frame = pd.DataFrame(records, columns=SUSPECT_COLUMNS)
+    if frame.empty:
+        return frame
+    frame = frame.sort_values(["kind", "score"], ascending=[True, False], key=lambda s: s.map(KINDS.index)
+                              if s.name == "kind" else s)
+    # one row per (image, kind): an image duplicated several times keeps its strongest match
+    return frame.drop_duplicates(["row_id", "kind"]).reset_index(drop=True)
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+def write_audit(result: AuditResult, out: str | Path, *, write_manifest: bool = False, store=None) -> dict[str, Path]:
+    """audit.json, suspects.csv, scores.parquet, audit.html and, on request, manifest.csv."""
+    from featx.pages.audit import render_audit_page
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": out / "audit.json", "csv": out / "suspects.csv", "scores": out / "scores.parquet",
+             "html": out / "audit.html"}
+    atomic.write_json(files["json"], {"summary": result.summary,
+                                      "suspects": json.loads(result.suspects.to_json(orient="records")),
+                                      "pairs": json.loads(result.pairs.to_json(orient="records"))})
+    atomic.write_bytes(files["csv"], result.suspects.to_csv(index=False).encode())
+    scores = result.scores.astype({"label": "object", "split": "object", "suggested_label": "object"})
+    atomic.write_bytes(files["scores"], scores.to_parquet(index=False))
+    atomic.write_bytes(files["html"], render_audit_page(result).encode())
+    if write_manifest:
+        files["manifest"] = out / "manifest.csv"
+        atomic.write_bytes(files["manifest"], cleaned_manifest(result).to_csv(index=False).encode())
+    return files
+
+
+def cleaned_manifest(result: AuditResult) -> pd.DataFrame:
+    """Every store row, unchanged (path, label, split), plus `audit_suspect`, `audit_issues` and
+    `audit_suggested_label`: `featx extract MANIFEST.csv` reads it and ignores the extra columns."""
+    scores = result.scores
+    issues = result.suspects.groupby("row_id")["kind"].agg(lambda kinds: ";".join(kinds))
+    suggested = result.suspects.dropna(subset=["suggested_label"]).groupby("row_id")["suggested_label"].first()
+    frame = scores[["path", "label", "split"]].copy()
+    frame["audit_suspect"] = scores["row_id"].isin(issues.index).to_numpy()
+    frame["audit_issues"] = scores["row_id"].map(issues).fillna("").to_numpy()
+    frame["audit_suggested_label"] = scores["row_id"].map(suggested).to_numpy()
+    frame["status"] = scores["status"].to_numpy()
+    return frame
+
+
+def audit(store: FeatureStore | str | Path, *, out: str | Path | None = None, write_manifest: bool = False,
+          layer: str | None = None, classifier: str = "logreg", cv: int = 5, k: int = 10,
+          threshold: float | None = None, calibrate: str = "auto", outlier_z: float = 3.5,
+          outlier_k: int | None = None, model: str | Path | None = None, learning_curve: bool = True, seed: int = 0,
+          progress: bool = False) -> pd.DataFrame:
+    """Audit a store; returns the suspects (path, kind, score, given_label, suggested_label, …),
+    with the summary in `.attrs['summary']` and, when `out` is given, the files in `.attrs['files']`.
+
+    - classifier/cv: the probabilistic model behind the label check (logreg, or linear-svm through
+      CalibratedClassifierCV), out-of-fold on the training rows.
+    - k: neighbours for the outlier score and the near-duplicate search.
+    - threshold: cosine similarity for near-duplicates; None: calibrated, `calibrate` = 'copies'
+      (re-encoded copies of the store's own images), 'distribution' (nearest-neighbour
+      similarities) or 'auto' (copies when the images and weights are at hand).
+    - outlier_k, outlier_z: the outlier score is the cosine distance to the outlier_k-th nearest
+      image (default 5% of the images, 10…50); above a robust z-score of outlier_z it is flagged.
+    - model: a train-shallow model folder whose learning curve answers "enough data?"."""
+    if write_manifest and out is None:
+        raise InputError("--write-manifest needs an output folder (-o AUDIT_DIR) to write manifest.csv into")
+    if out is not None:  # before the work: featx only writes into its own audit folders
+        from featx.store.artifacts import check_output
+
+        check_output(out, "audit", inputs=[getattr(store, "path", store)])
+    result = run_audit(store, layer=layer, classifier=classifier, cv=cv, k=k, threshold=threshold,
+                       calibrate=calibrate, outlier_z=outlier_z, outlier_k=outlier_k, model=model,
+                       learning_curve=learning_curve, seed=seed, progress=progress)
+    frame = result.suspects.copy()
+    frame.attrs["summary"] = result.summary
+    if out is not None:
+        frame.attrs["files"] = {k: str(v) for k, v in write_audit(result, out, write_manifest=write_manifest).items()}
+    return frame

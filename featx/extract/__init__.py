@@ -1,0 +1,19 @@
+"""Extraction: the extractor (images → pooled layer vectors), the per-shard worker every engine
+runs, the job that reconciles inputs with a store, the head start, and the engines (local, Ray).
+
+`featx.extract.head_start` must load without torch (the CLI forks decoders before torch loads), so
+this package imports its modules on first use."""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {"Extractor": "featx.extract.extractor", "extractor_from_config": "featx.extract.extractor",
+            "extract": "featx.extract.job"}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'featx.extract' has no attribute '{name}'")
+    return getattr(importlib.import_module(module), name)

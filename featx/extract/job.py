@@ -1,0 +1,107 @@
+"""One extraction job: scan the inputs, reconcile them with the store, and run the missing shards
+on an engine (local or Ray); every shard is committed to the store as it completes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from featx.backbones import DEFAULT_BACKBONE
+from featx.errors import InputError
+from featx.extract.engines import ENGINES, make_engine  # noqa: F401 (ENGINES: re-exported)
+from featx.extract.extractor import Extractor
+from featx.io.sources import scan_inputs
+from featx.store import FeatureStore, StoreWriter
+
+log = logging.getLogger(__name__)
+
+SHARD_BYTES = 256 << 20  # a shard holds at most this much feature data per layer
+
+def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: str = "default",
+            layers: Sequence[str] | None = None, pool: str = "avg", image_size: int | None = None, tta: int = 1,
+            batch_size: int = 32, workers: int | None = None, device: str = "auto", amp: str = "none",
+            dtype: str = "float32", shard_size: int = 4096, overwrite: bool = False, append: bool = False,
+            frozen: bool = False, decode: str = "auto", resize: str = "crop", progress: bool = True,
+            engine: str = "local", ray_address: str | None = None, num_gpus_per_worker: float | None = None,
+            cpus_per_worker: float | None = None, compile: bool = False, head_start=None) -> FeatureStore:
+    """Extract features of `inputs` (folders, manifests, globs) into the store at `out`.
+
+    The inputs are the truth: re-running reconciles the store with them (new, changed, relabelled,
+    moved and removed files; `store.manifest["last_run"]` says what changed) and resumes an
+    interrupted run. `append=True` keeps rows whose files are absent from `inputs` but still exist;
+    `frozen=True` refuses any difference. Another config into an existing store is refused
+    unless `overwrite`.
+
+    `engine="ray"` runs the shards on a Ray cluster (`ray_address`: "auto", "ray://HOST:PORT" or
+    None for a local one), one extractor per actor with `cpus_per_worker` / `num_gpus_per_worker`;
+    the store folder must be on a filesystem every node sees.
+
+    `head_start`: a `featx.extract.head_start.HeadStart` started on the same inputs before torch was
+    imported (the CLI does); the images it decoded meanwhile are used where its preprocessing is
+    this extractor's, and it is stopped before the extraction starts (at the latest when the
+    process exits)."""
+    if int(shard_size) < 1:
+        raise InputError(f"--shard-size {shard_size} must be at least 1")
+    if frozen and (overwrite or append):
+        raise InputError("--frozen cannot be combined with --overwrite or --append: it refuses any change")
+    runner = make_engine(engine, progress=progress, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
+                         cpus_per_worker=cpus_per_worker, compile=compile)
+    from featx.extract.head_start import remember_preprocess, same_inputs
+
+    records = head_start.records if same_inputs(head_start, inputs) else scan_inputs(inputs)
+    options = dict(weights=weights, layers=layers, pool=pool, image_size=image_size, tta=tta, device=device, amp=amp,
+                   dtype=dtype, batch_size=batch_size, workers=workers, decode=decode, resize=resize, compile=compile)
+    extractor = Extractor(model, **runner.extractor_options(options))
+    remember_preprocess(model, image_size, resize, extractor.backbone.preprocess.to_dict())  # the next head start's
+    config = extractor.config | {"weights_source": _weights_source(weights)}
+    rows_per_shard = _rows_per_shard(int(shard_size), extractor)
+    with runner.session(), StoreWriter(out, config, overwrite=overwrite, append=append, frozen=frozen,
+                                       rows_per_shard=rows_per_shard) as writer:
+        work = writer.prepare(records, files=runner.file_checker())
+        shards = _missing_shards(work, rows_per_shard, out)
+        ready = _take_head_start(head_start, extractor, shards, runner.name)  # stopped in every case
+        runner.run(writer, work.plan, shards, extractor, ready)
+        store = writer.finalize()
+    summary = store.summary()
+    log.info("store %s: %d images, %d ok, %d failed", out, summary["rows"], summary["ok"], summary["failed"])
+    return store
+
+
+def _missing_shards(work, rows_per_shard: int, out) -> list[tuple[int, int]]:
+    """The row ranges still to extract, cut into shards."""
+    log.info("store %s: %s", out, work.changes.line())
+    shards = [(s, min(s + rows_per_shard, stop)) for start, stop in work.missing
+              for s in range(start, stop, rows_per_shard)]
+    if shards and len(work.plan) and shards[0][0]:
+        log.info("resuming store %s: %d of %d rows left", out, sum(b - a for a, b in shards), len(work.plan))
+    return shards
+
+
+def _take_head_start(head_start, extractor: Extractor, shards: list, engine: str) -> dict[str, dict]:
+    """The views `head_start` decoded (and it stopped), where this extractor decodes them the same
+    way: the local engine, with Pillow, in this process (the CPU plan; the check the head start was
+    started under, now with the built extractor's device), with the same preprocessing and TTA
+    (checked by `take`)."""
+    if head_start is None:
+        return {}
+    from featx.extract.head_start import can_decode_ahead
+
+    if engine != "local" or not shards or not can_decode_ahead(
+            workers=extractor.workers, tta=extractor.tta, decode=extractor.decode, device=extractor.device.type,
+            processes=head_start.processes):
+        head_start.stop()
+        return {}
+    return head_start.take(extractor.backbone.preprocess.to_dict(), extractor.tta)
+
+
+def _weights_source(weights: str) -> str:
+    return weights if weights in ("default", "random") else str(Path(weights).expanduser().resolve())
+
+
+def _rows_per_shard(shard_size: int, extractor: Extractor) -> int:
+    itemsize = np.dtype(extractor.dtype).itemsize
+    widest = max(extractor.pooled_dims.values()) * itemsize
+    return max(1, min(shard_size, SHARD_BYTES // max(1, widest)))

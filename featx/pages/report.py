@@ -1,0 +1,156 @@
+"""The run report: one self-contained HTML page (images embedded) that answers how well the
+features classify, which images look alike, and what the data looks like."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from featx.pages.search import STYLE as SEARCH_STYLE
+from featx.pages.search import search_blocks
+from featx.store import FeatureStore
+from featx.io.thumbnails import escape, png_uri
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:0}h2{border-bottom:2px solid #1f77b4;padding-bottom:4px;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:14px}
+.muted{color:#777;font-size:13px}.imgs img{max-width:49%;vertical-align:top}.big{max-width:100%}
+"""
+
+
+def _table(rows: list[tuple], header: tuple | None = None) -> str:
+    head = "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _img(path: Path, css: str = "") -> str:
+    return f'<img class="{css}" src="{png_uri(path.read_bytes())}">' if path.is_file() else ""
+
+
+def _spread(report: dict, key: str) -> str:
+    std = report.get(f"{key}_std")
+    return f"{report[key]:.4f} ± {std:.4f}" if std is not None else f"{report[key]:.4f}"
+
+
+def _tuning_html(tuning: dict, warnings: list[dict]) -> str:
+    parts = []
+    if tuning.get("enabled"):
+        per_fold = tuning.get("chosen_per_outer_fold")
+        parts.append(f"<p>{escape(tuning['label'])} chosen by inner {tuning['inner_folds']}-fold cross-validation on "
+                     f"the training rows: <b>{tuning['chosen']:g}</b> (grid {tuning['grid'][0]:g} … {tuning['grid'][-1]:g}"
+                     + (f"; per outer fold: {', '.join(f'{v:g}' for v in per_fold)}" if per_fold else "") + ").</p>")
+    elif tuning:
+        parts.append(f"<p>Not tuned: fixed {escape(tuning['label'])} = {escape(tuning['fixed'])}.</p>")
+    if warnings:
+        parts.append("<p>Warnings while training:</p>" + _table([(w["count"], w["category"], w["message"]) for w in warnings],
+                                                              ("count", "category", "message")))
+    return "".join(parts)
+
+
+def render_report(title: str, store: FeatureStore, model_dir: Path | None, index_dir: Path | None,
+                  search_results: pd.DataFrame | None, projection_dir: Path | None,
+                  audit_dir: Path | None = None) -> str:
+    summary = store.summary()
+    config = store.config
+    parts = [f"<h1>{escape(title)}</h1><p class='muted'>featx run report — store {escape(summary['path'])}</p>"]
+
+    # dataset
+    splits = sorted(summary["per_split"])
+    meta = store.meta.assign(label=store.meta["label"].fillna("(none)"), split=store.meta["split"].fillna("(none)"))
+    crosstab = pd.crosstab(meta["label"], meta["split"])
+    rows = [(label, *[int(crosstab.loc[label, s]) if s in crosstab.columns else 0 for s in splits],
+             int(crosstab.loc[label].sum())) for label in crosstab.index]
+    parts.append("<h2>Dataset</h2>" + f"<p>{summary['rows']} images: {summary['ok']} ok, {summary['failed']} failed.</p>"
+                 + _table(rows, ("class", *splits, "total")))
+    if summary["errors"]:
+        parts.append("<h3>Failed files</h3>" + _table([(e["path"], e["status"], e["error"]) for e in summary["errors"][:50]],
+                                                     ("file", "code", "message")))
+
+    # extractor
+    pre = config.get("preprocess", {})
+    parts.append("<h2>Extractor</h2>" + _table([
+        ("backbone", config.get("backbone")), ("weights", config.get("weights_id")),
+        ("weights sha256", config.get("weights_sha256")), ("layers", ", ".join(config.get("layers", []))),
+        ("feature size", ", ".join(f"{k}: {'×'.join(map(str, v))}" for k, v in summary["layers"].items())),
+        ("pooling", config.get("pool")), ("TTA views", config.get("tta")),
+        ("preprocessing", f"resize {pre.get('resize_size')}, crop {pre.get('crop_size')}, {pre.get('interpolation')}, "
+                          f"mean {pre.get('mean')}, std {pre.get('std')}")]))
+
+    # classifier
+    if model_dir is not None and (model_dir / "report" / "report.json").is_file():
+        report = json.loads((model_dir / "report" / "report.json").read_text())
+        options = report["config"]
+        parts.append("<h2>Classifier</h2>" + f"<p>{escape(options.get('classifier'))}, normalise "
+                     f"{escape(options.get('normalize'))}, reduce {escape(options.get('reduce'))} — {escape(report['evaluation'])}.</p>"
+                     + _table([("accuracy", _spread(report, "accuracy")),
+                               ("balanced accuracy", _spread(report, "balanced_accuracy")),
+                               ("macro F1", _spread(report, "macro_f1")), ("training images", report["n_train"]),
+                               ("evaluated images", report["n_eval"])])
+                     + (f"<p class='muted'>± is the {escape(report['spread'])}.</p>" if report.get("spread") else "")
+                     + _tuning_html(report.get("tuning") or {}, report.get("warnings") or [])
+                     + _table([(c, v["precision"], v["recall"], v["f1"], v["support"]) for c, v in report["per_class"].items()],
+                              ("class", "precision", "recall", "F1", "support"))
+                     + "<div class='imgs'>" + _img(model_dir / "report" / "confusion_matrix.png")
+                     + _img(model_dir / "report" / "learning_curve.png")
+                     + _img(model_dir / "report" / "validation_curve.png") + "</div>")
+
+    if audit_dir is not None and (audit_dir / "audit.json").is_file():
+        parts.append(audit_section(audit_dir))
+
+    # retrieval
+    if index_dir is not None and (index_dir / "evaluation.json").is_file():
+        metrics = json.loads((index_dir / "evaluation.json").read_text())
+        info = json.loads((index_dir / "index.json").read_text())
+        parts.append("<h2>Retrieval</h2>" + f"<p>{escape(info['kind'])} index ({escape(info['factory'])}), "
+                     f"{escape(info['metric'])}, {info['ntotal']} images. Leave-one-out over the labelled images:</p>"
+                     + _table([(k, v) for k, v in metrics.items()]))
+        if search_results is not None and len(search_results):
+            labels = dict(zip(store.paths, store.labels))
+            parts.append("<h3>Sample queries and their nearest neighbours</h3>" + search_blocks(search_results, labels))
+
+    # projection
+    if projection_dir is not None and (projection_dir / "projection.json").is_file():
+        projection = json.loads((projection_dir / "projection.json").read_text())
+        quality = projection["quality"]
+        parts.append("<h2>Map of the features</h2>"
+                     + _table([(k, v) for k, v in {**projection["info"], **quality}.items()])
+                     + _img(projection_dir / "projection.png", "big")
+                     + "<p>Interactive version (zoom, pan, thumbnails): <a href='projection/projection.html'>"
+                       "projection/projection.html</a></p>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<style>{SEARCH_STYLE}{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+
+
+AUDIT_SHOWN = 12
+
+
+def audit_section(audit_dir: Path) -> str:
+    """Counts per issue, the threshold, the enough-data sentence and the top suspects; the full
+    sortable page is audit/audit.html."""
+    from featx.audit.audit import KIND_TITLES, KINDS
+    from featx.io.thumbnails import thumbnail_uri
+
+    record = json.loads((audit_dir / "audit.json").read_text())
+    summary, suspects = record["summary"], record["suspects"]
+    near = summary["near_duplicates"]
+    top = sorted(suspects, key=lambda s: (KINDS.index(s["kind"]), -s["score"]))[:AUDIT_SHOWN]
+    rows = "".join(f"<tr><td><img src='{thumbnail_uri(s['path'], 64)}'></td><td>{escape(KIND_TITLES[s['kind']])}</td>"
+                   f"<td>{escape(s['path'])}</td><td>{s['score']:.3f}</td><td>{escape(s['given_label'])}</td>"
+                   f"<td>{escape(s['suggested_label'])}</td></tr>" for s in top)
+    return ("<h2>Data audit</h2>"
+            + f"<p>{summary['flagged_rows']} of {summary['ok_rows']} images flagged. Nothing was changed: the full, "
+              "sortable list with nearest neighbours is <a href='audit/audit.html'>audit/audit.html</a> "
+              "(and audit/suspects.csv).</p>"
+            + _table([(KIND_TITLES[k], summary["counts"][k]) for k in KINDS], ("issue", "images"))
+            + f"<p>Near-duplicates: cosine ≥ {near['threshold']:.4f} ({escape(near['method'])}: {escape(near['rule'])}).</p>"
+            + f"<p><b>Enough data?</b> {escape(summary['enough_data']['sentence'])}</p>"
+            + (f"<table><tr><th></th><th>issue</th><th>path</th><th>score</th><th>given</th><th>suggested</th></tr>{rows}"
+               "</table>" if top else ""))

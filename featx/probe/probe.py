@@ -1,0 +1,347 @@
+"""`featx probe`: which backbone, layer, pooling and classifier suit the user's labelled images,
+measured on those images.
+
+Candidates are every given backbone whose weights are available offline × a few layers spread
+over depth × a few poolings. Each backbone is extracted once (all layers and poolings in one
+forward pass, `multipool.py`) into ordinary stores under PROBE_DIR/stores, so a re-run resumes and
+reuses them; scores are cached under PROBE_DIR/scores. Each candidate is scored by tuned linear
+classifiers with the honest protocol (`probe_score.py`), its retrieval mAP@10 and its cost; the
+domain-shift diagnostic (`domain_shift.py`) says how far the images are from the training data.
+Outputs: a ranked DataFrame, probe.json, probe.html and the winner as a `featx run` recipe."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from featx.io import atomic
+from featx.backbones import DEFAULT_BACKBONE, resolve_family
+from featx.errors import InputError, WeightsError
+from featx.io.sources import is_glob, scan_inputs
+from featx.probe.candidates import layer_depths, parse_layers
+from featx.probe.scoring import DEFAULT_CLASSIFIERS, PROBE_CLASSIFIERS, RBF_MAX_ROWS, choose_protocol
+
+log = logging.getLogger(__name__)
+
+PROBE_POOLINGS = ("avg", "gem", "avgmax")
+ALLOWED_POOLINGS = ("avg", "max", "avgmax", "gem")
+SHIFT_IMAGES = 64
+SCORE_VERSION = 2  # bump when the scoring changes: cached scores are then recomputed
+RECIPE = "winner.yaml"
+
+
+# --- options -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Budget:
+    seconds: float | None = None
+    candidates: int | None = None
+
+    def exhausted(self, started: float, scored: int) -> bool:
+        if self.seconds is not None and time.perf_counter() - started >= self.seconds:
+            return True
+        return self.candidates is not None and scored >= self.candidates
+
+    def describe(self) -> str:
+        return f"{self.seconds:g} s" if self.seconds is not None else f"{self.candidates} candidates"
+
+
+def parse_budget(budget: str | int | None) -> Budget:
+    """'10m', '90s', '1.5h': time for the whole probe; a plain number N: score N candidates. The
+    first candidate is always scored, so a probe never ends with nothing."""
+    if budget is None or budget == "":
+        return Budget()
+    text = str(budget).strip().lower()
+    if re.fullmatch(r"\d+", text) and int(text) >= 1:
+        return Budget(candidates=int(text))
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smh])", text)
+    if match and float(match.group(1)) > 0:
+        return Budget(seconds=float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)])
+    raise InputError(f"--budget '{budget}' is not allowed; give a time such as 90s, 10m or 1h, or a number "
+                     "of candidates such as 12")
+
+
+def parse_pools(pools: str | Sequence[str]) -> list[str]:
+    names = [p.strip() for p in (pools.split(",") if isinstance(pools, str) else pools) if p.strip()]
+    bad = [p for p in names if p not in ALLOWED_POOLINGS]
+    if not names or bad:
+        raise InputError(f"--pool {','.join(bad) or '(empty)'} is not allowed; give a comma-separated list of "
+                         f"{', '.join(ALLOWED_POOLINGS)} (flatten is not probed: its vectors are too large)")
+    return list(dict.fromkeys(names))
+
+
+def _offline(model: str) -> bool:
+    family = resolve_family(model)  # an unknown name raises, naming `featx models`
+    try:
+        return family.cached_weights(model) is not None
+    except Exception:  # a model without default weights
+        return False
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --- the probe -----------------------------------------------------------------------------------
+
+def probe(inputs, out: str | Path, *, models: Sequence[str] | None = None, layers: str | Sequence[str] = "auto",
+          pools: str | Sequence[str] = PROBE_POOLINGS, budget: str | int | None = None, weights: str = "default",
+          image_size: int | None = None, batch_size: int = 32, workers: int | None = None, device: str = "auto",
+          cv: int = 5, seed: int = 0, classifiers: str | Sequence[str] = DEFAULT_CLASSIFIERS,
+          shift_images: int = SHIFT_IMAGES, progress: bool = True) -> pd.DataFrame:
+    """Score backbone × layer × pooling candidates on labelled `inputs`; write PROBE_DIR `out`.
+
+    Returns the candidates ranked best first (balanced accuracy of their best classifier), one row
+    each; `frame.attrs` holds the output paths, the protocol and the domain-shift diagnostic."""
+    started = time.perf_counter()
+    out = Path(out)
+    if not (out / "stores").is_dir():  # a probe folder being resumed has its stores already
+        from featx.store.artifacts import check_output
+
+        check_output(out, "probe")
+    budget_limit = parse_budget(budget)
+    poolings = parse_pools(pools)
+    classifiers = [c.strip() for c in (classifiers.split(",") if isinstance(classifiers, str) else classifiers)
+                   if c.strip()]
+    unknown = [c for c in classifiers if c not in PROBE_CLASSIFIERS]
+    if unknown or not classifiers:
+        raise InputError(f"unknown probe classifier(s) {unknown}; allowed: {', '.join(PROBE_CLASSIFIERS)}")
+    records = scan_inputs(inputs)
+    labelled = [r for r in records if r.label is not None]
+    if not labelled:
+        raise InputError(f"featx probe needs labels, and none of the {len(records)} images has one; put the images "
+                         "in one folder per class (optionally under train/ and val/), or give a CSV/Parquet "
+                         "manifest with a 'label' column")
+    protocol = choose_protocol(np.array([r.label for r in labelled], dtype=object),
+                               np.array([r.split or "" for r in labelled], dtype=object), cv)
+    models = list(models or [DEFAULT_BACKBONE])
+    skipped: list[dict] = []
+    fit_rows = sum(r.split == "train" for r in labelled) if protocol.kind == "held-out" else len(labelled)
+    if "rbf-svm" in classifiers and fit_rows > RBF_MAX_ROWS:
+        reason = (f"{fit_rows:,} training rows; an RBF SVM's fit grows with the square of the rows, so the probe "
+                  f"tries it up to {RBF_MAX_ROWS:,} (train-shallow --classifier rbf-svm still can)")
+        log.warning("probe: not scoring rbf-svm: %s", reason)
+        skipped.append({"what": "classifier rbf-svm", "reason": reason})
+        classifiers = [c for c in classifiers if c != "rbf-svm"]
+        if not classifiers:
+            raise InputError(f"--classifiers rbf-svm alone cannot be scored here: {reason}; add pca-logreg or linear-svm")
+    usable = []
+    for model in dict.fromkeys(models):
+        if weights == "default" and not _offline(model):
+            reason = ("its pretrained weights are not available offline (not bundled, not in the torch/Hugging "
+                      "Face cache); `featx models` shows which are, or pass --weights FILE")
+            log.warning("probe: skipping %s: %s", model, reason)
+            skipped.append({"what": model, "reason": reason})
+        else:
+            usable.append(model)
+    if not usable:
+        raise WeightsError(f"none of the models {models} has weights available offline; run `featx models` to see "
+                           "which do (the bundled efficientnet_lite0 always does), or pass --weights random|FILE")
+
+    from featx.api import describe_layers
+
+    plans = {}
+    for model in usable:
+        rows = describe_layers(model, image_size=image_size)
+        chosen = parse_layers(layers, rows, model)
+        plans[model] = {"layers": chosen, "depths": layer_depths(chosen, [r["layer"] for r in rows]),
+                        "order": [r["layer"] for r in rows]}
+    total = sum(len(p["layers"]) for p in plans.values()) * len(poolings)
+    log.info("probe: %d candidates (%s), %s", total, ", ".join(f"{m}: {len(p['layers'])} layers" for m, p in plans.items()),
+             protocol.description)
+
+    from tqdm.auto import tqdm
+
+    candidates, shifts, scored = [], {}, 0
+    current_paths = {r.path for r in records}
+    with tqdm(total=total, desc="probe", unit="candidate", disable=not progress, dynamic_ncols=True,
+              position=0) as bar:
+        for model in usable:
+            plan = plans[model]
+            if scored and budget_limit.exhausted(started, scored):
+                for how in poolings:
+                    for layer in plan["layers"]:
+                        skipped.append({"what": f"{model} / {layer} / {how}", "reason": f"budget {budget_limit.describe()}"})
+                bar.update(len(plan["layers"]) * len(poolings))
+                continue
+            context = _prepare_backbone(model, plan, poolings, records, out, weights=weights, image_size=image_size,
+                                        batch_size=batch_size, workers=workers, device=device,
+                                        shift_images=shift_images, seed=seed, progress=progress)
+            shifts[model] = context["shift"]
+            for how in poolings:
+                for layer in reversed(plan["layers"]):  # deepest first: under a budget the usual choice comes first
+                    if scored and budget_limit.exhausted(started, scored):  # at least one, once extracted
+                        skipped.append({"what": f"{model} / {layer} / {how}", "reason": f"budget {budget_limit.describe()}"})
+                    else:
+                        candidates.append(_candidate(model, layer, how, context, plan, protocol, current_paths,
+                                                     classifiers, out, cv, seed))
+                        scored += 1
+                    bar.update(1)
+
+    frame = _rank(candidates)
+    seconds = time.perf_counter() - started
+    given = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    recipe_inputs = [str(i) if is_glob(i) else str(Path(i).resolve()) for i in given]
+    paths = _write_outputs(frame, out, inputs=recipe_inputs, protocol=protocol, shifts=shifts, skipped=skipped,
+                           classifiers=list(classifiers), weights=weights, image_size=image_size, cv=cv, seed=seed,
+                           seconds=seconds, n_images=len(labelled), classes=sorted({r.label for r in labelled}),
+                           workers=workers)
+    frame.attrs.update({"protocol": protocol.to_dict(), "domain_shift": shifts, "skipped": skipped,
+                        "seconds": seconds, **{k: str(v) for k, v in paths.items()}})
+    return frame
+
+
+def _prepare_backbone(model: str, plan: dict, poolings: list[str], records, out: Path, *, weights, image_size,
+                      batch_size, workers, device, shift_images, seed, progress) -> dict:
+    """Extract (or resume) the backbone's stores; measure its throughput, per-layer speed and
+    domain shift."""
+    from featx.extract.extractor import ImageViews
+    from featx.probe.candidates import forward_speed
+    from featx.probe.domain_shift import measure_domain_shift
+    from featx.probe.multipool import MultiPoolExtractor, extract_multipool
+
+    extractor = MultiPoolExtractor(model, poolings=poolings, layers=plan["layers"], weights=weights,
+                                   image_size=image_size, batch_size=batch_size, workers=workers, device=device)
+    folder = out / "stores" / _safe(model)
+    stores, timing = extract_multipool(records, {how: folder / how for how in poolings}, extractor, weights=weights,
+                                       progress=progress, description=f"extract {model}")
+    timing_file = folder / "throughput.json"
+    if timing["images"] > 0 and timing["seconds"] > 0:
+        atomic.write_json(timing_file, timing | {"img_per_s": timing["images"] / timing["seconds"]})
+    throughput = json.loads(timing_file.read_text())["img_per_s"] if timing_file.is_file() else None
+
+    backbone = extractor.backbone
+    crop = backbone.preprocess.crop_size
+    speed = forward_speed(backbone.model, plan["layers"], crop, extractor.device)
+
+    first = stores[poolings[0]]
+    ok_paths = first.meta.loc[first.ok, "path"].tolist()
+    sample = sorted(np.random.default_rng(seed).choice(ok_paths, size=min(shift_images, len(ok_paths)),
+                                                       replace=False).tolist()) if ok_paths else []
+    meaningful = weights != "random"
+    shift_key = _digest(backbone.weights_id, backbone.weights_sha256, plan["layers"], sample, first.config["preprocess"])
+    shift_file = folder / "domain_shift.json"
+    cached = json.loads(shift_file.read_text()) if shift_file.is_file() else {}
+    if cached.get("key") == shift_key:
+        shift = cached["report"]
+    else:
+        dataset = ImageViews(sample, backbone.preprocess, 1, "pil")
+        shift = measure_domain_shift(backbone, dataset, plan["layers"], plan["order"], meaningful=meaningful,
+                                     batch_size=batch_size, device=extractor.device).to_dict()
+        atomic.write_json(shift_file, {"key": shift_key, "report": shift})
+    log.info("probe: %s domain shift: %s", model, shift["advice"])
+    return {"stores": stores, "throughput": throughput, "speed": speed, "shift": shift}
+
+
+def _candidate(model, layer, how, context, plan, protocol, current_paths, classifiers, out: Path, cv: int,
+               seed: int) -> dict:
+    from featx.probe.scoring import retrieval_map, score_features
+
+    store = context["stores"][how]
+    meta = store.meta
+    rows = (store.ok & meta["label"].notna().to_numpy() & meta["path"].isin(current_paths).to_numpy())
+    # not keyed on the classifier list: each classifier's score is kept on its own, so adding one to
+    # --classifiers scores only that one, and a run stopped between classifiers keeps the finished ones
+    key = score_key(store, layer, rows, protocol, cv, seed)
+    cache = out / "scores" / f"{_safe(model)}-{how}-{_safe(layer)}-{key}.json"
+    scores = json.loads(cache.read_text()) if cache.is_file() else {"classifiers": {}}
+    missing = [c for c in classifiers if c not in scores["classifiers"]]
+    if missing or "map@10" not in scores:
+        X = np.asarray(store.features(layer)[rows], dtype=np.float32)
+        y = meta["label"].to_numpy(dtype=object)[rows].astype(str)
+        splits = meta["split"].fillna("").to_numpy(dtype=object)[rows]
+        for name in missing:
+            scores["classifiers"] |= score_features(X, y, splits, protocol, classifiers=[name], cv=cv, seed=seed)
+            atomic.write_json(cache, scores)
+        if "map@10" not in scores:
+            scores |= {"map@10": retrieval_map(store, layer, k=10), "n": int(rows.sum())}
+            atomic.write_json(cache, scores)
+    scores = scores | {"classifiers": {c: scores["classifiers"][c] for c in classifiers}}
+    best = max(scores["classifiers"], key=lambda c: (scores["classifiers"][c]["balanced_accuracy"],
+                                                     scores["classifiers"][c]["accuracy"]))
+    shape = store.manifest["layers"][layer]["shape"]
+    store_bytes = sum((store.path / s["features"][layer]["path"]).stat().st_size for s in store.manifest["shards"])
+    shift = context["shift"]["per_layer"].get(layer, {}).get("bn_distance")
+    return {"backbone": model, "layer": layer, "depth": plan["depths"][layer], "pool": how, "dim": int(np.prod(shape)),
+            "classifier": best,
+            **{k: v for k, v in scores["classifiers"][best].items() if k != "C"},
+            "map@10": scores["map@10"], "img_per_s": context["throughput"],
+            "forward_img_per_s": context["speed"][layer], "store_bytes": int(store_bytes),
+            "vector_bytes": int(np.prod(shape)) * np.dtype(store.manifest["layers"][layer]["dtype"]).itemsize,
+            "shift": shift, "n_images": scores["n"], "store": str(store.path), "classifiers": scores["classifiers"]}
+
+
+def score_key(store, layer: str, rows: np.ndarray, protocol, cv: int, seed: int) -> str:
+    """What a candidate's cached scores depend on: the features, the rows, the protocol and the seed."""
+    return _digest(SCORE_VERSION, store.config_hash, layer, store.manifest.get("meta", {}).get("sha256"),
+                   np.flatnonzero(rows).tolist(), protocol.to_dict(), cv, seed)
+
+
+def _rank(candidates: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(candidates)
+    frame = frame.sort_values(["balanced_accuracy", "accuracy", "macro_f1", "dim"],
+                              ascending=[False, False, False, True], kind="stable").reset_index(drop=True)
+    frame.insert(0, "rank", np.arange(1, len(frame) + 1))
+    return frame
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+def winner_recipe(winner: dict, inputs: list[str], *, weights: str, image_size: int | None, cv: int, seed: int,
+                  workers: int | None = None) -> dict:
+    """A `featx run` recipe that extracts the winning layer and pooling and trains its classifier
+    with the options and tuning the probe scored it with."""
+    extract = {"inputs": inputs, "model": winner["backbone"], "weights": weights, "layers": [winner["layer"]],
+               "pool": winner["pool"]}
+    if image_size is not None:
+        extract["image_size"] = int(image_size)
+    if workers is not None:
+        extract["workers"] = int(workers)
+    train = {"layer": winner["layer"], **winner["train_options"], "cv": int(cv), "seed": int(seed)}
+    return {"name": "probe-winner", "output": "run", "extract": extract, "train_shallow": train,
+            "index": {"layer": winner["layer"], "kind": "auto", "metric": "cosine", "k": 10},
+            "report": {"title": f"featx probe winner: {winner['backbone']} / {winner['layer']} / {winner['pool']}"}}
+
+
+def _write_outputs(frame: pd.DataFrame, out: Path, *, inputs, protocol, shifts, skipped, classifiers, weights,
+                   image_size, cv, seed, seconds, n_images, classes, workers=None) -> dict[str, Path]:
+    import yaml
+
+    from featx.probe.plots import score_vs_cost, score_vs_depth
+    from featx.pages.render import render_page
+
+    out.mkdir(parents=True, exist_ok=True)
+    records = json.loads(frame.to_json(orient="records"))
+    winner = records[0]
+    recipe = winner_recipe(winner, inputs, weights=weights, image_size=image_size, cv=cv, seed=seed, workers=workers)
+    header = (f"# Written by `featx probe`: the best of {len(records)} candidates "
+              f"(balanced accuracy {winner['balanced_accuracy']:.4f} ± {winner['balanced_accuracy_std']:.4f}, "
+              f"{protocol.description}).\n# Run it with: featx run {out / RECIPE}\n")
+    recipe_text = header + yaml.safe_dump(recipe, sort_keys=False)
+    atomic.write_bytes(out / RECIPE, recipe_text.encode())
+    plots = {"score_vs_depth.png": score_vs_depth(frame), "score_vs_cost.png": score_vs_cost(frame)}
+    for name, data in plots.items():
+        atomic.write_bytes(out / name, data)
+    report = {"protocol": protocol.to_dict(), "seconds": seconds, "n_images": n_images, "classes": classes,
+              "classifiers": classifiers, "candidates": records, "winner": winner, "recipe": str(out / RECIPE),
+              "domain_shift": shifts, "skipped": skipped}
+    atomic.write_json(out / "probe.json", report)
+    html = render_page("probe.html", title="featx probe: " + ", ".join(sorted(shifts)), n_images=n_images,
+                       classes=classes, protocol=protocol.to_dict(), candidates=records, skipped=skipped,
+                       seconds=seconds, winner=winner, recipe_path=str(out / RECIPE), recipe_text=recipe_text,
+                       domain_shift=shifts, plots=plots, classifier_names=classifiers)
+    atomic.write_bytes(out / "probe.html", html.encode())
+    return {"json": out / "probe.json", "html": out / "probe.html", "recipe": out / RECIPE}
