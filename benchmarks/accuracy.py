@@ -28,9 +28,8 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 import fashion_mnist  # benchmarks/fashion_mnist.py
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 HYMENOPTERA = Path(os.environ.get("FEATX_HYMENOPTERA", REPO.parent / "shared" / "datasets" / "hymenoptera"))

@@ -23,17 +23,16 @@ import json
 import time
 from pathlib import Path
 
+import fashion_mnist  # benchmarks/fashion_mnist.py
 import numpy as np
 import pandas as pd
-
-import fashion_mnist  # benchmarks/fashion_mnist.py
 from PIL import Image
 
-from featx.learn.classify import build_pipeline
-from featx.extract.job import extract
-from featx.io.decode import decode_image, read_bytes
 from featx.audit.audit import run_audit
 from featx.audit.label_issues import out_of_sample_probabilities, rank_label_issues
+from featx.extract.job import extract
+from featx.io.decode import decode_image, read_bytes
+from featx.learn.classify import build_pipeline
 from featx.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]

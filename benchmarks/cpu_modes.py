@@ -84,9 +84,8 @@ def make_modes(extractor, names: list[str], calibration: torch.Tensor) -> dict:
                 forward = compiled
             elif name == "int8":
                 from torch.ao.quantization import get_default_qconfig_mapping
-                from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
                 from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
+                from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
                 graph = tap.traced
                 # modules the feature extractor kept as leaves (timm's Conv2dSame pads by input size:
@@ -120,7 +119,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="hymenoptera folder (train/, val/)")
     args = parser.parse_args()
     from extract_throughput import HYMENOPTERA
-    from featx.extract.extractor import Extractor, usable_cores
+
+    from featx.extract.extractor import Extractor
+    from featx.runtime import usable_cores
 
     data = args.data or HYMENOPTERA
     torch.set_num_threads(usable_cores())

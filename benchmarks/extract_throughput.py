@@ -222,7 +222,7 @@ def peak_rss_mb(folder: Path, model: str, weights: str) -> float:
 
 
 def layer_sweep(extractor_args: dict, model: str, rounds: int, seconds: float, count: int = 6) -> None:
-    from featx.api import describe_layers
+    from featx.backbones.layers import describe_layers
     from featx.extract.extractor import Extractor
 
     names = [row["layer"] for row in describe_layers(model)]
@@ -281,7 +281,7 @@ def main() -> None:
         sets[name] = (tmp / name, linked(tmp / name, files, count[name]))
     print(f"torch {torch.__version__} on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{cores} cores'}),"
           f" batch {args.batch_size}, amp {args.amp}, decode {args.decode}, resize {args.resize}; decode plan {plan}")
-    print(f"images: " + ", ".join(f"{n} = {count[n]} JPEGs" for n in sets)
+    print("images: " + ", ".join(f"{n} = {count[n]} JPEGs" for n in sets)
           + (f" (large: {LARGE_SIZE[0]}x{LARGE_SIZE[1]}, cached in {args.cache})" if "large" in sets else ""))
     header = (f"{'model':<20}{'set':<7}{'native':>8}{'tapped':>8}{'tap/nat':>8}{'dec ms':>8}{'limit':>8}"
               f"{'featx':>8}{'f/limit':>8}{'API':>8}{'CLI':>8}{'CLI/f':>7}{'CLI/API':>8}")

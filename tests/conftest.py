@@ -54,8 +54,8 @@ def make_feature_store(path: Path, X, labels, splits=None, config=None, shard_si
     """A store holding given vectors, for tests of the steps after extraction. `groups` adds a
     'group' column to the returned store's (in-memory) metadata, as a manifest's group column does."""
 
-    from featx.store import StoreWriter
     from featx.io.sources import ImageRecord
+    from featx.store import StoreWriter
 
     X = np.asarray(X, dtype=np.float32)
     splits = splits if splits is not None else [None] * len(X)

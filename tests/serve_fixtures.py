@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from conftest import TINY, make_class_folder
+from PIL import Image
 
 
 @dataclass
@@ -25,8 +24,8 @@ class Artifacts:
 
 
 def build_artifacts(root: Path) -> Artifacts:
-    from featx.learn.classify import train_shallow
     from featx.extract.job import extract
+    from featx.learn.classify import train_shallow
     from featx.retrieval.index import build_index
 
     images = make_class_folder(root / "images", classes=("cats", "dogs", "owls"), per_class=6, size=(56, 48))

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from featx.errors import InputError
-from featx.audit.audit import audit, run_audit
+from featx.api import audit
+from featx.audit.audit import run_audit
 from featx.audit.data_size import doubling_estimate
+from featx.errors import InputError
 from featx.learn.duplicates import heldout_near_duplicates
 from tests.conftest import SYNTHETIC_CONFIG, TINY, blobs, make_class_folder
 

@@ -4,10 +4,10 @@ import warnings
 import numpy as np
 import pytest
 
-from featx.learn.classify import CLASSIFIERS, DEFAULT_CLASSIFIER, ShallowModel, train_shallow
 from featx.errors import ConfigMismatchError, InputError, IntegrityError, StoreError
-from featx.learn.tune import STRENGTHS, cv_splitter
+from featx.learn.classify import CLASSIFIERS, DEFAULT_CLASSIFIER, ShallowModel, train_shallow
 from featx.learn.reduce import ProductQuantizer
+from featx.learn.tune import STRENGTHS, cv_splitter
 from tests.conftest import SYNTHETIC_CONFIG, blobs, make_feature_store
 
 

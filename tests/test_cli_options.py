@@ -9,23 +9,33 @@ import pytest
 import typer
 
 from featx.cli import app
-from featx.options import (AuditOptions, ExtractOptions, IndexOptions, ProjectOptions, ServeOptions,
-                           TrainShallowOptions)
+from featx.options import (
+    AuditOptions,
+    ExtractOptions,
+    IndexOptions,
+    LayersOptions,
+    PredictOptions,
+    ProbeOptions,
+    ProjectOptions,
+    SearchOptions,
+    ServeOptions,
+    TrainShallowOptions,
+)
 
 EXTRACT = {"model": "model", "weights": "weights", "layer": "layers", "pool": "pool", "image_size": "image_size",
            "tta": "tta", "batch_size": "batch_size", "workers": "workers", "device": "device", "amp": "amp",
            "dtype": "dtype", "shard_size": "shard_size", "frozen": "frozen", "decode": "decode", "resize": "resize",
            "engine": "engine", "ray_address": "ray_address", "num_gpus_per_worker": "num_gpus_per_worker",
            "cpus_per_worker": "cpus_per_worker"}
-SERVE = {"model": "models", "index": "indexes", "store": "stores", "projection": "projections",
-         "data_root": "data_root", "state_dir": "state_dir", "host": "host", "port": "port",
-         "token_file": "token_file", "device": "device", "max_batch": "max_batch", "max_wait_ms": "max_wait_ms",
-         "max_queue": "max_queue", "decode_workers": "decode_workers", "max_body_mb": "max_body_mb",
-         "max_files": "max_files", "max_pixels": "max_pixels", "timeout": "timeout_s", "cors_origin": "cors_origins"}
-
 SAME = {model: {name: name for name in model.model_fields}
-        for model in (TrainShallowOptions, AuditOptions, IndexOptions, ProjectOptions)}
-STEPS = [("extract", ExtractOptions, EXTRACT), ("serve", ServeOptions, SERVE),
+        for model in (TrainShallowOptions, AuditOptions, IndexOptions, ProjectOptions, ServeOptions, ProbeOptions)}
+PREDICT = {"tta": "tta", "output_format": "format", "top_k": "top_k", "device": "device", "batch_size": "batch_size",
+           "workers": "workers"}
+SEARCH = {"k": "k", "rows": "rows", "output_format": "format", "html": "html", "evaluate": "evaluate",
+          "evaluate_json": "evaluate_json", "device": "device", "mmap": "mmap"}
+STEPS = [("extract", ExtractOptions, EXTRACT), ("serve", ServeOptions, SAME[ServeOptions]),
+         ("predict", PredictOptions, PREDICT), ("search", SearchOptions, SEARCH), ("layers", LayersOptions, {"image_size": "image_size"}),
+         ("probe", ProbeOptions, {k: v for k, v in SAME[ProbeOptions].items() if k != "shift_images"}),
          ("train-shallow", TrainShallowOptions, SAME[TrainShallowOptions]), ("audit", AuditOptions, SAME[AuditOptions]),
          ("index", IndexOptions, {k: v for k, v in SAME[IndexOptions].items() if k != "seed"}),
          ("project", ProjectOptions, SAME[ProjectOptions])]
@@ -83,13 +93,13 @@ def test_option_models_are_the_library_defaults_and_choices():
     """Defaults equal the Python functions' keyword defaults; choices equal the tuples the library checks."""
     import inspect
 
-    from featx.learn.classify import BALANCES, CLASSIFIERS, DEFAULT_CLASSIFIER, train_shallow
-    from featx.retrieval.index import KINDS, METRICS, Index
-    from featx.audit.audit import audit
-    from featx.learn.duplicates import CALIBRATIONS
+    from featx.api import audit
     from featx.audit.label_issues import CLASSIFIERS as AUDIT_CLASSIFIERS
-    from featx.maps.project import COLORS, METHODS, project
+    from featx.learn.classify import BALANCES, CLASSIFIERS, DEFAULT_CLASSIFIER, train_shallow
+    from featx.learn.duplicates import CALIBRATIONS
     from featx.learn.reduce import NORMALIZERS
+    from featx.maps.project import COLORS, METHODS, project
+    from featx.retrieval.index import KINDS, METRICS, Index
 
     for model, function in ((TrainShallowOptions, train_shallow), (AuditOptions, audit), (IndexOptions, Index.build),
                             (ProjectOptions, project)):

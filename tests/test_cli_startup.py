@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, make_class_folder
 
 HEAVY = ("torch", "torchvision", "timm", "sklearn", "faiss", "pandas", "umap", "openTSNE", "fastapi")
@@ -40,8 +39,8 @@ def test_help_pulls_in_no_heavy_library():
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    from featx.learn.classify import train_shallow
     from featx.extract.job import extract
+    from featx.learn.classify import train_shallow
     from featx.retrieval.index import build_index
 
     root = tmp_path_factory.mktemp("startup")
@@ -61,9 +60,10 @@ def test_info_pulls_in_no_heavy_library(artifacts, kind):
 
 
 def test_lean_store_summary_equals_the_feature_store_summary(artifacts):
-    from featx.info import SCHEMA_VERSION, store_summary
+    from featx.info import store_summary
     from featx.store import SCHEMA_VERSION as STORE_SCHEMA_VERSION
     from featx.store import FeatureStore
+    from featx.store.artifacts import SCHEMA_VERSION
 
     assert SCHEMA_VERSION == STORE_SCHEMA_VERSION
     full = FeatureStore.open(artifacts / "store").summary()

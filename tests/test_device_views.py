@@ -5,15 +5,14 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import HYMENOPTERA, needs_hymenoptera
 from PIL import Image
 
 import featx.preprocess.device as device_views
-from conftest import HYMENOPTERA, needs_hymenoptera
-from featx.preprocess.config import Preprocess
-from featx.preprocess.device import batched_views
 from featx.extract.extractor import ImageViews
 from featx.io.decode import decode_image
-from featx.preprocess.device import decode_on
+from featx.preprocess.config import Preprocess
+from featx.preprocess.device import batched_views, decode_on
 from featx.preprocess.views import PIXEL_TOLERANCE, image_views
 
 PRE = Preprocess(resize_size=73, crop_size=64, interpolation="bilinear", mean=(0.485, 0.456, 0.406),

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from featx.preprocess.config import Preprocess
 from featx.io.decode import ERROR_CODES
+from featx.preprocess.config import Preprocess
 from tests.conftest import TINY
 from tests.fuzz_corpus import BAD_KINDS, GOOD_FORMATS, cases, decode_outcome, judge, materialise
 

@@ -11,17 +11,17 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import TINY, make_class_folder
-from featx.preprocess.config import Preprocess
-from featx.io.cache import cache_dir
-from featx.extract.head_start import _MEMO_FILE, head_start, remember_preprocess, remembered_preprocess
-from featx.io.decode import decode_image
-from featx.preprocess.pil import draft_request, plain_views
-from featx.store import FeatureStore
-from featx.preprocess.views import image_views
+from PIL import Image
 from test_cli_startup import heavy_modules_after
+
+from featx.extract.head_start import _MEMO_FILE, head_start, remember_preprocess, remembered_preprocess
+from featx.io.cache import cache_dir
+from featx.io.decode import decode_image
+from featx.preprocess.config import Preprocess
+from featx.preprocess.pil import draft_request, plain_views
+from featx.preprocess.views import image_views
+from featx.store import FeatureStore
 
 PRE = Preprocess(resize_size=64, crop_size=56, interpolation="bicubic", mean=(0.5, 0.25, 0.75), std=(0.2, 0.2, 0.2))
 EXTRACT = {k: v for k, v in TINY.items() if k != "workers"}  # the head start is for the CPU plan (workers=None)
@@ -160,15 +160,21 @@ def test_the_cli_uses_the_head_start_and_writes_the_same_store(tmp_path, caplog)
 
 
 def test_openmp_spins_briefly_unless_the_user_chose(tmp_path, monkeypatch):
+    """The head start (library code) leaves the environment alone; the entry point that starts it
+    sets GOMP_SPINCOUNT through featx.runtime, keeping a value the user chose."""
     import os
+
+    from featx.runtime import spin_briefly
 
     folder = make_class_folder(tmp_path / "images", per_class=1)
     remember_preprocess("resnet18", 64, "crop", PRE.to_dict())
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     with head_start([folder], model="resnet18", image_size=64, processes=1):
-        assert os.environ["GOMP_SPINCOUNT"] == "1000"
+        assert "GOMP_SPINCOUNT" not in os.environ
+    spin_briefly()
+    assert os.environ["GOMP_SPINCOUNT"] == "1000"
     monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
-    with head_start([folder], model="resnet18", image_size=64, processes=1):
-        assert os.environ["GOMP_SPINCOUNT"] == "300000"
+    spin_briefly()
+    assert os.environ["GOMP_SPINCOUNT"] == "300000"
     monkeypatch.setenv("FEATX_HEAD_START", "0")
     assert head_start([folder], model="resnet18", image_size=64, processes=1) is None

@@ -1,11 +1,10 @@
 import pytest
 import torch
 
-from featx.api import describe_layers
 from featx.backbones import load_backbone
-from featx.errors import InputError, UnknownNameError
-from featx.backbones.layers import LayerTap
+from featx.backbones.layers import LayerTap, describe_layers
 from featx.backbones.pooling import check_pooling, pool
+from featx.errors import InputError, UnknownNameError
 
 
 @pytest.mark.parametrize("model,layer,dim", [

@@ -9,8 +9,8 @@ from featx.options import Amp, Decoder, Device, Dtype, ExtractOptions, Pool, Res
 
 
 def test_choices_equal_the_library_checks():
-    from featx.extract.extractor import AMP_MODES, DECODERS, DEVICES, DTYPES
     from featx.backbones.pooling import POOLINGS
+    from featx.extract.extractor import AMP_MODES, DECODERS, DEVICES, DTYPES
 
     assert set(get_args(Pool)) == set(POOLINGS)
     assert get_args(Device) == DEVICES and get_args(Amp) == AMP_MODES

@@ -17,7 +17,8 @@ import featx
 from featx.errors import InputError, UnknownNameError
 from featx.probe import scoring as probe_score
 from featx.probe.candidates import auto_layers, stage_outputs
-from featx.probe.probe import parse_budget, probe
+from featx.api import probe
+from featx.probe.probe import parse_budget
 from tests.conftest import HYMENOPTERA, TINY, make_class_folder, needs_hymenoptera
 
 # TINY as probe options (probe has no `model`/`weights` singular, and shows no progress in tests)
@@ -255,8 +256,8 @@ def test_domain_shift_orders_near_far_farthest(tmp_path):
     """Measured with the real EfficientNet-Lite0 weights: hymenoptera photos (near ImageNet) <
     Fashion-MNIST (grayscale products on black) < uniform noise, by BN distance and by the head."""
     from featx.backbones import load_backbone
-    from featx.extract.extractor import ImageViews
     from featx.backbones.layers import addressable_layers
+    from featx.extract.extractor import ImageViews
     from featx.probe.domain_shift import mean_distance, measure_domain_shift
 
     backbone = load_backbone("efficientnet_lite0", "default")

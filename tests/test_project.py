@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from featx.api import write_projection
 from featx.errors import InputError
-from featx.maps.project import project, write_projection
+from featx.maps.project import project
 from tests.conftest import blobs, make_feature_store
 
 

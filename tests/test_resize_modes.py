@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from featx.learn.classify import train_shallow
 from featx.errors import InputError
 from featx.extract.extractor import Extractor, decode_plan, extractor_from_config
 from featx.extract.job import extract
+from featx.learn.classify import train_shallow
 from featx.learn.predict import predict
 from tests.conftest import TINY, make_class_folder
 

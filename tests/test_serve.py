@@ -14,11 +14,11 @@ import pytest
 pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from serve_fixtures import build_artifacts, png_bytes, running_server  # noqa: E402
 
 from featx.errors import InputError  # noqa: E402
 from featx.options import ServeOptions  # noqa: E402
 from featx.serve.app import create_app  # noqa: E402
-from serve_fixtures import build_artifacts, png_bytes, running_server  # noqa: E402
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 
@@ -49,8 +49,8 @@ def upload(*blobs, name="img"):
 def test_32_concurrent_requests_each_get_their_own_answer_equal_to_offline(artifacts, tmp_path):
     """Different images in 32 concurrent requests: batched together, yet each answer is the one
     offline `featx.predict` / `Index.search` give for that image."""
-    from featx.retrieval.index import Index
     from featx.learn.predict import predict
+    from featx.retrieval.index import Index
 
     blobs = [png_bytes(100 + i) for i in range(32)]
     files = []

@@ -11,11 +11,11 @@ import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
+from serve_fixtures import build_artifacts  # noqa: E402
 
 from featx.errors import IntegrityError  # noqa: E402
 from featx.options import ServeOptions  # noqa: E402
 from featx.serve.app import create_app  # noqa: E402
-from serve_fixtures import build_artifacts  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,8 @@ def artifacts(tmp_path_factory):
 
 
 def make_projection(store, out, method="pca", **kw):
-    from featx.maps.project import fit_projection, write_projection
+    from featx.api import write_projection
+    from featx.maps.project import fit_projection
 
     coords, placer = fit_projection(store, method=method, **kw)
     write_projection(coords, out, placer=placer)
@@ -120,8 +121,9 @@ def test_serve_refuses_a_tampered_projection(artifacts, pca_map, tmp_path):
 def test_umap_and_opentsne_maps_place_new_points_after_a_reload_from_disk(artifacts, tmp_path, method):
     """The reducer saved on disk places points exactly as the fitted one in memory did, within the
     map's extent; scikit-learn's TSNE could not (no transform): featx uses openTSNE."""
+    from featx.api import write_projection
     from featx.maps.placement import load_projection
-    from featx.maps.project import fit_projection, write_projection
+    from featx.maps.project import fit_projection
     from featx.store import FeatureStore
 
     coords, placer = fit_projection(artifacts.store, method=method)

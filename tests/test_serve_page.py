@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from serve_fixtures import build_artifacts, running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -40,10 +39,10 @@ def test_upload_see_neighbours_click_one_see_new_results(tmp_path, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from featx.api import write_projection
+    from featx.maps.project import fit_projection
     from featx.options import ServeOptions
     from featx.serve.app import create_app
-
-    from featx.maps.project import fit_projection, write_projection
 
     artifacts = build_artifacts(tmp_path / "artifacts")
     coords, placer = fit_projection(artifacts.store, method="pca")  # PCA: a stored image lands on its own point

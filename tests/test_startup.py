@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO, make_class_folder
 
 import featx.backbones.lean_graph as lean_graph
-from conftest import REPO, make_class_folder
 from featx.extract.extractor import Extractor
 
 OPTIONS = dict(weights="random", image_size=64, workers=0, batch_size=8, device="cpu")

@@ -19,11 +19,17 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from featx.learn.classify import ShallowModel, train_shallow
 from featx.cli import app
-from featx.errors import (ConfigMismatchError, FeatxError, InputsChangedError, OutputFolderError, StaleArtifactError,
-                          StoreLockedError)
+from featx.errors import (
+    ConfigMismatchError,
+    FeatxError,
+    InputsChangedError,
+    OutputFolderError,
+    StaleArtifactError,
+    StoreLockedError,
+)
 from featx.extract.job import extract
+from featx.learn.classify import ShallowModel, train_shallow
 from featx.retrieval.index import Index, build_index
 from featx.store import FeatureStore, StoreWriter
 from tests.conftest import REPO, SYNTHETIC_CONFIG, TINY, blobs, make_class_folder, make_feature_store

@@ -3,13 +3,13 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import HYMENOPTERA, needs_hymenoptera
 from PIL import Image
 
-from conftest import HYMENOPTERA, needs_hymenoptera
-from featx.preprocess.config import Preprocess
 from featx.errors import InputError
 from featx.io.decode import decode_image
-from featx.preprocess.views import PIXEL_TOLERANCE, _PIL_FILTERS, draft_request, image_views, letterbox_fill
+from featx.preprocess.config import Preprocess
+from featx.preprocess.views import PIL_FILTERS, PIXEL_TOLERANCE, draft_request, image_views, letterbox_fill
 
 PRE = Preprocess(resize_size=64, crop_size=56, interpolation="bilinear", mean=(0.5, 0.25, 0.75), std=(0.2, 0.2, 0.2))
 RED, BLUE, GREY = (255, 0, 0), (0, 0, 255), (128, 128, 128)
@@ -99,7 +99,7 @@ def test_draft_decoding_stays_within_the_recorded_tolerance(mode):
 
 def _exact_view(image: Image.Image, pre: Preprocess) -> np.ndarray:
     """The view computed the slow, exact way: full-size pixels, one resample, no reduce()."""
-    c, flt = pre.crop_size, _PIL_FILTERS[pre.interpolation]
+    c, flt = pre.crop_size, PIL_FILTERS[pre.interpolation]
     w, h = image.size
     if pre.resize == "full":
         out = image.resize((c, c), flt)

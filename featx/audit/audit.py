@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from featx.io import atomic
-from featx.errors import InputError, StoreError
 from featx.audit.data_size import doubling_estimate, points_from_model_report, subsampled_curve
-from featx.learn.duplicates import calibrate as calibrate_threshold, duplicate_pairs, self_knn, unit_rows
 from featx.audit.label_issues import CLASSIFIERS, make_probabilistic, out_of_sample_probabilities, rank_label_issues
+from featx.errors import InputError, StoreError
+from featx.io import atomic
+from featx.learn.duplicates import calibrate as calibrate_threshold
+from featx.learn.duplicates import duplicate_pairs, self_knn, unit_rows
+from featx.options import AUDIT
 from featx.store import FeatureStore, check_rows_finite, require_same_config
 
 log = logging.getLogger(__name__)
@@ -49,9 +51,9 @@ def _modified_z(values: np.ndarray) -> np.ndarray:
     return (values - median) / scale
 
 
-def run_audit(store: FeatureStore | str | Path, *, layer: str | None = None, classifier: str = "logreg", cv: int = 5,
-              k: int = 10, threshold: float | None = None, calibrate: str = "auto", outlier_z: float = 3.5,
-              outlier_k: int | None = None, model: str | Path | None = None, learning_curve: bool = True, seed: int = 0,
+def run_audit(store: FeatureStore | str | Path, *, layer: str | None = None, classifier: str = AUDIT.classifier, cv: int = AUDIT.cv,
+              k: int = AUDIT.k, threshold: float | None = None, calibrate: str = AUDIT.calibrate, outlier_z: float = AUDIT.outlier_z,
+              outlier_k: int | None = None, model: str | Path | None = None, learning_curve: bool = True, seed: int = AUDIT.seed,
               progress: bool = False) -> AuditResult:
     """Every check on one store; see `audit` for the options."""
     store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
@@ -231,21 +233,18 @@ def _suspects(scores: pd.DataFrame, pairs: pd.DataFrame, neighbours: dict, label
 
 # --- outputs -------------------------------------------------------------------------------------
 
-def write_audit(result: AuditResult, out: str | Path, *, write_manifest: bool = False, store=None) -> dict[str, Path]:
-    """audit.json, suspects.csv, scores.parquet, audit.html and, on request, manifest.csv."""
-    from featx.pages.audit import render_audit_page
-
+def write_audit(result: AuditResult, out: str | Path, *, write_manifest: bool = AUDIT.write_manifest, store=None) -> dict[str, Path]:
+    """audit.json, suspects.csv, scores.parquet and, on request, manifest.csv (`featx.api.audit`
+    adds the page, audit.html)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"json": out / "audit.json", "csv": out / "suspects.csv", "scores": out / "scores.parquet",
-             "html": out / "audit.html"}
+    files = {"json": out / "audit.json", "csv": out / "suspects.csv", "scores": out / "scores.parquet"}
     atomic.write_json(files["json"], {"summary": result.summary,
                                       "suspects": json.loads(result.suspects.to_json(orient="records")),
                                       "pairs": json.loads(result.pairs.to_json(orient="records"))})
     atomic.write_bytes(files["csv"], result.suspects.to_csv(index=False).encode())
     scores = result.scores.astype({"label": "object", "split": "object", "suggested_label": "object"})
     atomic.write_bytes(files["scores"], scores.to_parquet(index=False))
-    atomic.write_bytes(files["html"], render_audit_page(result).encode())
     if write_manifest:
         files["manifest"] = out / "manifest.csv"
         atomic.write_bytes(files["manifest"], cleaned_manifest(result).to_csv(index=False).encode())
@@ -263,37 +262,4 @@ def cleaned_manifest(result: AuditResult) -> pd.DataFrame:
     frame["audit_issues"] = scores["row_id"].map(issues).fillna("").to_numpy()
     frame["audit_suggested_label"] = scores["row_id"].map(suggested).to_numpy()
     frame["status"] = scores["status"].to_numpy()
-    return frame
-
-
-def audit(store: FeatureStore | str | Path, *, out: str | Path | None = None, write_manifest: bool = False,
-          layer: str | None = None, classifier: str = "logreg", cv: int = 5, k: int = 10,
-          threshold: float | None = None, calibrate: str = "auto", outlier_z: float = 3.5,
-          outlier_k: int | None = None, model: str | Path | None = None, learning_curve: bool = True, seed: int = 0,
-          progress: bool = False) -> pd.DataFrame:
-    """Audit a store; returns the suspects (path, kind, score, given_label, suggested_label, …),
-    with the summary in `.attrs['summary']` and, when `out` is given, the files in `.attrs['files']`.
-
-    - classifier/cv: the probabilistic model behind the label check (logreg, or linear-svm through
-      CalibratedClassifierCV), out-of-fold on the training rows.
-    - k: neighbours for the outlier score and the near-duplicate search.
-    - threshold: cosine similarity for near-duplicates; None: calibrated, `calibrate` = 'copies'
-      (re-encoded copies of the store's own images), 'distribution' (nearest-neighbour
-      similarities) or 'auto' (copies when the images and weights are at hand).
-    - outlier_k, outlier_z: the outlier score is the cosine distance to the outlier_k-th nearest
-      image (default 5% of the images, 10…50); above a robust z-score of outlier_z it is flagged.
-    - model: a train-shallow model folder whose learning curve answers "enough data?"."""
-    if write_manifest and out is None:
-        raise InputError("--write-manifest needs an output folder (-o AUDIT_DIR) to write manifest.csv into")
-    if out is not None:  # before the work: featx only writes into its own audit folders
-        from featx.store.artifacts import check_output
-
-        check_output(out, "audit", inputs=[getattr(store, "path", store)])
-    result = run_audit(store, layer=layer, classifier=classifier, cv=cv, k=k, threshold=threshold,
-                       calibrate=calibrate, outlier_z=outlier_z, outlier_k=outlier_k, model=model,
-                       learning_curve=learning_curve, seed=seed, progress=progress)
-    frame = result.suspects.copy()
-    frame.attrs["summary"] = result.summary
-    if out is not None:
-        frame.attrs["files"] = {k: str(v) for k, v in write_audit(result, out, write_manifest=write_manifest).items()}
     return frame

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
+from featx.options import AUDIT
+
 log = logging.getLogger(__name__)
 
 FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
@@ -17,7 +19,7 @@ MIN_POINTS = 3
 BOOTSTRAP = 2000
 
 
-def subsampled_curve(make_estimator, X: np.ndarray, y: np.ndarray, train: np.ndarray, *, seed: int = 0,
+def subsampled_curve(make_estimator, X: np.ndarray, y: np.ndarray, train: np.ndarray, *, seed: int = AUDIT.seed,
                      repeats: int = 3, folds: int = 5, progress: bool = False) -> list[dict]:
     """Accuracy against the number of training images (stratified subsamples of 1/8 … all of
     them), scored on the held-out rows, or on cross-validation folds when there are none."""
@@ -65,7 +67,7 @@ def _fit(n: np.ndarray, error: np.ndarray) -> tuple[float, float]:
     return float(np.exp(intercept)), float(-slope)
 
 
-def doubling_estimate(points: list[dict], *, seed: int = 0, source: str = "") -> dict:
+def doubling_estimate(points: list[dict], *, seed: int = AUDIT.seed, source: str = "") -> dict:
     """What doubling the training images would bring, from the upper part of a learning curve
     (sizes ≥ 1/8 of the largest: the smallest sizes follow another regime)."""
     usable = [p for p in points if points and p["n"] >= max(q["n"] for q in points) / 8 and p["n"] > 0]

@@ -12,6 +12,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from featx.errors import InputError
+from featx.options import AUDIT
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ def make_probabilistic(classifier: str, C: float, seed: int):
     return make_pipeline(StandardScaler(), model)
 
 
-def out_of_sample_probabilities(X: np.ndarray, y: np.ndarray, train: np.ndarray, *, classifier: str = "logreg",
-                                cv: int = 5, seed: int = 0, progress: bool = False) -> OutOfSample:
+def out_of_sample_probabilities(X: np.ndarray, y: np.ndarray, train: np.ndarray, *, classifier: str = AUDIT.classifier,
+                                cv: int = AUDIT.cv, seed: int = AUDIT.seed, progress: bool = False) -> OutOfSample:
     """Training rows get out-of-fold probabilities (stratified K-fold); held-out rows get the
     probabilities of the model fitted on all training rows. C is chosen by out-of-fold log loss."""
     from sklearn.metrics import log_loss

@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from featx.backbones.families import (BUNDLED, POSITIONAL_KEY_MAPPING, TIMM, TIMM_PREFIX, TORCHVISION,
-                                      Family)
-from featx.preprocess.config import Preprocess
+from featx.backbones.families import BUNDLED, POSITIONAL_KEY_MAPPING, TIMM, TIMM_PREFIX, TORCHVISION, Family
 from featx.backbones.weights import file_sha256, load_strict, read_state_dict
 from featx.errors import UnknownNameError, WeightsError
+from featx.options import EXTRACT
+from featx.preprocess.config import Preprocess
 
 __all__ = ["BackboneInfo", "LoadedBackbone", "Preprocess", "DEFAULT_BACKBONE", "RANDOM_WEIGHTS_SEED",
            "list_backbones", "load_backbone", "register_backbone", "resolve_family"]
@@ -98,7 +98,7 @@ class LoadedBackbone:
     weights_sha256: str | None
 
 
-def load_backbone(name: str = DEFAULT_BACKBONE, weights: str = "default",
+def load_backbone(name: str = DEFAULT_BACKBONE, weights: str = EXTRACT.weights,
                   image_size: int | None = None) -> LoadedBackbone:
     """`weights` is 'default' (the backbone's ImageNet weights), 'random' (seeded) or a path to a
     local state dict (.pth/.pt via torch.load(weights_only=True), or .safetensors)."""

@@ -15,8 +15,8 @@ from urllib.parse import urlparse
 
 from torch import nn
 
-from featx.preprocess.config import Preprocess, from_timm_config, from_torchvision_weights
 from featx.errors import WeightsError
+from featx.preprocess.config import Preprocess, from_timm_config, from_torchvision_weights
 
 TIMM_PREFIX = "timm:"
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from featx.errors import UnknownNameError
+from featx.options import LAYERS
 
 log = logging.getLogger(__name__)
 
@@ -237,3 +238,15 @@ def output_formats(tap: LayerTap, outputs: dict[str, torch.Tensor], size: int) -
             log.warning("cannot tell the layout of %s (shape %s); assuming channels-first (%s)",
                         ", ".join(unclear), shapes[unclear[0]], exc)
     return {layer: output_format(shape, other.get(layer)) for layer, shape in shapes.items()}
+
+
+def describe_layers(model: str, image_size: int | None = LAYERS.image_size, weights: str = "random") -> list[dict]:
+    """Every addressable layer of `model` with its output shape at the model's input size.
+    Shapes do not depend on the weights, so random ones are used: this works offline."""
+    from featx.backbones import load_backbone
+
+    backbone = load_backbone(model, weights, image_size)
+    addressable = addressable_layers(backbone.model)
+    shapes = layer_shapes(backbone.model, model, backbone.preprocess.crop_size, addressable)
+    default = default_layer(backbone.model, addressable)
+    return [{"layer": name, "shape": list(shape), "default": name == default} for name, shape in shapes.items()]

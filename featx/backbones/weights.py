@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from featx.io.atomic import file_sha256  # noqa: F401  (re-exported: callers import it from here)
 from featx.errors import WeightsError
+from featx.io.atomic import file_sha256  # noqa: F401  (re-exported: callers import it from here)
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 

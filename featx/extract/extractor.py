@@ -3,12 +3,10 @@ forward pass for all layers, pooling, TTA averaging) and writer (the feature sto
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -17,17 +15,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from featx.backbones import DEFAULT_BACKBONE, Preprocess, load_backbone
-from featx.preprocess.config import check_resize
+from featx.backbones.layers import LayerTap, addressable_layers, default_layer, output_formats
+from featx.backbones.pooling import check_pool_name, check_pool_with_tta, check_pooling, pool
 from featx.errors import InputError, WeightsError
 from featx.io.decode import DecodeError, read_bytes
-from featx.io.sources import scan_inputs
-from featx.backbones.layers import LayerTap, addressable_layers, default_layer, output_formats
-from featx.runtime import usable_cores
-from featx.backbones.pooling import check_pool_name, check_pool_with_tta, check_pooling, pool
+from featx.options import EXTRACT
+from featx.preprocess.config import check_resize
 from featx.preprocess.contract import device_network_inputs, network_input
 from featx.preprocess.device import plain_jpeg
-from featx.store import FeatureStore, StoreWriter
 from featx.preprocess.views import PIXEL_TOLERANCE, check_tta, normalise
+from featx.runtime import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +129,11 @@ class Batch:
 class Extractor:
     """A backbone with its layers, pooling and views: images in, vectors out."""
 
-    def __init__(self, model: str = DEFAULT_BACKBONE, *, weights: str = "default", layers: Sequence[str] | None = None,
-                 pool: str = "avg", image_size: int | None = None, tta: int = 1, device: str = "auto",
-                 amp: str = "none", dtype: str = "float32", batch_size: int = 32, workers: int | None = None,
-                 per_view: bool = False, decode: str = "pil", resize: str = "crop", cores: int | None = None,
-                 compile: bool = False):
+    def __init__(self, model: str = DEFAULT_BACKBONE, *, weights: str = EXTRACT.weights, layers: Sequence[str] | None = None,
+                 pool: str = EXTRACT.pool, image_size: int | None = None, tta: int = EXTRACT.tta, device: str = EXTRACT.device,
+                 amp: str = EXTRACT.amp, dtype: str = EXTRACT.dtype, batch_size: int = EXTRACT.batch_size, workers: int | None = None,
+                 per_view: bool = False, decode: str = "pil", resize: str = EXTRACT.resize, cores: int | None = None,
+                 compile: bool = EXTRACT.compile):
         """`per_view=True` keeps the TTA views apart: features are (N, views, D) instead of the mean.
         `resize`: crop | full | pad (see `featx.preprocess.views`). `workers`: None picks the fastest plan for
         the device and core count (`decode_plan`); 0 decodes in this process; N > 0 uses N

@@ -29,15 +29,15 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
 
-from featx.io.cache import recall, remember
 from featx.errors import InputError
-from featx.io.sources import ImageRecord, scan_inputs
+from featx.io.cache import recall, remember
 from featx.io.decode import read_bytes
+from featx.io.sources import ImageRecord, scan_inputs
+from featx.options import EXTRACT
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def remember_preprocess(model: str, image_size: int | None, resize: str, preproc
 
 # --- starting -----------------------------------------------------------------------------------
 
-def head_start(inputs, *, model: str, image_size: int | None = None, resize: str = "crop", tta: int = 1,
-               decode: str = "auto", device: str = "auto", workers: int | None = None, engine: str = "local",
+def head_start(inputs, *, model: str, image_size: int | None = None, resize: str = EXTRACT.resize, tta: int = EXTRACT.tta,
+               decode: str = EXTRACT.decode, device: str = EXTRACT.device, workers: int | None = None, engine: str = EXTRACT.engine,
                processes: int | None = None) -> "HeadStart | None":
     """Start decoding `inputs` ahead, or None where it cannot pay or cannot be proven equal: another
     engine, decoder or device than a local CPU run decoding with Pillow in this process, corner-crop
@@ -107,12 +107,7 @@ def start_decoding(records: list[ImageRecord], preprocess: dict, tta: int, proce
                    inputs: list | None = None) -> "HeadStart":
     """Fork `processes` decoders of `records` (in order) with `preprocess` (a `Preprocess.to_dict()`)
     and `tta`: the shared start of the CLI's head start and a Ray actor's. Call it before torch
-    is imported."""
-    # libgomp (torch's OpenMP on Linux) lets a waiting thread spin up to 300,000 times before it
-    # sleeps. Measured on a busy 2-core machine: fed from memory, the forward pass spent 2.75x the
-    # user CPU of the same batches decoded in turns (which did not show it) and ran 3x slower; with
-    # GOMP_SPINCOUNT=1000 it spent as little as they do. libgomp reads it when torch loads.
-    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+    is imported; the entry point that calls it also calls `featx.runtime.spin_briefly`."""
     started = HeadStart(inputs or [], records, json.loads(json.dumps(preprocess)), tta, processes)  # as `take` compares
     started.start()
     return started

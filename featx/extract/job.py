@@ -14,19 +14,20 @@ from featx.errors import InputError
 from featx.extract.engines import ENGINES, make_engine  # noqa: F401 (ENGINES: re-exported)
 from featx.extract.extractor import Extractor
 from featx.io.sources import scan_inputs
+from featx.options import EXTRACT
 from featx.store import FeatureStore, StoreWriter
 
 log = logging.getLogger(__name__)
 
 SHARD_BYTES = 256 << 20  # a shard holds at most this much feature data per layer
 
-def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: str = "default",
-            layers: Sequence[str] | None = None, pool: str = "avg", image_size: int | None = None, tta: int = 1,
-            batch_size: int = 32, workers: int | None = None, device: str = "auto", amp: str = "none",
-            dtype: str = "float32", shard_size: int = 4096, overwrite: bool = False, append: bool = False,
-            frozen: bool = False, decode: str = "auto", resize: str = "crop", progress: bool = True,
-            engine: str = "local", ray_address: str | None = None, num_gpus_per_worker: float | None = None,
-            cpus_per_worker: float | None = None, compile: bool = False, head_start=None) -> FeatureStore:
+def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: str = EXTRACT.weights,
+            layers: Sequence[str] | None = None, pool: str = EXTRACT.pool, image_size: int | None = None, tta: int = EXTRACT.tta,
+            batch_size: int = EXTRACT.batch_size, workers: int | None = None, device: str = EXTRACT.device, amp: str = EXTRACT.amp,
+            dtype: str = EXTRACT.dtype, shard_size: int = EXTRACT.shard_size, overwrite: bool = False, append: bool = False,
+            frozen: bool = EXTRACT.frozen, decode: str = EXTRACT.decode, resize: str = EXTRACT.resize, progress: bool = True,
+            engine: str = EXTRACT.engine, ray_address: str | None = None, num_gpus_per_worker: float | None = None,
+            cpus_per_worker: float | None = None, compile: bool = EXTRACT.compile, head_start=None) -> FeatureStore:
     """Extract features of `inputs` (folders, manifests, globs) into the store at `out`.
 
     The inputs are the truth: re-running reconciles the store with them (new, changed, relabelled,
@@ -56,8 +57,8 @@ def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: 
                    dtype=dtype, batch_size=batch_size, workers=workers, decode=decode, resize=resize, compile=compile)
     extractor = Extractor(model, **runner.extractor_options(options))
     remember_preprocess(model, image_size, resize, extractor.backbone.preprocess.to_dict())  # the next head start's
-    config = extractor.config | {"weights_source": _weights_source(weights)}
-    rows_per_shard = _rows_per_shard(int(shard_size), extractor)
+    config = extractor.config | {"weights_source": weights_source(weights)}
+    rows_per_shard = shard_rows(int(shard_size), extractor)
     with runner.session(), StoreWriter(out, config, overwrite=overwrite, append=append, frozen=frozen,
                                        rows_per_shard=rows_per_shard) as writer:
         work = writer.prepare(records, files=runner.file_checker())
@@ -97,11 +98,12 @@ def _take_head_start(head_start, extractor: Extractor, shards: list, engine: str
     return head_start.take(extractor.backbone.preprocess.to_dict(), extractor.tta)
 
 
-def _weights_source(weights: str) -> str:
+def weights_source(weights: str) -> str:
     return weights if weights in ("default", "random") else str(Path(weights).expanduser().resolve())
 
 
-def _rows_per_shard(shard_size: int, extractor: Extractor) -> int:
+def shard_rows(shard_size: int, extractor: Extractor) -> int:
+    """Rows per shard: `shard_size`, fewer when a row of the widest layer would make a shard pass SHARD_BYTES."""
     itemsize = np.dtype(extractor.dtype).itemsize
     widest = max(extractor.pooled_dims.values()) * itemsize
     return max(1, min(shard_size, SHARD_BYTES // max(1, widest)))

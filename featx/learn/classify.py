@@ -14,16 +14,24 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from featx.errors import ConfigMismatchError, InputError, IntegrityError, StaleArtifactError
 from featx.io import atomic
 from featx.io.atomic import seal
-from featx.store.artifacts import check_output
-from featx.errors import ConfigMismatchError, InputError, IntegrityError, StaleArtifactError
 from featx.learn.metrics import classification_metrics, plot_confusion, plot_learning_curve, write_report
-from featx.learn.tune import STRENGTHS, TunedPipeline, cv_splitter, grid_for, plot_validation_curve
-from featx.runtime import thread_map
+from featx.learn.parallel import thread_map
 from featx.learn.reduce import make_normalizer, make_reducer
-from featx.store import (FeatureStore, check_rows_finite, file_sha256, library_versions, read_record,
-                         require_same_config, verify_recorded_sha256)
+from featx.learn.tune import STRENGTHS, TunedPipeline, cv_splitter, grid_for, plot_validation_curve
+from featx.options import TRAIN
+from featx.store import (
+    FeatureStore,
+    check_rows_finite,
+    file_sha256,
+    library_versions,
+    read_record,
+    require_same_config,
+    verify_recorded_sha256,
+)
+from featx.store.artifacts import check_output
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +84,8 @@ def reducer_grid(reducer) -> dict:
     return {"reduce__n_components": sorted({max(1, k // 2), k, 2 * k})} if isinstance(k, int) else {}
 
 
-def build_pipeline(*, classifier: str = DEFAULT_CLASSIFIER, normalize: str = "zscore", reduce: str = "none",
-                   balance: str = "none", seed: int = 0, n_samples: int, n_features: int, smallest_class: int,
+def build_pipeline(*, classifier: str = DEFAULT_CLASSIFIER, normalize: str = TRAIN.normalize, reduce: str = TRAIN.reduce,
+                   balance: str = TRAIN.balance, seed: int = TRAIN.seed, n_samples: int, n_features: int, smallest_class: int,
                    tuned: bool = False):
     steps = [("normalize", make_normalizer(normalize)),
              ("reduce", make_reducer(reduce, n_samples=n_samples, n_features=n_features, seed=seed)),
@@ -95,9 +103,9 @@ def build_pipeline(*, classifier: str = DEFAULT_CLASSIFIER, normalize: str = "zs
     return Pipeline(steps)
 
 
-def make_estimator(*, classifier: str = DEFAULT_CLASSIFIER, normalize: str = "zscore", reduce: str = "none",
-                   balance: str = "none", seed: int = 0, n_samples: int, n_features: int, smallest_class: int,
-                   cv: int = 5, tune: bool = True, search: bool = False, n_jobs: int | None = None):
+def make_estimator(*, classifier: str = DEFAULT_CLASSIFIER, normalize: str = TRAIN.normalize, reduce: str = TRAIN.reduce,
+                   balance: str = TRAIN.balance, seed: int = TRAIN.seed, n_samples: int, n_features: int, smallest_class: int,
+                   cv: int = TRAIN.cv, tune: bool = TRAIN.tune, search: bool = TRAIN.search, n_jobs: int | None = None):
     """What `train_shallow` fits on `n_samples` training rows: the plain pipeline, or (`tune`) a
     `TunedPipeline` choosing the classifier's strength by inner CV on those rows only. `featx probe`
     scores its candidates with the same estimators, so its winner recipe reproduces its score."""
@@ -279,9 +287,9 @@ def _take(groups, mask):
 
 
 def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = None,
-                  classifier: str = DEFAULT_CLASSIFIER, normalize: str = "zscore", reduce: str = "none", cv: int = 5,
-                  val: FeatureStore | str | Path | None = None, tune: bool = True, search: bool = False,
-                  balance: str = "none", seed: int = 0, report_dir: str | Path | None = None,
+                  classifier: str = DEFAULT_CLASSIFIER, normalize: str = TRAIN.normalize, reduce: str = TRAIN.reduce, cv: int = TRAIN.cv,
+                  val: FeatureStore | str | Path | None = None, tune: bool = TRAIN.tune, search: bool = TRAIN.search,
+                  balance: str = TRAIN.balance, seed: int = TRAIN.seed, report_dir: str | Path | None = None,
                   out: str | Path | None = None, learning_curve: bool = True) -> ShallowModel:
     """Fit and honestly evaluate a shallow classifier on a store's features; save it to `out`.
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from featx.errors import FeatxError, InputError
+from featx.options import TRAIN
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def distribution_threshold(nn_sims: np.ndarray, z: float = DUPLICATE_Z) -> dict:
             "nn_similarity_median": float(np.median(nn_sims)) if len(nn_sims) else None}
 
 
-def copies_threshold(store, layer: str, rows: np.ndarray, U_rows: np.ndarray, nn_sims: np.ndarray, *, seed: int = 0,
+def copies_threshold(store, layer: str, rows: np.ndarray, U_rows: np.ndarray, nn_sims: np.ndarray, *, seed: int = TRAIN.seed,
                      n_copies: int = N_COPIES, progress: bool = False) -> dict:
     """Re-encode a seeded sample of the store's own images (downscaled to 70–100%, JPEG quality
     70–95: what re-saving, re-uploading or a light resize does) and extract them with the store's
@@ -129,7 +130,7 @@ def re_encode(image, rng):
 
 
 def calibrate(store, layer: str, rows: np.ndarray, U_rows: np.ndarray, nn_sims: np.ndarray, *, method: str = "auto",
-              seed: int = 0, progress: bool = False) -> dict:
+              seed: int = TRAIN.seed, progress: bool = False) -> dict:
     """The near-duplicate threshold: re-encoded copies when the store's images and extractor are
     at hand ('auto' falls back to the distribution rule when they are not)."""
     if method not in CALIBRATIONS:

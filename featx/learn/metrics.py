@@ -6,8 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
-                             precision_recall_fscore_support)
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
 
 
 def classification_metrics(y_true, y_pred, classes: list[str]) -> dict:
@@ -22,7 +27,8 @@ def classification_metrics(y_true, y_pred, classes: list[str]) -> dict:
     }
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: plots are written to files, never shown."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,7 +38,7 @@ def _pyplot():
 
 
 def plot_confusion(matrix, classes: list[str], path: Path, title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.asarray(matrix)
     size = max(4.0, 0.55 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.9))
@@ -52,7 +58,7 @@ def plot_confusion(matrix, classes: list[str], path: Path, title: str) -> Path:
 
 
 def plot_learning_curve(points: list[dict], path: Path, title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     xs = [p["per_class"] for p in points]
     ax.errorbar(xs, [p["accuracy"] for p in points], yerr=[p["std"] for p in points], marker="o", capsize=3)

@@ -8,14 +8,15 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from featx.learn.classify import ShallowModel
 from featx.errors import InputError
 from featx.extract.extractor import extractor_from_config
 from featx.io.sources import scan_inputs
+from featx.learn.classify import ShallowModel
+from featx.options import PREDICT
 
 
 def predict(model: ShallowModel | str | Path, images: str | Path | Sequence[str | Path], *, tta: int | None = None,
-            top_k: int | None = None, device: str = "auto", batch_size: int = 32, workers: int | None = None,
+            top_k: int | None = None, device: str = PREDICT.device, batch_size: int = PREDICT.batch_size, workers: int | None = None,
             progress: bool = False) -> pd.DataFrame:
     """One row per image: path, status, error, predicted label, its score, and per-class scores
     (probabilities, or decision values for classifiers without them; with TTA and no

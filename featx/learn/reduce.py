@@ -10,6 +10,7 @@ from sklearn.preprocessing import MinMaxScaler, Normalizer, StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featx.errors import InputError
+from featx.options import TRAIN
 
 NORMALIZERS = ("none", "l2", "zscore", "minmax")
 REDUCER_FORMS = "none, pca:K, pca:FRACTION, pca:K:whiten, pq:M"
@@ -28,7 +29,7 @@ def make_normalizer(name: str):
     raise InputError(f"unknown --normalize '{name}'; allowed: {', '.join(NORMALIZERS)}")
 
 
-def make_reducer(spec: str, *, n_samples: int, n_features: int, seed: int = 0):
+def make_reducer(spec: str, *, n_samples: int, n_features: int, seed: int = TRAIN.seed):
     """A transformer for `spec`, checked against the data's shape."""
     parts = spec.split(":")
     kind = parts[0]
@@ -72,7 +73,7 @@ class ProductQuantizer(TransformerMixin, BaseEstimator):
     (reconstructed) vectors, so the next step learns from what a PQ index would store; the learned
     codebooks are a plain numpy array (`codebooks_`, M × 256 × d/M), so the model saves safely."""
 
-    def __init__(self, *, m: int = 8, seed: int = 0):
+    def __init__(self, *, m: int = 8, seed: int = TRAIN.seed):
         self.m = m
         self.seed = seed
 

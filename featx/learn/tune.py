@@ -26,7 +26,8 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from featx.errors import InputError
-from featx.runtime import thread_map
+from featx.learn.parallel import thread_map
+from featx.options import TRAIN
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def grid_for(strength: Strength, n_rows: int) -> tuple:
     return strength.grid
 
 
-def cv_splitter(n_splits: int, y, groups=None, seed: int = 0):
+def cv_splitter(n_splits: int, y, groups=None, seed: int = TRAIN.seed):
     """Stratified folds; when every row has a group, whole groups go to one fold (a patient's or a
     batch's images never sit on both sides). Returns (splitter, folds actually used)."""
     classes, counts = np.unique(y, return_counts=True)
@@ -117,8 +118,8 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
     stopped early), `failures_` (grid points that raised), `inner_folds_`, `tune_rows_`."""
 
     def __init__(self, *, pipeline, param: str, grid, extra_grid=None, warm_start: bool = False,
-                 stop_early: bool = False, walk_tol: float | None = None, cv: int = 5, max_rows: int = 2000,
-                 patience: int = 2, seed: int = 0, n_jobs: int | None = 1):
+                 stop_early: bool = False, walk_tol: float | None = None, cv: int = TRAIN.cv, max_rows: int = 2000,
+                 patience: int = 2, seed: int = TRAIN.seed, n_jobs: int | None = 1):
         self.pipeline = pipeline
         self.param = param
         self.grid = grid
@@ -207,7 +208,7 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
                 curve.append({"value": value, "train_mean": None, "train_std": None, "cv_mean": None,
                               "cv_std": None, "skipped": True})
                 continue
-            scores = thread_map(lambda fold: self._fit_score(prepared[fold], key, value, combo, fold),
+            scores = thread_map(lambda fold: self._fit_score(prepared[fold], key, value, combo, fold),  # noqa: B023 (run now)
                                 range(len(prepared)), self.n_jobs)
             train_scores, cv_scores = [t for t, _ in scores], [c for _, c in scores]
             point = {"value": value, "train_mean": _mean(train_scores), "train_std": _std(train_scores),
@@ -285,9 +286,9 @@ def _std(values) -> float | None:
 
 def plot_validation_curve(curve: list[dict], chosen, label: str, path, title: str):
     """Train and CV balanced accuracy against the tuned strength: the bias/variance picture."""
-    from featx.learn.metrics import _pyplot
+    from featx.learn.metrics import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     points = [p for p in curve if not p.get("skipped") and p["cv_mean"] is not None]
     xs = np.array([p["value"] for p in points], dtype=float)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from featx.errors import IntegrityError, StoreError
+from featx.options import PROJECT
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ FIX = "run `featx project STORE --out DIR` again"
 class Placer:
     """The fitted map: optional PCA before the reducer, then UMAP / openTSNE / PCA."""
 
-    def __init__(self, *, method: str, reducer, pre=None, dims: int = 2):
+    def __init__(self, *, method: str, reducer, pre=None, dims: int = PROJECT.dims):
         self.method = method
         self.reducer = reducer
         self.pre = pre
@@ -104,8 +105,8 @@ def load_projection(folder: str | Path, *, with_placer: bool = True) -> Projecti
     before reading (and, for the placer, before unpickling) it."""
     import pandas as pd
 
-    from featx.store.artifacts import read_record
     from featx.store import verify_recorded_sha256
+    from featx.store.artifacts import read_record
 
     folder = Path(folder)
     record = read_record(folder, RECORD_FILE, "a featx projection", FIX)

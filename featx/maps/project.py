@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from featx.errors import InputError
+from featx.options import PROJECT
 from featx.store import FeatureStore, check_rows_finite
 
 log = logging.getLogger(__name__)
@@ -19,18 +20,18 @@ COLORS = ("label", "split", "error")
 QUALITY_SAMPLE = 2000  # trustworthiness and kNN accuracy are computed on at most this many points
 
 
-def project(store: FeatureStore | str | Path, *, method: str = "umap", layer: str | None = None, dims: int = 2,
-            pre_pca: int = 50, sample: int | None = None, seed: int = 0, perplexity: float = 30.0,
-            n_neighbors: int = 15, min_dist: float = 0.1) -> pd.DataFrame:
+def project(store: FeatureStore | str | Path, *, method: str = PROJECT.method, layer: str | None = None, dims: int = PROJECT.dims,
+            pre_pca: int = PROJECT.pre_pca, sample: int | None = None, seed: int = PROJECT.seed, perplexity: float = PROJECT.perplexity,
+            n_neighbors: int = PROJECT.n_neighbors, min_dist: float = PROJECT.min_dist) -> pd.DataFrame:
     """Coordinates (row_id, path, label, split, x, y[, z]) of the store's successfully extracted rows.
     `attrs['quality']` holds trustworthiness and kNN accuracies, `attrs['info']` the settings."""
     return fit_projection(store, method=method, layer=layer, dims=dims, pre_pca=pre_pca, sample=sample, seed=seed,
                           perplexity=perplexity, n_neighbors=n_neighbors, min_dist=min_dist)[0]
 
 
-def fit_projection(store: FeatureStore | str | Path, *, method: str = "umap", layer: str | None = None,
-                   dims: int = 2, pre_pca: int = 50, sample: int | None = None, seed: int = 0,
-                   perplexity: float = 30.0, n_neighbors: int = 15, min_dist: float = 0.1):
+def fit_projection(store: FeatureStore | str | Path, *, method: str = PROJECT.method, layer: str | None = None,
+                   dims: int = PROJECT.dims, pre_pca: int = PROJECT.pre_pca, sample: int | None = None, seed: int = PROJECT.seed,
+                   perplexity: float = PROJECT.perplexity, n_neighbors: int = PROJECT.n_neighbors, min_dist: float = PROJECT.min_dist):
     """`project`'s coordinates and the fitted `featx.maps.placement.Placer` that puts new points on the
     same map (kept apart from the frame: pandas deep-copies `attrs` on every operation)."""
     from featx.maps.placement import Placer
@@ -153,7 +154,7 @@ def _quality(X: np.ndarray, coords: np.ndarray, labels: np.ndarray, seed: int) -
     return quality
 
 
-def plot_projection(coords: pd.DataFrame, path: str | Path | None = None, *, color: str = "label",
+def plot_projection(coords: pd.DataFrame, path: str | Path | None = None, *, color: str = PROJECT.color,
                     title: str | None = None):
     """A scatter of the map coloured by `color` (label, split or error), with a legend. Returns the
     matplotlib figure; saves it when `path` is given."""
@@ -162,7 +163,7 @@ def plot_projection(coords: pd.DataFrame, path: str | Path | None = None, *, col
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    column = _color_column(color)
+    column = color_column(color)
     groups = coords[column].fillna("(none)").astype(str)
     fig, ax = plt.subplots(figsize=(7.5, 6.2))
     names = sorted(groups.unique())
@@ -185,32 +186,29 @@ def plot_projection(coords: pd.DataFrame, path: str | Path | None = None, *, col
     return fig
 
 
-def _color_column(color: str) -> str:
+def color_column(color: str) -> str:
     if color not in COLORS:
         raise InputError(f"unknown --color '{color}'; allowed: {', '.join(COLORS)}")
     return {"label": "label", "split": "split", "error": "status"}[color]
 
 
-def write_projection(coords: pd.DataFrame, out: str | Path, *, color: str = "label", placer=None) -> dict[str, Path]:
-    """coords.parquet, projection.png, projection.html, projection.json and, given the fitted
-    `placer` (from `fit_projection`), placer.joblib in `out`. The record, written last, holds the
+def write_projection(coords: pd.DataFrame, out: str | Path, *, color: str = PROJECT.color, placer=None) -> dict[str, Path]:
+    """coords.parquet, projection.png, projection.json and, given the fitted `placer` (from
+    `fit_projection`), placer.joblib in `out` (`featx.api.write_projection` adds the page,
+    projection.html). The record, written last, holds the
     sha256 of the coordinates and the placer: `featx.maps.placement.load_projection` checks them."""
     from featx.io import atomic
-    from featx.pages.projection import render_projection_page
-
     from featx.store.artifacts import check_output
 
     out = Path(out)
     check_output(out, "projection", inputs=[coords.attrs.get("info", {}).get("store")])
     out.mkdir(parents=True, exist_ok=True)
-    files = {"coords": out / "coords.parquet", "png": out / "projection.png", "html": out / "projection.html",
-             "json": out / "projection.json"}
+    files = {"coords": out / "coords.parquet", "png": out / "projection.png", "json": out / "projection.json"}
     columns = ["row_id", "path", "label", "split"] + [c for c in "xyz" if c in coords]
     with atomic.atomic_path(files["coords"]) as tmp:
         coords[columns].to_parquet(tmp, index=False)
     with atomic.atomic_path(files["png"]) as tmp:
         plot_projection(coords, tmp, color=color)
-    atomic.write_bytes(files["html"], render_projection_page(coords, color=_color_column(color)).encode())
     checksums = {"coords": atomic.file_sha256(files["coords"])}
     if placer is not None:
         from featx.maps.placement import PLACER_FILE

@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 import math
 
-from featx.pages.render import render_page
 from featx.io.thumbnails import png_uri, thumbnail_uri
+from featx.pages.render import render_page
 
 MAX_PER_KIND = 150  # the page stays light; suspects.csv has them all
 HOW = {
@@ -23,9 +23,9 @@ def _curve_png(data: dict) -> str | None:
     """The learning curve, the fitted power law and the doubled-data estimate with its interval."""
     if not data.get("available"):
         return None
-    from featx.learn.metrics import _pyplot
+    from featx.learn.metrics import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     points = data["points"]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.errorbar([p["n"] for p in points], [p["accuracy"] for p in points], yerr=[p["std"] for p in points],

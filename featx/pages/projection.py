@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from featx.io.thumbnails import escape, thumbnail_uri
+from featx.options import PROJECT
 
 MAX_THUMBNAILS = 3000  # embedded thumbnails (≈2 KB each); other points show path and label only
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -50,7 +51,7 @@ max-width:260px;word-break:break-all;box-shadow:0 2px 6px #0003;pointer-events:n
 """
 
 
-def render_projection_page(coords: pd.DataFrame, color: str = "label", seed: int = 0) -> str:
+def render_projection_page(coords: pd.DataFrame, color: str = PROJECT.color, seed: int = PROJECT.seed) -> str:
     groups = coords[color].fillna("(none)").astype(str).to_numpy()
     names = sorted(set(groups))
     index_of = {name: i for i, name in enumerate(names)}

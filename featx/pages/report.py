@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from featx.io.thumbnails import escape, png_uri
 from featx.pages.search import STYLE as SEARCH_STYLE
 from featx.pages.search import search_blocks
 from featx.store import FeatureStore
-from featx.io.thumbnails import escape, png_uri
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}

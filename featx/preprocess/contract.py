@@ -17,13 +17,14 @@ from __future__ import annotations
 import torch
 
 from featx.io.decode import DecodeError
+from featx.options import EXTRACT
 from featx.preprocess.config import Preprocess
 from featx.preprocess.device import batched_views, decode_on, plain_jpeg
 from featx.preprocess.pil import decode_for_network
 from featx.preprocess.views import image_views
 
 
-def network_input(data: bytes, pre: Preprocess, tta: int = 1, *, decoder: str = "pil",
+def network_input(data: bytes, pre: Preprocess, tta: int = EXTRACT.tta, *, decoder: str = "pil",
                   max_pixels: int | None = None) -> torch.Tensor:
     """(tta, 3, crop, crop) uint8 views of one image's bytes; `DecodeError` with featx's code for a
     bad file. `decoder="torch"` decodes plain JPEGs with torchvision (as `--decode torch` stores

@@ -27,11 +27,12 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from featx.io.decode import DecodeError, error_code
+from featx.options import EXTRACT
 from featx.preprocess.config import Preprocess
 from featx.preprocess.views import REDUCING_GAP, image_views, letterbox_fill
 
 
-def batched_views(images: list[torch.Tensor], pre: Preprocess, tta: int = 1) -> torch.Tensor:
+def batched_views(images: list[torch.Tensor], pre: Preprocess, tta: int = EXTRACT.tta) -> torch.Tensor:
     """(len(images) * tta, 3, crop, crop) uint8 views of (3, H, W) uint8 images, image by image
     (the layout `featx.preprocess.views.image_views` gives, concatenated). Corner-crop TTA (tta >= 3) and
     nearest-neighbour weights go image by image."""

@@ -13,11 +13,12 @@ import numpy as np
 from PIL import Image
 
 from featx.io.decode import FULL_SIZE_KEY, decode_image
+from featx.options import EXTRACT
 
 if TYPE_CHECKING:  # importing featx.backbones imports torch; these functions only read its fields
     from featx.preprocess.config import Preprocess
 
-_MIN_SHIFT_MARGIN = 1.14  # corner crops need room around the center crop
+SHIFT_MARGIN = 1.14  # corner crops need room around the center crop
 # Pillow: reduce() by an integer factor while the image stays ≥ 3x the target, then resample;
 # Pillow's docs call 3.0 "indistinguishable from fair resampling in most cases"
 REDUCING_GAP = 3.0
@@ -27,27 +28,27 @@ REDUCING_GAP = 3.0
 # by 0.4 (crop) and 1.1 (pad), for ~10% more decoding time on 12 MP JPEGs
 DRAFT_MARGIN = 1.5
 
-_PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
-def draft_request(size: tuple[int, int], pre: Preprocess, tta: int = 1) -> tuple[int, int]:
+def draft_request(size: tuple[int, int], pre: Preprocess, tta: int = EXTRACT.tta) -> tuple[int, int]:
     """The smallest (width, height) an image of `size` may be decoded at: every view covered with
     `DRAFT_MARGIN` to spare (JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale, never below the
     request)."""
     w, h = size
     c = pre.crop_size
     if pre.resize == "crop":
-        short = pre.resize_size if tta < 3 else max(pre.resize_size, math.ceil(c * _MIN_SHIFT_MARGIN))
+        short = pre.resize_size if tta < 3 else max(pre.resize_size, math.ceil(c * SHIFT_MARGIN))
         scale = DRAFT_MARGIN * short / min(w, h)
     else:
-        side = c if tta < 3 else max(pre.resize_size, math.ceil(c * _MIN_SHIFT_MARGIN))
+        side = c if tta < 3 else max(pre.resize_size, math.ceil(c * SHIFT_MARGIN))
         if pre.resize == "full":
             return min(w, math.ceil(DRAFT_MARGIN * side)), min(h, math.ceil(DRAFT_MARGIN * side))
         scale = DRAFT_MARGIN * side / max(w, h)
     return max(1, min(w, math.ceil(w * scale))), max(1, min(h, math.ceil(h * scale)))
 
 
-def decode_for_network(data: bytes, pre: Preprocess, tta: int = 1, *, max_pixels: int | None = None
+def decode_for_network(data: bytes, pre: Preprocess, tta: int = EXTRACT.tta, *, max_pixels: int | None = None
                        ) -> Image.Image:
     """The RGB image the network's views are made from: decoded safely (`decode_image`: EXIF
     rotation, any mode to RGB, bombs refused) at the JPEG draft scale `draft_request` allows for
@@ -62,14 +63,14 @@ def crop_resized_image(image: Image.Image, pre: Preprocess) -> Image.Image:
     w, h = image.size
     side = pre.crop_size * min(w, h) / pre.resize_size  # the crop, in source pixels
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-    return image.resize((pre.crop_size, pre.crop_size), _PIL_FILTERS[pre.interpolation], box=box,
+    return image.resize((pre.crop_size, pre.crop_size), PIL_FILTERS[pre.interpolation], box=box,
                         reducing_gap=REDUCING_GAP)
 
 
 def resize_image(image: Image.Image, width: int, height: int, pre: Preprocess) -> Image.Image:
     if image.size == (width, height):
         return image
-    return image.resize((width, height), _PIL_FILTERS[pre.interpolation], reducing_gap=REDUCING_GAP)
+    return image.resize((width, height), PIL_FILTERS[pre.interpolation], reducing_gap=REDUCING_GAP)
 
 
 def letterbox_geometry(w: int, h: int, side: int) -> tuple[int, int, int, int]:

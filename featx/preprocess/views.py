@@ -15,12 +15,24 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from featx.preprocess.config import Preprocess
 from featx.errors import InputError
+from featx.options import EXTRACT
+from featx.preprocess.config import Preprocess
+
 # the Pillow pixels live in featx.preprocess.pil (no torch there, so a process can make them before torch loads)
-from featx.preprocess.pil import (_MIN_SHIFT_MARGIN, _PIL_FILTERS, DRAFT_MARGIN, REDUCING_GAP,  # noqa: F401 (re-exported)
-                                  crop_resized_image, draft_request, letterbox_fill, letterbox_geometry, letterbox_image,
-                                  resize_image, to_chw)
+from featx.preprocess.pil import (  # noqa: F401 (re-exported)
+    DRAFT_MARGIN,
+    PIL_FILTERS,
+    REDUCING_GAP,
+    SHIFT_MARGIN,
+    crop_resized_image,
+    draft_request,
+    letterbox_fill,
+    letterbox_geometry,
+    letterbox_image,
+    resize_image,
+    to_chw,
+)
 
 MAX_TTA = 10
 # view order: the original first, then its flip, then shifted crops (corners) and their flips
@@ -35,7 +47,7 @@ def check_tta(tta: int) -> int:
     return int(tta)
 
 
-def image_views(image: Image.Image | torch.Tensor, pre: Preprocess, tta: int = 1) -> torch.Tensor:
+def image_views(image: Image.Image | torch.Tensor, pre: Preprocess, tta: int = EXTRACT.tta) -> torch.Tensor:
     """(tta, 3, crop, crop) uint8: the whole view (cropped, squashed or letterboxed), its flip, then
     corner crops of a slightly larger view and their flips.
     `image` is a PIL image (decoded in a worker) or a (3, H, W) uint8 tensor (decoded on the device)."""
@@ -72,14 +84,14 @@ def main_view(image: Image.Image | torch.Tensor, pre: Preprocess) -> torch.Tenso
 def _shift_canvas(image, pre: Preprocess):
     """The view the corner crops are cut from: the same mode, ≥ 14% larger than the crop."""
     c = pre.crop_size
-    side = max(pre.resize_size, math.ceil(c * _MIN_SHIFT_MARGIN))
+    side = max(pre.resize_size, math.ceil(c * SHIFT_MARGIN))
     if pre.resize == "full":
         return _resize(image, side, side, pre)
     if pre.resize == "pad":
         return letterbox(image, pre, side)
     resized = _resize_short(image, pre.resize_size, pre)
-    if min(F.get_dimensions(resized)[1:]) < c * _MIN_SHIFT_MARGIN:
-        resized = _resize_short(image, math.ceil(c * _MIN_SHIFT_MARGIN), pre)
+    if min(F.get_dimensions(resized)[1:]) < c * SHIFT_MARGIN:
+        resized = _resize_short(image, math.ceil(c * SHIFT_MARGIN), pre)
     return resized
 
 

@@ -18,13 +18,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from featx.backbones.pooling import check_pooling, pool
 from featx.errors import StoreError
 from featx.extract.extractor import Extractor
-from featx.extract.job import _rows_per_shard, _weights_source
-from featx.io.sources import ImageRecord
-from featx.backbones.pooling import check_pooling, pool
-from featx.store import FeatureStore, StoreWriter
+from featx.extract.job import shard_rows, weights_source
 from featx.extract.worker import extract_shards
+from featx.io.sources import ImageRecord
+from featx.options import EXTRACT
+from featx.store import FeatureStore, StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,14 @@ class MultiPoolExtractor(Extractor):
 
 
 def extract_multipool(records: list[ImageRecord], stores: dict[str, Path], extractor: MultiPoolExtractor, *,
-                      weights: str, shard_size: int = 4096, progress: bool = True,
+                      weights: str, shard_size: int = EXTRACT.shard_size, progress: bool = True,
                       description: str = "extract") -> tuple[dict[str, FeatureStore], dict]:
     """Extract `records` into one store per pooling (`stores`: pooling -> folder), resuming what
     is already there; returns the stores and timing {"images": n extracted now, "seconds": s}."""
     writers, works = {}, {}
     for how, folder in stores.items():
-        config = extractor.configs[how] | {"weights_source": _weights_source(weights)}
-        writers[how] = StoreWriter(folder, config, rows_per_shard=_rows_per_shard(int(shard_size), extractor))
+        config = extractor.configs[how] | {"weights_source": weights_source(weights)}
+        writers[how] = StoreWriter(folder, config, rows_per_shard=shard_rows(int(shard_size), extractor))
         works[how] = writers[how].prepare(records)
     plans = [w.plan[["path", "label", "split"]].astype(object) for w in works.values()]
     if any(not p.equals(plans[0]) for p in plans[1:]):
@@ -91,7 +92,7 @@ def extract_multipool(records: list[ImageRecord], stores: dict[str, Path], extra
         raise StoreError(f"the probe stores under '{Path(next(iter(stores.values()))).parent}' hold different "
                          "inputs; delete that folder (or use another PROBE_DIR) and run the probe again")
     plan = next(iter(works.values())).plan
-    rows_per_shard = _rows_per_shard(int(shard_size), extractor)
+    rows_per_shard = shard_rows(int(shard_size), extractor)
     # a killed run may have committed a range for some poolings only: extract the union, commit where missing
     missing = sorted({r for w in works.values() for r in w.missing})
     shards = sorted({(s, min(s + rows_per_shard, stop)) for start, stop in missing

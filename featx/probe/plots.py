@@ -7,26 +7,19 @@ import io
 
 import pandas as pd
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from featx.learn.metrics import pyplot
 
 
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buffer.getvalue()
 
 
 def score_vs_depth(frame: pd.DataFrame, metric: str = "balanced_accuracy") -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for (backbone, how), group in frame.groupby(["backbone", "pool"], sort=True):
         group = group.sort_values("depth")
@@ -41,7 +34,7 @@ def score_vs_depth(frame: pd.DataFrame, metric: str = "balanced_accuracy") -> by
 
 
 def score_vs_cost(frame: pd.DataFrame, metric: str = "balanced_accuracy") -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
     markers = dict(zip(sorted(frame["pool"].unique()), "osD^v<>"))
     for (backbone, how), group in frame.groupby(["backbone", "pool"], sort=True):

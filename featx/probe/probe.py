@@ -23,18 +23,18 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from featx.io import atomic
 from featx.backbones import DEFAULT_BACKBONE, resolve_family
+from featx.backbones.layers import describe_layers
 from featx.errors import InputError, WeightsError
+from featx.io import atomic
 from featx.io.sources import is_glob, scan_inputs
+from featx.options import PROBE
 from featx.probe.candidates import layer_depths, parse_layers
-from featx.probe.scoring import DEFAULT_CLASSIFIERS, PROBE_CLASSIFIERS, RBF_MAX_ROWS, choose_protocol
+from featx.probe.scoring import PROBE_CLASSIFIERS, RBF_MAX_ROWS, choose_protocol
 
 log = logging.getLogger(__name__)
 
-PROBE_POOLINGS = ("avg", "gem", "avgmax")
 ALLOWED_POOLINGS = ("avg", "max", "avgmax", "gem")
-SHIFT_IMAGES = 64
 SCORE_VERSION = 2  # bump when the scoring changes: cached scores are then recomputed
 RECIPE = "winner.yaml"
 
@@ -97,12 +97,14 @@ def _digest(*parts) -> str:
 
 # --- the probe -----------------------------------------------------------------------------------
 
-def probe(inputs, out: str | Path, *, models: Sequence[str] | None = None, layers: str | Sequence[str] = "auto",
-          pools: str | Sequence[str] = PROBE_POOLINGS, budget: str | int | None = None, weights: str = "default",
-          image_size: int | None = None, batch_size: int = 32, workers: int | None = None, device: str = "auto",
-          cv: int = 5, seed: int = 0, classifiers: str | Sequence[str] = DEFAULT_CLASSIFIERS,
-          shift_images: int = SHIFT_IMAGES, progress: bool = True) -> pd.DataFrame:
-    """Score backbone × layer × pooling candidates on labelled `inputs`; write PROBE_DIR `out`.
+def probe(inputs, out: str | Path, *, models: Sequence[str] | None = PROBE.models, layers: str | Sequence[str] = PROBE.layers,
+          pools: str | Sequence[str] = PROBE.pools, budget: str | int | None = PROBE.budget, weights: str = PROBE.weights,
+          image_size: int | None = PROBE.image_size, batch_size: int = PROBE.batch_size,
+          workers: int | None = PROBE.workers, device: str = PROBE.device, cv: int = PROBE.cv, seed: int = PROBE.seed,
+          classifiers: str | Sequence[str] = PROBE.classifiers, shift_images: int = PROBE.shift_images,
+          progress: bool = True) -> pd.DataFrame:
+    """Score backbone × layer × pooling candidates on labelled `inputs`; write PROBE_DIR `out`
+    (probe.json, the plots and winner.yaml; `featx.api.probe` adds the page, probe.html).
 
     Returns the candidates ranked best first (balanced accuracy of their best classifier), one row
     each; `frame.attrs` holds the output paths, the protocol and the domain-shift diagnostic."""
@@ -112,23 +114,52 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = None, layer
         from featx.store.artifacts import check_output
 
         check_output(out, "probe")
-    budget_limit = parse_budget(budget)
-    poolings = parse_pools(pools)
-    classifiers = [c.strip() for c in (classifiers.split(",") if isinstance(classifiers, str) else classifiers)
-                   if c.strip()]
-    unknown = [c for c in classifiers if c not in PROBE_CLASSIFIERS]
-    if unknown or not classifiers:
-        raise InputError(f"unknown probe classifier(s) {unknown}; allowed: {', '.join(PROBE_CLASSIFIERS)}")
+    budget_limit, poolings = parse_budget(budget), parse_pools(pools)
     records = scan_inputs(inputs)
+    labelled = _labelled(records)
+    protocol = choose_protocol(np.array([r.label for r in labelled], dtype=object),
+                               np.array([r.split or "" for r in labelled], dtype=object), cv)
+    skipped: list[dict] = []
+    classifiers = _feasible_classifiers(classifiers, protocol, labelled, skipped)
+    usable = _usable_models(list(models or [DEFAULT_BACKBONE]), weights, skipped)
+    plans = {model: _layer_plan(model, layers, image_size) for model in usable}
+    total = sum(len(p["layers"]) for p in plans.values()) * len(poolings)
+    log.info("probe: %d candidates (%s), %s", total, ", ".join(f"{m}: {len(p['layers'])} layers" for m, p in plans.items()),
+             protocol.description)
+    run = _Run(out=out, records=records, poolings=poolings, protocol=protocol, classifiers=classifiers,
+               budget=budget_limit, started=started, skipped=skipped, cv=cv, seed=seed, progress=progress,
+               extract={"weights": weights, "image_size": image_size, "batch_size": batch_size, "workers": workers,
+                        "device": device, "shift_images": shift_images, "seed": seed, "progress": progress})
+    candidates, shifts = _score_candidates(run, plans, total)
+    frame = _rank(candidates)
+    seconds = time.perf_counter() - started
+    given = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    recipe_inputs = [str(i) if is_glob(i) else str(Path(i).resolve()) for i in given]
+    paths = _write_outputs(frame, out, inputs=recipe_inputs, protocol=protocol, shifts=shifts, skipped=skipped,
+                           classifiers=list(classifiers), weights=weights, image_size=image_size, cv=cv, seed=seed,
+                           seconds=seconds, n_images=len(labelled), classes=sorted({r.label for r in labelled}),
+                           workers=workers)
+    frame.attrs.update({"protocol": protocol.to_dict(), "domain_shift": shifts, "skipped": skipped,
+                        "seconds": seconds, **{k: str(v) for k, v in paths.items()}})
+    return frame
+
+
+def _labelled(records: list) -> list:
     labelled = [r for r in records if r.label is not None]
     if not labelled:
         raise InputError(f"featx probe needs labels, and none of the {len(records)} images has one; put the images "
                          "in one folder per class (optionally under train/ and val/), or give a CSV/Parquet "
                          "manifest with a 'label' column")
-    protocol = choose_protocol(np.array([r.label for r in labelled], dtype=object),
-                               np.array([r.split or "" for r in labelled], dtype=object), cv)
-    models = list(models or [DEFAULT_BACKBONE])
-    skipped: list[dict] = []
+    return labelled
+
+
+def _feasible_classifiers(classifiers: str | Sequence[str], protocol, labelled: list, skipped: list[dict]) -> list[str]:
+    """The classifiers asked for, checked, without the RBF SVM on more training rows than it can fit."""
+    classifiers = [c.strip() for c in (classifiers.split(",") if isinstance(classifiers, str) else classifiers)
+                   if c.strip()]
+    unknown = [c for c in classifiers if c not in PROBE_CLASSIFIERS]
+    if unknown or not classifiers:
+        raise InputError(f"unknown probe classifier(s) {unknown}; allowed: {', '.join(PROBE_CLASSIFIERS)}")
     fit_rows = sum(r.split == "train" for r in labelled) if protocol.kind == "held-out" else len(labelled)
     if "rbf-svm" in classifiers and fit_rows > RBF_MAX_ROWS:
         reason = (f"{fit_rows:,} training rows; an RBF SVM's fit grows with the square of the rows, so the probe "
@@ -138,6 +169,11 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = None, layer
         classifiers = [c for c in classifiers if c != "rbf-svm"]
         if not classifiers:
             raise InputError(f"--classifiers rbf-svm alone cannot be scored here: {reason}; add pca-logreg or linear-svm")
+    return classifiers
+
+
+def _usable_models(models: list[str], weights: str, skipped: list[dict]) -> list[str]:
+    """The models whose weights are at hand (the others are skipped, with the reason)."""
     usable = []
     for model in dict.fromkeys(models):
         if weights == "default" and not _offline(model):
@@ -150,58 +186,63 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = None, layer
     if not usable:
         raise WeightsError(f"none of the models {models} has weights available offline; run `featx models` to see "
                            "which do (the bundled efficientnet_lite0 always does), or pass --weights random|FILE")
+    return usable
 
-    from featx.api import describe_layers
 
-    plans = {}
-    for model in usable:
-        rows = describe_layers(model, image_size=image_size)
-        chosen = parse_layers(layers, rows, model)
-        plans[model] = {"layers": chosen, "depths": layer_depths(chosen, [r["layer"] for r in rows]),
-                        "order": [r["layer"] for r in rows]}
-    total = sum(len(p["layers"]) for p in plans.values()) * len(poolings)
-    log.info("probe: %d candidates (%s), %s", total, ", ".join(f"{m}: {len(p['layers'])} layers" for m, p in plans.items()),
-             protocol.description)
+def _layer_plan(model: str, layers: str | Sequence[str], image_size: int | None) -> dict:
+    """The layers to probe in `model`, with their depths and the model's layer order."""
+    rows = describe_layers(model, image_size=image_size)
+    chosen = parse_layers(layers, rows, model)
+    order = [r["layer"] for r in rows]
+    return {"layers": chosen, "depths": layer_depths(chosen, order), "order": order}
 
+
+@dataclass
+class _Run:
+    """What every candidate of one probe shares."""
+
+    out: Path
+    records: list
+    poolings: list[str]
+    protocol: object
+    classifiers: list[str]
+    budget: "Budget"
+    started: float
+    skipped: list[dict]
+    cv: int
+    seed: int
+    progress: bool
+    extract: dict  # _prepare_backbone's options
+
+
+def _score_candidates(run: _Run, plans: dict, total: int) -> tuple[list[dict], dict]:
+    """Each backbone extracted once, then its layer × pooling candidates scored (deepest first), until
+    the budget is spent; what the budget leaves out is listed in `run.skipped`."""
     from tqdm.auto import tqdm
 
     candidates, shifts, scored = [], {}, 0
-    current_paths = {r.path for r in records}
-    with tqdm(total=total, desc="probe", unit="candidate", disable=not progress, dynamic_ncols=True,
+    current_paths = {r.path for r in run.records}
+    with tqdm(total=total, desc="probe", unit="candidate", disable=not run.progress, dynamic_ncols=True,
               position=0) as bar:
-        for model in usable:
-            plan = plans[model]
-            if scored and budget_limit.exhausted(started, scored):
-                for how in poolings:
-                    for layer in plan["layers"]:
-                        skipped.append({"what": f"{model} / {layer} / {how}", "reason": f"budget {budget_limit.describe()}"})
-                bar.update(len(plan["layers"]) * len(poolings))
+        for model, plan in plans.items():
+            if scored and run.budget.exhausted(run.started, scored):
+                run.skipped.extend({"what": f"{model} / {layer} / {how}", "reason": f"budget {run.budget.describe()}"}
+                                   for how in run.poolings for layer in plan["layers"])
+                bar.update(len(plan["layers"]) * len(run.poolings))
                 continue
-            context = _prepare_backbone(model, plan, poolings, records, out, weights=weights, image_size=image_size,
-                                        batch_size=batch_size, workers=workers, device=device,
-                                        shift_images=shift_images, seed=seed, progress=progress)
+            context = _prepare_backbone(model, plan, run.poolings, run.records, run.out, **run.extract)
             shifts[model] = context["shift"]
-            for how in poolings:
+            for how in run.poolings:
                 for layer in reversed(plan["layers"]):  # deepest first: under a budget the usual choice comes first
-                    if scored and budget_limit.exhausted(started, scored):  # at least one, once extracted
-                        skipped.append({"what": f"{model} / {layer} / {how}", "reason": f"budget {budget_limit.describe()}"})
+                    if scored and run.budget.exhausted(run.started, scored):  # at least one, once extracted
+                        run.skipped.append({"what": f"{model} / {layer} / {how}",
+                                            "reason": f"budget {run.budget.describe()}"})
                     else:
-                        candidates.append(_candidate(model, layer, how, context, plan, protocol, current_paths,
-                                                     classifiers, out, cv, seed))
+                        candidates.append(_candidate(model, layer, how, context, plan, run.protocol, current_paths,
+                                                     run.classifiers, run.out, run.cv, run.seed))
                         scored += 1
                     bar.update(1)
-
-    frame = _rank(candidates)
-    seconds = time.perf_counter() - started
-    given = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    recipe_inputs = [str(i) if is_glob(i) else str(Path(i).resolve()) for i in given]
-    paths = _write_outputs(frame, out, inputs=recipe_inputs, protocol=protocol, shifts=shifts, skipped=skipped,
-                           classifiers=list(classifiers), weights=weights, image_size=image_size, cv=cv, seed=seed,
-                           seconds=seconds, n_images=len(labelled), classes=sorted({r.label for r in labelled}),
-                           workers=workers)
-    frame.attrs.update({"protocol": protocol.to_dict(), "domain_shift": shifts, "skipped": skipped,
-                        "seconds": seconds, **{k: str(v) for k, v in paths.items()}})
-    return frame
+    return candidates, shifts
 
 
 def _prepare_backbone(model: str, plan: dict, poolings: list[str], records, out: Path, *, weights, image_size,
@@ -321,7 +362,6 @@ def _write_outputs(frame: pd.DataFrame, out: Path, *, inputs, protocol, shifts, 
     import yaml
 
     from featx.probe.plots import score_vs_cost, score_vs_depth
-    from featx.pages.render import render_page
 
     out.mkdir(parents=True, exist_ok=True)
     records = json.loads(frame.to_json(orient="records"))
@@ -339,9 +379,4 @@ def _write_outputs(frame: pd.DataFrame, out: Path, *, inputs, protocol, shifts, 
               "classifiers": classifiers, "candidates": records, "winner": winner, "recipe": str(out / RECIPE),
               "domain_shift": shifts, "skipped": skipped}
     atomic.write_json(out / "probe.json", report)
-    html = render_page("probe.html", title="featx probe: " + ", ".join(sorted(shifts)), n_images=n_images,
-                       classes=classes, protocol=protocol.to_dict(), candidates=records, skipped=skipped,
-                       seconds=seconds, winner=winner, recipe_path=str(out / RECIPE), recipe_text=recipe_text,
-                       domain_shift=shifts, plots=plots, classifier_names=classifiers)
-    atomic.write_bytes(out / "probe.html", html.encode())
-    return {"json": out / "probe.json", "html": out / "probe.html", "recipe": out / RECIPE}
+    return {"json": out / "probe.json", "recipe": out / RECIPE}

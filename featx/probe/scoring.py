@@ -19,6 +19,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from featx.errors import InputError
 from featx.learn.metrics import classification_metrics
+from featx.options import AUDIT, PROBE
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ PROBE_CLASSIFIERS = {"logreg": ("logreg", "none"), "linear-svm": ("linear-svm", 
 # the cheap linear two, and an RBF SVM: on data far from ImageNet a mid-depth layer often holds more
 # than a linear model reads from it (Fashion-MNIST, 10,000 training rows: blocks.5.3.add avg 0.883
 # linear, 0.902 RBF, fitted in seconds at 192-d). Full-width logreg (lbfgs) is several times slower.
-DEFAULT_CLASSIFIERS = ("pca-logreg", "linear-svm", "rbf-svm")
 # libsvm's fit grows with the square of the rows: ~1 min for 10,000 × 1,280, hours at 100,000
 RBF_MAX_ROWS = 20_000
 PCA_COMPONENTS = 64
@@ -47,7 +47,7 @@ class Protocol:
         return {"kind": self.kind, "folds": self.folds, "description": self.description}
 
 
-def choose_protocol(labels: np.ndarray, splits: np.ndarray, cv: int = 5) -> Protocol:
+def choose_protocol(labels: np.ndarray, splits: np.ndarray, cv: int = PROBE.cv) -> Protocol:
     """Held-out when there are 'train' rows and 'val'/'test' rows, else stratified CV."""
     counts = pd.Series(labels).value_counts()
     if len(counts) < 2:
@@ -78,7 +78,7 @@ def train_options(name: str, *, n_train: int, n_features: int) -> dict:
     return {"classifier": classifier, "normalize": "zscore", "reduce": reduce}
 
 
-def make_classifier(options: dict, *, n_train: int, n_features: int, smallest_class: int, cv: int = 5, seed: int = 0):
+def make_classifier(options: dict, *, n_train: int, n_features: int, smallest_class: int, cv: int = PROBE.cv, seed: int = PROBE.seed):
     """train-shallow's own tuned estimator for the `train_options` of a probe classifier: its strength
     is chosen by inner CV on the rows it is fit on (see `featx.learn.classify.make_estimator`)."""
     from featx.learn.classify import make_estimator
@@ -102,7 +102,7 @@ def _metrics(truth, predicted, classes) -> dict:
 
 
 def score_features(X: np.ndarray, y: np.ndarray, splits: np.ndarray, protocol: Protocol, *,
-                   classifiers=tuple(PROBE_CLASSIFIERS), cv: int = 5, seed: int = 0) -> dict[str, dict]:
+                   classifiers=tuple(PROBE_CLASSIFIERS), cv: int = PROBE.cv, seed: int = PROBE.seed) -> dict[str, dict]:
     """{classifier: {metric: mean, metric_std: spread, "C": chosen strengths}} for one candidate."""
     classes = sorted(set(y))
     if protocol.kind == "held-out":
@@ -169,7 +169,7 @@ def _from_confusion(t: np.ndarray, p: np.ndarray, n_classes: int) -> dict:
             "macro_f1": float(f1.mean())}
 
 
-def retrieval_map(store, layer: str, k: int = 10) -> float:
+def retrieval_map(store, layer: str, k: int = AUDIT.k) -> float:
     """Leave-one-out retrieval mAP@k with featx's own index (exact, cosine)."""
     from featx.retrieval.index import build_index
 

@@ -12,27 +12,7 @@ from featx.errors import FeatxError, InputError
 from featx.io.sources import is_glob
 
 STEPS = ("extract", "train_shallow", "audit", "index", "project", "report")
-_PATH = "path"
-# each step's options: the keyword arguments of its API function, with their types
-SCHEMA: dict[str, dict[str, tuple]] = {
-    "extract": {"inputs": (list, str), "model": (str,), "weights": (str,), "layers": (list,), "pool": (str,),
-                "image_size": (int,), "tta": (int,), "batch_size": (int,), "workers": (int,), "device": (str,),
-                "amp": (str,), "dtype": (str,), "shard_size": (int,), "decode": (str,),
-                "resize": (str,)},
-    "train_shallow": {"layer": (str,), "classifier": (str,), "normalize": (str,), "reduce": (str,), "cv": (int,),
-                      "val": (str,), "tune": (bool,), "search": (bool,), "balance": (str,), "seed": (int,)},
-    "audit": {"layer": (str,), "classifier": (str,), "cv": (int,), "k": (int,), "threshold": (float, int),
-              "calibrate": (str,), "outlier_z": (float, int), "outlier_k": (int,), "seed": (int,),
-              "write_manifest": (bool,)},
-    "index": {"layer": (str,), "kind": (str,), "metric": (str,), "reduce": (str,), "memory_budget": (str, int),
-              "nlist": (int,), "pq_m": (int,), "nprobe": (int,), "rerank": (int,), "k": (int,), "sample_queries": (int,)},
-    "project": {"layer": (str,), "method": (str,), "dims": (int,), "pre_pca": (int,), "color": (str,),
-                "sample": (int,), "seed": (int,), "perplexity": (float, int), "n_neighbors": (int,),
-                "min_dist": (float, int)},
-    "report": {"title": (str,)},
-}
 TOP_LEVEL = {"name": (str,), "output": (str,), **{step: (dict, type(None)) for step in STEPS}}
-PATH_OPTIONS = {("extract", "inputs"), ("train_shallow", "val")}
 
 
 @dataclass
@@ -95,17 +75,11 @@ def load_recipe(file: str | Path, overrides: list[str] | None = None) -> Recipe:
     for step in STEPS:
         if step not in data:
             continue
-        options = dict(data[step] or {})
-        for key, value in options.items():
-            if key not in SCHEMA[step]:
-                raise InputError(f"{file}: unknown key '{step}.{key}'; allowed: {', '.join(SCHEMA[step])}")
-            _check_type(value, SCHEMA[step][key], f"{file}: key '{step}.{key}'")
-        steps[step] = options
-    _check_extract_choices(steps["extract"], file)
-    inputs = steps["extract"].get("inputs")
+        steps[step] = _validated(step, dict(data[step] or {}), file)
+    inputs = steps["extract"]["inputs"]
     if not inputs:
-        raise InputError(f"{file}: key 'extract.inputs' is missing; give the image folders, manifests or globs")
-    _check_values(steps, file)
+        raise InputError(f"{file}: key 'extract.inputs' is empty; give the image folders, manifests or globs")
+    _check_extract_values(steps["extract"], file)
     steps["extract"]["inputs"] = [_resolve_input(i, base, file) for i in ([inputs] if isinstance(inputs, str) else inputs)]
     if steps.get("train_shallow", {}).get("val"):
         steps["train_shallow"]["val"] = _resolve_input(steps["train_shallow"]["val"], base, file, key="train_shallow.val")
@@ -114,18 +88,28 @@ def load_recipe(file: str | Path, overrides: list[str] | None = None) -> Recipe:
     return Recipe(file, name, output if output.is_absolute() else (base / output).resolve(), steps)
 
 
-def _check_extract_choices(options: dict, file: Path) -> None:
-    """Choices and ranges of the extract step from featx.options (the one definition)."""
+def _validated(step: str, options: dict, file: Path) -> dict:
+    """The step's options as given, checked by the step's model in featx.options (names, types,
+    choices, ranges): the same definition the CLI and the HTTP bodies use."""
     from pydantic import ValidationError
 
-    from featx.options import ExtractOptions
+    from featx.options import RECIPE_STEPS
 
+    model = RECIPE_STEPS[step]
     try:
-        ExtractOptions.model_validate({k: v for k, v in options.items() if k != "inputs"})
+        model.model_validate(options, strict=True)  # strict: YAML's `true` is not a number, "5" not an int
     except ValidationError as exc:
         error = exc.errors()[0]
-        raise InputError(f"{file}: key 'extract.{'.'.join(map(str, error['loc']))}': {error['msg']} "
-                         f"(got {error.get('input')!r})") from None
+        key = f"{step}.{'.'.join(str(part) for part in error['loc'])}"
+        if error["type"] == "extra_forbidden":
+            own_first = sorted(model.model_fields, key=lambda name: name not in model.__annotations__)
+            raise InputError(f"{file}: unknown key '{key}'; allowed: {', '.join(own_first)}") from None
+        if error["type"] == "missing":
+            raise InputError(f"{file}: key '{key}' is missing; {model.model_fields[error['loc'][0]].description}") \
+                from None
+        message = error["msg"].removeprefix("Value error, ")
+        raise InputError(f"{file}: key '{key}': {message} (got {error.get('input')!r})") from None
+    return options
 
 
 def _resolve_input(value: str, base: Path, file: Path, key: str = "extract.inputs") -> str:
@@ -138,53 +122,16 @@ def _resolve_input(value: str, base: Path, file: Path, key: str = "extract.input
     return str(path)
 
 
-# options whose values come from a fixed list: checked when the recipe loads, so a typo in the
-# last step fails in a second, not after an hour of extraction
-def _choices() -> dict[tuple[str, str], tuple]:
-    """From the option models of featx.options (the one definition the CLI and the HTTP bodies use)."""
-    from typing import get_args
-
-    from featx.options import AuditOptions, ExtractOptions, IndexOptions, ProjectOptions, TrainShallowOptions
-
-    models = {"extract": ExtractOptions, "train_shallow": TrainShallowOptions, "audit": AuditOptions,
-              "index": IndexOptions, "project": ProjectOptions}
-    keys = {"extract": ("pool", "device", "amp", "dtype", "decode"), "train_shallow": ("classifier", "normalize", "balance"),
-            "audit": ("classifier", "calibrate"), "index": ("kind", "metric"), "project": ("method", "color")}
-    return {(step, key): get_args(models[step].model_fields[key].annotation) for step in keys for key in keys[step]}
-
-
-_REDUCE_FORMS = {"train_shallow": (r"none|pca:(\d+|0?\.\d+)(:whiten)?|pq:\d+", "none, pca:K, pca:FRACTION, pca:K:whiten, pq:M"),
-                 "index": (r"none|pca:\d+", "none, pca:K")}
-_MINIMUM = {("extract", "batch_size"): 1, ("extract", "shard_size"): 1, ("extract", "image_size"): 1,
-            ("train_shallow", "cv"): 2, ("index", "k"): 1, ("index", "nlist"): 1, ("index", "pq_m"): 1,
-            ("index", "nprobe"): 1, ("index", "sample_queries"): 1, ("project", "sample"): 1,
-            ("project", "n_neighbors"): 2}
-
-
-def _check_values(steps: dict[str, dict], file: Path) -> None:
-    import re
-
+def _check_extract_values(extract: dict, file: Path) -> None:
+    """What the option model cannot tell alone: the model exists, the pooling suits the TTA."""
     from featx.backbones import resolve_family
     from featx.backbones.pooling import check_pool_with_tta
+    from featx.options import EXTRACT
     from featx.preprocess.views import check_tta
 
-    for (step, key), allowed in _choices().items():
-        value = steps.get(step, {}).get(key)
-        if value is not None and value not in allowed:
-            raise InputError(f"{file}: key '{step}.{key}' is '{value}'; allowed: {', '.join(allowed)}")
-    for step, (pattern, forms) in _REDUCE_FORMS.items():
-        value = steps.get(step, {}).get("reduce")
-        if value is not None and not re.fullmatch(pattern, value):
-            raise InputError(f"{file}: key '{step}.reduce' is '{value}'; allowed forms: {forms}")
-    for (step, key), minimum in _MINIMUM.items():
-        value = steps.get(step, {}).get(key)
-        if value is not None and value < minimum:
-            raise InputError(f"{file}: key '{step}.{key}' is {value}; it must be at least {minimum}")
-    extract = steps.get("extract", {})
     try:
         if "model" in extract:
             resolve_family(extract["model"])
-        tta = check_tta(extract.get("tta", 1))
-        check_pool_with_tta(extract.get("pool", "avg"), tta)
+        check_pool_with_tta(extract.get("pool", EXTRACT.pool), check_tta(extract.get("tta", EXTRACT.tta)))
     except FeatxError as exc:
         raise InputError(f"{file}: {exc}") from None

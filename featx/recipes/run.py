@@ -11,14 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.io import atomic
 from featx.errors import ConfigMismatchError
+from featx.io import atomic
+from featx.options import IndexStep, defaults
 from featx.recipes.recipe import Recipe, load_recipe
+
+INDEX_STEP = defaults(IndexStep)
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = ".featx-run.json"
-SEARCH_SAMPLE = 8
 
 
 def _key(*parts) -> str:
@@ -119,7 +121,7 @@ class Runner:
         train_shallow(self.paths["store"], out=self.paths["model"], **self.recipe.steps["train_shallow"])
 
     def _audit(self) -> None:
-        from featx.audit.audit import audit
+        from featx.api import audit
 
         model = self.paths["model"] if "train_shallow" in self.recipe.steps else None
         suspects = audit(self.paths["store"], out=self.paths["audit"], model=model, **self.recipe.steps["audit"])
@@ -127,12 +129,12 @@ class Runner:
         self.say("[audit] " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in summary["counts"].items()))
 
     def _index(self) -> None:
-        from featx.retrieval.index import build_index
         from featx.pages.search import render_search_page
+        from featx.retrieval.index import build_index
 
         options = dict(self.recipe.steps["index"])
-        k = options.pop("k", 10)
-        sample = options.pop("sample_queries", SEARCH_SAMPLE)
+        k = options.pop("k", INDEX_STEP.k)
+        sample = options.pop("sample_queries", INDEX_STEP.sample_queries)
         index = build_index(self.paths["store"], **options)
         index.save(self.paths["index"])
         store = index.store
@@ -153,7 +155,8 @@ class Runner:
         return index.search(None, min(6, max(1, len(ok_rows) - 1)), rows=rows, exclude_self=True)
 
     def _project(self) -> None:
-        from featx.maps.project import fit_projection, write_projection
+        from featx.api import write_projection
+        from featx.maps.project import fit_projection
 
         options = dict(self.recipe.steps["project"])
         color = options.pop("color", "label")

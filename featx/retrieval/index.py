@@ -4,25 +4,52 @@ save/load with checksums, and evaluate. Index ids are the store's row ids."""
 from __future__ import annotations
 
 import logging
-import math
-import re
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from featx.io import atomic
-from featx.store.artifacts import check_output
 from featx.errors import ConfigMismatchError, InputError, IntegrityError, StaleArtifactError, StoreError
-from featx.store import (FeatureStore, check_rows_finite, content_fingerprint, library_versions, read_record,
-                          require_same_config,
-                         verify_recorded_sha256)
-
-from featx.retrieval.plan import (FLAT_MAX_ROWS, KINDS, METRICS, Plan, TARGET_RECALL, TUNE_QUERIES, auto_plan, bytes_per_vector, check_enough_vectors, factory_plan, ground_truth, load_faiss, parse_reduce, parse_size, plan_dim, prepare_vectors, quiet_training, recall_at, rerank_factor, search_reranked, searcher, train_and_add, tune_search)  # noqa: F401 (KINDS, METRICS: re-exported)
+from featx.io import atomic
+from featx.options import INDEX, SEARCH
+from featx.retrieval.plan import (  # noqa: F401 (KINDS, METRICS: re-exported)
+    FLAT_MAX_ROWS,
+    KINDS,
+    METRICS,
+    TARGET_RECALL,
+    TUNE_QUERIES,
+    Plan,
+    auto_plan,
+    bytes_per_vector,
+    check_enough_vectors,
+    factory_plan,
+    ground_truth,
+    load_faiss,
+    parse_reduce,
+    parse_size,
+    plan_dim,
+    prepare_vectors,
+    quiet_training,
+    recall_at,
+    rerank_factor,
+    search_reranked,
+    searcher,
+    train_and_add,
+    tune_search,
+)
+from featx.store import (
+    FeatureStore,
+    check_rows_finite,
+    content_fingerprint,
+    library_versions,
+    read_record,
+    require_same_config,
+    verify_recorded_sha256,
+)
+from featx.store.artifacts import check_output
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +68,10 @@ class Index:
 
     # --- building ---
     @classmethod
-    def build(cls, store: FeatureStore | str | Path, *, layer: str | None = None, kind: str = "auto",
-              metric: str = "cosine", reduce: str | None = None, memory_budget: str | int | None = None,
+    def build(cls, store: FeatureStore | str | Path, *, layer: str | None = None, kind: str = INDEX.kind,
+              metric: str = INDEX.metric, reduce: str | None = None, memory_budget: str | int | None = None,
               nlist: int | None = None, pq_m: int | None = None, nprobe: int | None = None,
-              rerank: int | None = None, seed: int = 0, stream: bool | None = None, engine: str = "local",
+              rerank: int | None = None, seed: int = INDEX.seed, stream: bool | None = None, engine: str = INDEX.engine,
               ray_address: str | None = None) -> "Index":
         """`rerank`: re-score the best k × rerank candidates of a compressed index with the exact
         vectors, read from the memory-mapped store (RAM holds only the codes). None: 10 for
@@ -127,7 +154,7 @@ class Index:
 
     @classmethod
     def load(cls, folder: str | Path, store: FeatureStore | str | Path | None = None, *,
-             allow_stale: bool = False, mmap: bool = False) -> "Index":
+             allow_stale: bool = False, mmap: bool = SEARCH.mmap) -> "Index":
         """Verify index.json's seal and the index file's checksum before FAISS reads a byte, then
         that the store still holds the rows (ids and contents) the index was built from."""
         faiss = load_faiss()
@@ -221,8 +248,8 @@ class Index:
         distances, ids = self.faiss_index.search(X, k)
         return (-distances if self.info["metric"] == "l2" else distances), ids
 
-    def search(self, queries, k: int = 10, *, rows: Sequence[int] | None = None, exclude_self: bool = False,
-               device: str = "auto", workers: int | None = None) -> pd.DataFrame:
+    def search(self, queries, k: int = SEARCH.k, *, rows: Sequence[int] | None = None, exclude_self: bool = False,
+               device: str = SEARCH.device, workers: int | None = None) -> pd.DataFrame:
         """Queries: image files/folders/globs, a (n, d) array, or `rows` of the store.
         One output row per query and rank: query, rank, row_id, path, label, score (+ status, error)."""
         if rows is not None:
@@ -268,7 +295,7 @@ class Index:
         return frame.astype({"rank": "Int64", "row_id": "Int64"})
 
     # --- quality ---
-    def evaluate(self, k: int = 10, max_queries: int = 10_000, seed: int = 0) -> dict:
+    def evaluate(self, k: int = SEARCH.k, max_queries: int = 10_000, seed: int = INDEX.seed) -> dict:
         """Leave-one-out retrieval over the labelled store. A query's exact duplicates (same file
         content) and, when the inputs gave groups, the rows of its own group are not counted as
         neighbours: finding a copy of the query, or another image of the same patient, is not

@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import math
 import re
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from featx.errors import InputError
+from featx.options import SEARCH
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def searcher(index, X: np.ndarray, ids: np.ndarray, metric: str, rerank: int):
 
 
 def tune_search(index, plan: Plan, X: np.ndarray, ids: np.ndarray, faiss_metric, seed: int, fixed: int | None = None,
-          k: int = 10, rerank: int = 0) -> dict:
+          k: int = SEARCH.k, rerank: int = 0) -> dict:
     """The smallest nprobe / efSearch whose recall@k against exact search reaches the target."""
     faiss = load_faiss()
     metric = "l2" if faiss_metric == faiss.METRIC_L2 else "ip"

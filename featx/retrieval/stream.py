@@ -17,9 +17,21 @@ import re
 import numpy as np
 
 from featx.errors import InputError
-from featx.retrieval.plan import (TARGET_RECALL, TUNE_QUERIES, auto_plan, check_enough_vectors, factory_plan,
-                                  load_faiss, plan_dim, prepare_vectors, quiet_training, recall_at, rerank_factor,
-                                  search_reranked, tune_search)
+from featx.options import INDEX, SEARCH
+from featx.retrieval.plan import (
+    TARGET_RECALL,
+    TUNE_QUERIES,
+    auto_plan,
+    check_enough_vectors,
+    factory_plan,
+    load_faiss,
+    plan_dim,
+    prepare_vectors,
+    quiet_training,
+    recall_at,
+    rerank_factor,
+    search_reranked,
+)
 from featx.store import FeatureStore, check_rows_finite
 
 log = logging.getLogger(__name__)
@@ -247,7 +259,7 @@ def exact_neighbours(store: FeatureStore, layer: str, Q: np.ndarray, k: int, met
     return heap.I
 
 
-def tune_streaming(faiss_index, plan, store, layer, ids, metric, seed, fixed=None, rerank=0, k=10) -> dict:
+def tune_streaming(faiss_index, plan, store, layer, ids, metric, seed, fixed=None, rerank=0, k=SEARCH.k) -> dict:
     """`featx.retrieval.tune_search` without the matrix: queries are sampled rows, the truth is streamed."""
     faiss = load_faiss()
     extra = {"rerank": rerank} if rerank else {}
@@ -279,7 +291,7 @@ def tune_streaming(faiss_index, plan, store, layer, ids, metric, seed, fixed=Non
 
 
 def build_streaming(store, layer, ids, d, *, kind, metric, faiss_metric, reduce_dim, budget, nlist, pq_m, nprobe,
-                    rerank, seed, engine="local", ray_address=None):
+                    rerank, seed, engine=INDEX.engine, ray_address=None):
     """(faiss index, plan, tuned params), built without loading the feature matrix."""
     plan = choose_plan(store, layer, ids, d, kind, metric, faiss_metric, reduce_dim, budget, nlist, pq_m, seed, rerank)
     built = trained_empty(plan, store, layer, ids, d, metric, faiss_metric, seed)

@@ -132,7 +132,7 @@ def create_app(options: ServeOptions | None = None, *, registry: Registry | None
 
 
 def _version() -> str:
-    from featx import __version__
+    from featx._version import __version__
 
     return __version__
 

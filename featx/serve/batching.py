@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from featx.options import SERVE
 from featx.serve.omp import LoneChoice, Throttle
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class MicroBatcher:
     """`forward(views) -> {layer: (n, D) array}` applied to batches of queued requests."""
 
     def __init__(self, forward: Callable[[torch.Tensor], dict[str, np.ndarray]], *, views_per_image: int = 1,
-                 max_batch: int = 32, max_wait_s: float = 0.005, max_queue: int = 256,
+                 max_batch: int = SERVE.max_batch, max_wait_s: float = 0.005, max_queue: int = SERVE.max_queue,
                  on_batch: Callable[[int], None] | None = None,
                  on_stage: Callable[[str, float], None] | None = None, name: str = "network"):
         self.forward = forward

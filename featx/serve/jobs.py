@@ -14,10 +14,11 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
 import pandas as pd
 
-from featx.io import atomic
 from featx.errors import FeatxError
+from featx.io import atomic
 from featx.io.sources import is_glob
 from featx.options import ExtractJobRequest, ServeOptions
 from featx.serve.errors import Forbidden, NotFound

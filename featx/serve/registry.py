@@ -190,14 +190,14 @@ def store_fingerprint(store) -> dict:
 def load_registry(options: ServeOptions, previous: Registry | None = None) -> Registry:
     """Load and verify every artifact named in `options`; any failure raises and loads nothing.
     Engines of `previous` with the same config and layers are reused, not rebuilt."""
-    from featx.learn.classify import ShallowModel
     from featx.extract.extractor import extractor_from_config
+    from featx.learn.classify import ShallowModel
     from featx.retrieval.index import Index
     from featx.store import FeatureStore, require_same_config
 
     stores = {name: FeatureStore.open(folder) for name, folder in options.stores.items()}
     for name, store in stores.items():
-        store.meta  # read now (and fail now), not in the first request
+        _ = store.meta  # read now (and fail now), not in the first request
         if not store.complete:
             raise StoreError(f"store '{name}' ({store.path}) is not complete; finish it with `featx extract`")
     models = {name: (Path(folder), ShallowModel.load(folder)) for name, folder in options.models.items()}

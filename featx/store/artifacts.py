@@ -15,6 +15,7 @@ from featx.io.atomic import SEAL, canonical_json, seal  # noqa: F401 (seal: re-e
 
 RECORD_FILES = {"store": "manifest.json", "model": "model.json", "index": "index.json",
                 "projection": "projection.json", "audit": "audit.json", "probe": "probe.json"}
+SCHEMA_VERSION = 2  # of a store's manifest.json
 # files featx itself leaves in folders that are otherwise empty
 BOOKKEEPING = (".featx-lock",)
 

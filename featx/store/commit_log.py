@@ -18,8 +18,8 @@ import logging
 import os
 from pathlib import Path
 
-from featx.io.atomic import _fsync_dir
 from featx.errors import IntegrityError
+from featx.io.atomic import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class CommitLog:
             # a new log starts empty: whatever an earlier writer left here was folded or is garbage
             self._fd = os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o666)
             os.fsync(self._fd)
-            _fsync_dir(self.file.parent)  # the file's name must survive a crash too
+            fsync_dir(self.file.parent)  # the file's name must survive a crash too
         data = line.encode()
         written = os.write(self._fd, data)
         if written != len(data):  # a regular file takes a small write whole unless the disk is full
@@ -120,5 +120,5 @@ def remove(folder: str | Path) -> None:
     file = Path(folder) / COMMIT_LOG
     if file.exists():
         file.unlink()
-        _fsync_dir(file.parent)
+        fsync_dir(file.parent)
 

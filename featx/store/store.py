@@ -23,19 +23,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from featx.io import atomic
-from featx.io.atomic import file_sha256
-from featx.io.atomic import SEAL, seal
-from featx.store.artifacts import check_output, read_record
 from featx.errors import ConfigMismatchError, InputError, InputsChangedError, IntegrityError, StoreError
+from featx.io import atomic
+from featx.io.atomic import SEAL, file_sha256, seal
+from featx.options import EXTRACT
 from featx.store import commit_log
+from featx.store.artifacts import SCHEMA_VERSION, check_output, read_record
 from featx.store.commit_log import CommitLog
 from featx.store.lock import LOCK_FILE, StoreLock
 from featx.store.reconcile import PLAN_COLUMNS, Changes, plan_from_records, reconcile
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 META = "meta.parquet"
 META_COLUMNS = ["row_id", "path", "label", "split", "group", "sha256", "status", "error"]
@@ -59,7 +58,7 @@ def library_versions() -> dict:
     `featx extract` start-up."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from featx import __version__
+    from featx._version import __version__
 
     def installed(name: str, module: str) -> str:
         import sys
@@ -430,7 +429,7 @@ class StoreWriter:
     Holds the store's lock from `prepare` until `finalize` (or `close`)."""
 
     def __init__(self, path: str | Path, config: dict, *, overwrite: bool = False, append: bool = False,
-                 frozen: bool = False, rows_per_shard: int = 4096):
+                 frozen: bool = EXTRACT.frozen, rows_per_shard: int = 4096):
         self.path = Path(path)
         self.config = config
         self.hash = config_hash(config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ContextManager, Protocol
 
 from featx.errors import InputError
+from featx.options import EXTRACT
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,7 +38,7 @@ class Engine(Protocol):
 
 def make_engine(engine: str, *, progress: bool = True, ray_address: str | None = None,
                 num_gpus_per_worker: float | None = None, cpus_per_worker: float | None = None,
-                compile: bool = False) -> Engine:
+                compile: bool = EXTRACT.compile) -> Engine:
     """The engine called `engine`, its options checked before any store is touched."""
     if engine not in ENGINES:
         raise InputError(f"unknown --engine '{engine}'; allowed: {', '.join(ENGINES)}")

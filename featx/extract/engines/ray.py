@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from featx.errors import ConfigMismatchError, InputError
+from featx.options import EXTRACT
 
 if TYPE_CHECKING:  # an actor unpickles this module before its head start: nothing slow at import
     import pandas as pd
@@ -150,8 +151,8 @@ class ShardWorker:
                                       "versions on every node")
 
     def __call__(self, batch: dict) -> dict:
-        from featx.store import write_shard
         from featx.extract.worker import extract_shard
+        from featx.store import write_shard
 
         entries, ok, ahead = [], [], []
         for start, paths in zip(batch["start"], batch["paths"]):
@@ -174,6 +175,7 @@ def _actor_head_start(head_start: dict, config: dict, runtime: dict, threads: in
     (Pillow in the actor's own process, TTA 1-2)."""
     from featx.extract.head_start import can_decode_ahead, start_decoding
     from featx.io.sources import ImageRecord
+    from featx.runtime import spin_briefly
 
     paths, preprocess = head_start.get("paths"), head_start.get("preprocess")
     decode = "pil" if str(config["preprocess"].get("implementation", "")).startswith("pil") else "torch"
@@ -183,6 +185,7 @@ def _actor_head_start(head_start: dict, config: dict, runtime: dict, threads: in
                                     device="cpu", processes=processes)):
         return None
     # `take` compares `preprocess` with the rebuilt extractor's own: any difference, nothing is used
+    spin_briefly()  # this actor is its process's entry point (featx.runtime says why)
     return start_decoding([ImageRecord(str(p)) for p in paths], preprocess, int(config.get("tta", 1)), processes)
 
 
@@ -235,7 +238,7 @@ def _pool_size(ray, most: int, cpus: float, gpus: float | None) -> int:
 
 def run_shards(writer, plan: pd.DataFrame, shards: list[tuple[int, int]], *, ray_address: str | None = None,
                num_gpus_per_worker: float | None = None, cpus_per_worker: float | None = None,
-               batch_size: int = 32, device: str = "auto", amp: str = "none", workers: int | None = None,
+               batch_size: int = EXTRACT.batch_size, device: str = EXTRACT.device, amp: str = EXTRACT.amp, workers: int | None = None,
                progress: bool = True, preprocess: dict | None = None) -> None:
     """Extract `shards` (row ranges of `plan`) on Ray and commit each through `writer` as it lands.
     `preprocess`: the driver's extractor's (`Preprocess.to_dict()`), for a lone actor's head start."""
