@@ -123,7 +123,7 @@ def paired_single(base: str, model_dir: Path, paths: list[str], n: int) -> dict:
 
     from featx.extract.extractor import extractor_from_config
     from featx.io.decode import decode_image, read_bytes
-    from featx.learn.classify import ShallowModel
+    from featx.learn.model import ShallowModel
     from featx.preprocess.views import image_views
 
     model = ShallowModel.load(model_dir)
@@ -154,7 +154,7 @@ def offline_baselines(model_dir: Path, paths: list[str]) -> dict:
     """`featx extract`'s img/s with the model's own extractor, and one image's decode + forward."""
     from featx.extract.extractor import extractor_from_config
     from featx.io.decode import decode_image, read_bytes
-    from featx.learn.classify import ShallowModel
+    from featx.learn.model import ShallowModel
     from featx.preprocess.views import image_views
 
     model = ShallowModel.load(model_dir)

@@ -19,7 +19,7 @@ _EXPORTS = {
     "FeatxError": "featx.errors",
     "Extractor": "featx.extract.extractor", "extract": "featx.extract.job",
     "FeatureStore": "featx.store",
-    "ShallowModel": "featx.learn.classify", "train_shallow": "featx.learn.classify",
+    "ShallowModel": "featx.learn.model", "train_shallow": "featx.learn.classify",
     "predict": "featx.learn.predict",
     "Index": "featx.retrieval.index", "build_index": "featx.retrieval.index",
     "project": "featx.maps.project", "plot_projection": "featx.maps.project", "write_projection": "featx.api",
@@ -62,7 +62,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports, never run
     from featx.errors import FeatxError
     from featx.extract.extractor import Extractor
     from featx.extract.job import extract
-    from featx.learn.classify import ShallowModel, train_shallow
+    from featx.learn.classify import train_shallow
+    from featx.learn.model import ShallowModel
     from featx.learn.predict import predict
     from featx.maps.placement import load_projection
     from featx.maps.project import fit_projection, plot_projection, project

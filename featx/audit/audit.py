@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from featx.audit.data_size import doubling_estimate, points_from_model_report, subsampled_curve
+from featx.audit.outliers import flag_outliers
 from featx.audit.label_issues import CLASSIFIERS, make_probabilistic, out_of_sample_probabilities, rank_label_issues
 from featx.errors import InputError, StoreError
 from featx.io import atomic
@@ -44,26 +45,15 @@ class AuditResult:
     summary: dict = field(default_factory=dict)
 
 
-def _modified_z(values: np.ndarray) -> np.ndarray:
-    median = np.median(values)
-    mad = np.median(np.abs(values - median))
-    scale = mad * 1.4826 if mad > 0 else (np.mean(np.abs(values - median)) * 1.2533 or 1.0)
-    return (values - median) / scale
-
-
-def run_audit(store: FeatureStore | str | Path, *, layer: str | None = None, classifier: str = AUDIT.classifier, cv: int = AUDIT.cv,
-              k: int = AUDIT.k, threshold: float | None = None, calibrate: str = AUDIT.calibrate, outlier_z: float = AUDIT.outlier_z,
-              outlier_k: int | None = None, model: str | Path | None = None, learning_curve: bool = True, seed: int = AUDIT.seed,
-              progress: bool = False) -> AuditResult:
-    """Every check on one store; see `audit` for the options."""
+def run_audit(store: FeatureStore | str | Path, *, layer: str | None = AUDIT.layer, classifier: str = AUDIT.classifier,
+              cv: int = AUDIT.cv, k: int = AUDIT.k, threshold: float | None = AUDIT.threshold,
+              calibrate: str = AUDIT.calibrate, outlier_z: float = AUDIT.outlier_z,
+              outlier_k: int | None = AUDIT.outlier_k, model: str | Path | None = None, learning_curve: bool = True,
+              seed: int = AUDIT.seed, progress: bool = False) -> AuditResult:
+    """Every check on one store; see `featx.api.audit` for the options."""
     store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     layer = store.check_layer(layer)
-    if classifier not in CLASSIFIERS:
-        raise InputError(f"unknown --classifier '{classifier}' for the audit; allowed: {', '.join(CLASSIFIERS)}")
-    if k < 1:
-        raise InputError(f"-k {k} must be at least 1 (neighbours used for outliers and near-duplicates)")
-    if threshold is not None and not 0 < threshold <= 1:
-        raise InputError(f"--threshold {threshold} is a cosine similarity: give a value in (0, 1], e.g. 0.95")
+    _check_options(classifier, k, threshold, outlier_k)
     meta = store.meta.reset_index(drop=True)
     ok_rows = np.flatnonzero(store.ok)
     if len(ok_rows) < 3:
@@ -77,81 +67,27 @@ def run_audit(store: FeatureStore | str | Path, *, layer: str | None = None, cla
     U = unit_rows(X)
     if outlier_k is None:
         outlier_k = int(np.clip(round(OUTLIER_K_FRACTION * len(ok_rows)), 10, 50))
-    elif outlier_k < 1:
-        raise InputError(f"--outlier-k {outlier_k} must be at least 1")
-    searched_sims, searched_idx = self_knn(U, max(k, outlier_k))
-    nn_sims, nn_idx = searched_sims[:, :k], searched_idx[:, :k]
-    scores = meta[["row_id", "path", "label", "split", "status"]].copy()
-    scores["nn_row"] = pd.array([pd.NA] * len(meta), dtype="Int64")
-    scores["nn_similarity"] = np.nan
-    scores.loc[ok_rows, "nn_row"] = ok_rows[nn_idx[:, 0]]
-    scores.loc[ok_rows, "nn_similarity"] = nn_sims[:, 0]
-    neighbours = {int(r): [(int(ok_rows[j]), float(s)) for s, j in zip(nn_sims[p], nn_idx[p])]
-                  for p, r in enumerate(ok_rows)}
-
-    # outliers: cosine distance to the outlier_k-th nearest row (not the mean over the nearest:
-    # junk comes in small clusters, e.g. blank frames that are each other's nearest neighbours)
-    outlier_k = min(outlier_k, searched_sims.shape[1])
-    outlier_score = 1.0 - searched_sims[:, outlier_k - 1]
-    z = _modified_z(outlier_score)
-    scores["outlier_score"] = np.nan
-    scores.loc[ok_rows, "outlier_score"] = outlier_score
-    scores["outlier"] = False
-    scores.loc[ok_rows, "outlier"] = z > outlier_z
-
-    # duplicates and leakage
+    found = Neighbours(*self_knn(U, max(k, outlier_k)), k)
+    scores = _score_frame(meta, ok_rows, found)
+    outlier_k = min(outlier_k, found.sims.shape[1])
+    outlier_score = flag_outliers(scores, ok_rows, found.sims, outlier_k, outlier_z)
     if threshold is None:
-        calibration = calibrate_threshold(store, layer, ok_rows, U, nn_sims[:, 0], method=calibrate, seed=seed,
-                                progress=progress)
+        calibration = calibrate_threshold(store, layer, ok_rows, U, found.nearest_sims[:, 0], method=calibrate,
+                                          seed=seed, progress=progress)
     else:
         calibration = {"method": "given", "threshold": float(threshold), "rule": "--threshold"}
-    pairs = duplicate_pairs(meta, ok_rows, searched_sims, searched_idx, calibration["threshold"])
-
-    # label issues
+    pairs = duplicate_pairs(meta, ok_rows, found.sims, found.idx, calibration["threshold"])
     labelled = store.ok & np.array([v is not None for v in labels])
-    label_info: dict = {"available": False}
-    scores["label_quality"], scores["label_issue"], scores["suggested_label"] = np.nan, False, None
-    train_mask = None
-    if len(set(labels[labelled])) >= 2:
-        rows = np.flatnonzero(labelled)
-        y = labels[rows].astype(str)
-        row_splits = splits[rows]
-        has_split = (row_splits == "train").any() and np.isin(row_splits, HELD_OUT).any()
-        train_mask = row_splits == "train" if has_split else np.ones(len(rows), bool)
-        position = {int(r): i for i, r in enumerate(ok_rows)}
-        X_labelled = X[[position[int(r)] for r in rows]]
-        oos = out_of_sample_probabilities(X_labelled, y, train_mask, classifier=classifier, cv=cv, seed=seed,
-                                          progress=progress)
-        ranked = rank_label_issues(y, oos)
-        target = rows[ranked["position"].to_numpy()]
-        scores.loc[target, "label_quality"] = ranked["label_quality"].to_numpy()
-        scores.loc[target, "label_issue"] = ranked["label_issue"].to_numpy()
-        scores.loc[target, "suggested_label"] = ranked["suggested_label"].to_numpy()
-        scores.loc[target, "suggested_probability"] = ranked["suggested_probability"].to_numpy()
-        label_info = {"available": True, "scheme": oos.scheme, "C": oos.C, "folds": oos.folds,
-                      "classes": oos.classes, "scored_rows": int(len(ranked)),
-                      "ranking": "cleanlab self-confidence (probability of the given label); flagged by cleanlab "
-                                 "find_label_issues (confident learning, prune_by_noise_rate)"}
-        if learning_curve:
-            label_info["data"] = _enough_data(store, model, X_labelled, y, train_mask, classifier, oos.C, seed,
-                                              progress)
-    else:
-        label_info["reason"] = "fewer than two labelled classes: label issues and the learning curve need labels"
-
+    label_info = _label_issues(store, scores, X, ok_rows, labels, splits, labelled, classifier=classifier, cv=cv,
+                               seed=seed, progress=progress, learning_curve=learning_curve, model=model)
+    neighbours = {int(r): [(int(ok_rows[j]), float(s)) for s, j in zip(found.nearest_sims[p], found.nearest_idx[p])]
+                  for p, r in enumerate(ok_rows)}
     suspects = _suspects(scores, pairs, neighbours, labels, splits, outlier_k)
-    counts = {kind: int((suspects["kind"] == kind).sum()) for kind in KINDS}
-    flagged_rows = int(suspects["row_id"].nunique())
     summary = {
         "store": str(store.path), "layer": layer, "rows": len(meta), "ok_rows": int(len(ok_rows)),
-        "labelled_rows": int(labelled.sum()), "counts": counts, "flagged_rows": flagged_rows,
-        "flagged_fraction": flagged_rows / max(1, len(ok_rows)),
+        "labelled_rows": int(labelled.sum()), **_flag_counts(suspects, len(ok_rows)),
         "label_issues": {k: v for k, v in label_info.items() if k != "data"},
-        "near_duplicates": {**calibration, "k": int(searched_idx.shape[1]),
-                            "pairs": {scope: int((pairs["scope"] == scope).sum())
-                                      for scope in ("within_class", "across_classes", "across_splits")},
-                            "exact_pairs": int((pairs["match"] == "exact").sum()),
-                            "rows_with_nn_above_threshold": int(np.sum(nn_sims[:, 0] >= calibration["threshold"]))
-                            if nn_sims.shape[1] else 0},
+        "near_duplicates": _duplicate_summary(calibration, pairs, found),
         "outliers": {"score": f"cosine distance to the {outlier_k}-th nearest image", "k": int(outlier_k),
                      "rule": f"robust z-score (median, MAD) above {outlier_z}",
                      "median_score": float(np.median(outlier_score))},
@@ -162,6 +98,82 @@ def run_audit(store: FeatureStore | str | Path, *, layer: str | None = None, cla
                     "outlier_z": outlier_z, "outlier_k": outlier_k, "model": str(model) if model else None, "seed": seed},
     }
     return AuditResult(suspects, scores, pairs, neighbours, summary)
+
+
+def _check_options(classifier: str, k: int, threshold: float | None, outlier_k: int | None) -> None:
+    if classifier not in CLASSIFIERS:
+        raise InputError(f"unknown --classifier '{classifier}' for the audit; allowed: {', '.join(CLASSIFIERS)}")
+    if k < 1:
+        raise InputError(f"-k {k} must be at least 1 (neighbours used for outliers and near-duplicates)")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise InputError(f"--threshold {threshold} is a cosine similarity: give a value in (0, 1], e.g. 0.95")
+    if outlier_k is not None and outlier_k < 1:
+        raise InputError(f"--outlier-k {outlier_k} must be at least 1")
+
+
+class Neighbours:
+    """Each usable row's nearest rows (cosine), searched once: `sims`/`idx` as far as the outlier score
+    looks, `nearest_*` the first k (near-duplicates, the label check's page)."""
+
+    def __init__(self, sims: np.ndarray, idx: np.ndarray, k: int):
+        self.sims, self.idx = sims, idx
+        self.nearest_sims, self.nearest_idx = sims[:, :k], idx[:, :k]
+
+
+def _score_frame(meta: pd.DataFrame, ok_rows: np.ndarray, found: Neighbours) -> pd.DataFrame:
+    """One row per store row, with its nearest usable neighbour; the checks add their scores."""
+    scores = meta[["row_id", "path", "label", "split", "status"]].copy()
+    scores["nn_row"] = pd.array([pd.NA] * len(meta), dtype="Int64")
+    scores["nn_similarity"] = np.nan
+    scores.loc[ok_rows, "nn_row"] = ok_rows[found.nearest_idx[:, 0]]
+    scores.loc[ok_rows, "nn_similarity"] = found.nearest_sims[:, 0]
+    return scores
+
+
+def _label_issues(store, scores: pd.DataFrame, X: np.ndarray, ok_rows: np.ndarray, labels: np.ndarray,
+                  splits: np.ndarray, labelled: np.ndarray, *, classifier: str, cv: int, seed: int, progress: bool,
+                  learning_curve: bool, model) -> dict:
+    """Label quality and suggested labels into `scores`; what the check did (and the learning curve)."""
+    scores["label_quality"], scores["label_issue"], scores["suggested_label"] = np.nan, False, None
+    if len(set(labels[labelled])) < 2:
+        return {"available": False,
+                "reason": "fewer than two labelled classes: label issues and the learning curve need labels"}
+    rows = np.flatnonzero(labelled)
+    y = labels[rows].astype(str)
+    row_splits = splits[rows]
+    has_split = (row_splits == "train").any() and np.isin(row_splits, HELD_OUT).any()
+    train_mask = row_splits == "train" if has_split else np.ones(len(rows), bool)
+    position = {int(r): i for i, r in enumerate(ok_rows)}
+    X_labelled = X[[position[int(r)] for r in rows]]
+    oos = out_of_sample_probabilities(X_labelled, y, train_mask, classifier=classifier, cv=cv, seed=seed,
+                                      progress=progress)
+    ranked = rank_label_issues(y, oos)
+    target = rows[ranked["position"].to_numpy()]
+    for column in ("label_quality", "label_issue", "suggested_label", "suggested_probability"):
+        scores.loc[target, column] = ranked[column].to_numpy()
+    info = {"available": True, "scheme": oos.scheme, "C": oos.C, "folds": oos.folds, "classes": oos.classes,
+            "scored_rows": int(len(ranked)),
+            "ranking": "cleanlab self-confidence (probability of the given label); flagged by cleanlab "
+                       "find_label_issues (confident learning, prune_by_noise_rate)"}
+    if learning_curve:
+        info["data"] = _enough_data(store, model, X_labelled, y, train_mask, classifier, oos.C, seed, progress)
+    return info
+
+
+def _flag_counts(suspects: pd.DataFrame, usable_rows: int) -> dict:
+    flagged_rows = int(suspects["row_id"].nunique())
+    return {"counts": {kind: int((suspects["kind"] == kind).sum()) for kind in KINDS}, "flagged_rows": flagged_rows,
+            "flagged_fraction": flagged_rows / max(1, usable_rows)}
+
+
+def _duplicate_summary(calibration: dict, pairs: pd.DataFrame, found: Neighbours) -> dict:
+    nearest = found.nearest_sims
+    return {**calibration, "k": int(found.idx.shape[1]),
+            "pairs": {scope: int((pairs["scope"] == scope).sum())
+                      for scope in ("within_class", "across_classes", "across_splits")},
+            "exact_pairs": int((pairs["match"] == "exact").sum()),
+            "rows_with_nn_above_threshold": int(np.sum(nearest[:, 0] >= calibration["threshold"]))
+            if nearest.shape[1] else 0}
 
 
 def _enough_data(store, model, X, y, train_mask, classifier: str, C: float, seed: int, progress: bool) -> dict:

@@ -11,7 +11,7 @@ import pandas as pd
 from featx.errors import InputError
 from featx.extract.extractor import extractor_from_config
 from featx.io.sources import scan_inputs
-from featx.learn.classify import ShallowModel
+from featx.learn.model import ShallowModel
 from featx.options import PREDICT
 
 

@@ -97,7 +97,7 @@ class Index:
 
         streaming = index_stream.should_stream(store, layer, stream, engine)
         if streaming:
-            X, n, d = None, len(ids), int(np.prod(store._shape(layer)))
+            X, n, d = None, len(ids), int(np.prod(store.layer_shape(layer)))
         else:
             X = prepare_vectors(store.features(layer)[ids], metric)
             check_rows_finite(X, f"store '{store.path}' layer '{layer}'")

@@ -117,7 +117,7 @@ def _shard_batches(store: FeatureStore, layer: str, metric: str, shard_numbers=N
         rows = np.flatnonzero(ok[shard["start"]:shard["stop"]])
         if not len(rows):
             continue
-        X = prepare_vectors(np.asarray(store._shard_array(shard, layer)[rows]), metric)
+        X = prepare_vectors(np.asarray(store.shard_array(shard, layer)[rows]), metric)
         check_rows_finite(X, f"store '{store.path}' layer '{layer}'")
         yield X, (rows + shard["start"]).astype(np.int64)
 
@@ -248,7 +248,7 @@ def exact_neighbours(store: FeatureStore, layer: str, Q: np.ndarray, k: int, met
         rows = np.flatnonzero(ok[shard["start"]:shard["stop"]])
         if not len(rows):
             continue
-        X = prepare_vectors(np.asarray(store._shard_array(shard, layer)[rows]), metric)
+        X = prepare_vectors(np.asarray(store.shard_array(shard, layer)[rows]), metric)
         D, I = faiss.knn(Q, X, min(k, len(X)), metric=faiss.METRIC_L2 if l2 else faiss.METRIC_INNER_PRODUCT)
         ids = np.where(I >= 0, rows[np.clip(I, 0, None)] + shard["start"], -1)
         if D.shape[1] < k:  # pad a small shard's answer to k columns

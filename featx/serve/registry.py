@@ -190,8 +190,7 @@ def store_fingerprint(store) -> dict:
 def load_registry(options: ServeOptions, previous: Registry | None = None) -> Registry:
     """Load and verify every artifact named in `options`; any failure raises and loads nothing.
     Engines of `previous` with the same config and layers are reused, not rebuilt."""
-    from featx.extract.extractor import extractor_from_config
-    from featx.learn.classify import ShallowModel
+    from featx.learn.model import ShallowModel
     from featx.retrieval.index import Index
     from featx.store import FeatureStore, require_same_config
 
@@ -201,29 +200,45 @@ def load_registry(options: ServeOptions, previous: Registry | None = None) -> Re
         if not store.complete:
             raise StoreError(f"store '{name}' ({store.path}) is not complete; finish it with `featx extract`")
     models = {name: (Path(folder), ShallowModel.load(folder)) for name, folder in options.models.items()}
-    indexes = {}
-    for name, folder in options.indexes.items():
-        index = Index.load(folder)
-        indexes[name] = (Path(folder), index)
+    indexes = {name: (Path(folder), Index.load(folder)) for name, folder in options.indexes.items()}
     projections = {name: _open_projection(name, folder) for name, folder in options.projections.items()}
+    wanted = [(model.extractor_config, model.layer) for _, model in models.values()]
+    wanted += [(index.info["extractor"], index.info["layer"]) for _, index in indexes.values()]
+    wanted += [(store.config, projection.layer) for _, projection, store in projections.values()]
+    engines = _engines(wanted, options, previous)
 
-    # every artifact's extractor config, grouped by engine
-    wanted: dict[str, dict] = {}
-    for _, (_, model) in models.items():
-        config = dict(model.extractor_config)
-        entry = wanted.setdefault(engine_key(config), {"config": config, "layers": set()})
-        entry["layers"].add(model.layer)
-    for _, (_, index) in indexes.items():
-        config = dict(index.info["extractor"])
-        entry = wanted.setdefault(engine_key(config), {"config": config, "layers": set()})
-        entry["layers"].add(index.info["layer"])
-    for _, (_, projection, store) in projections.items():
-        config = dict(store.config)
-        entry = wanted.setdefault(engine_key(config), {"config": config, "layers": set()})
-        entry["layers"].add(projection.layer)
+    loaded_models = {}
+    for name, (folder, model) in models.items():
+        key = engine_key(model.extractor_config)
+        model.check_features(engines[key].extractor.config | {"weights_source": model.extractor_config.get("weights_source")},
+                             model.layer)
+        loaded_models[name] = LoadedModel(name, folder, model, key)
+    shared = _SharedStores(stores)
+    loaded_indexes = {}
+    for name, (folder, index) in indexes.items():
+        key = engine_key(index.info["extractor"])
+        require_same_config(index.info["extractor"], engines[key].extractor.config, f"index '{name}'")
+        store_name = shared.name_of(index.store, f"index-{name}", name)  # index.store raises when it is gone
+        index.store = stores[store_name]
+        loaded_indexes[name] = LoadedIndex(name, folder, index, key, store_name)
+    loaded_projections = {name: LoadedProjection(name, folder, projection, engine_key(store.config),
+                                                 shared.name_of(store, f"projection-{name}", name))
+                          for name, (folder, projection, store) in projections.items()}
+    generation = previous.generation + 1 if previous is not None else 1
+    return Registry(loaded_models, loaded_indexes, stores, engines, generation, projections=loaded_projections)
 
+
+def _engines(wanted: list[tuple[dict, str]], options: ServeOptions, previous: Registry | None) -> dict[str, "Engine"]:
+    """One network per extractor config, with every layer the artifacts on it need; an engine of
+    `previous` with the same config and layers is reused."""
+    from featx.extract.extractor import extractor_from_config
+
+    grouped: dict[str, dict] = {}
+    for config, layer in wanted:
+        entry = grouped.setdefault(engine_key(config), {"config": dict(config), "layers": set()})
+        entry["layers"].add(layer)
     engines: dict[str, Engine] = {}
-    for key, entry in wanted.items():
+    for key, entry in grouped.items():
         layers = tuple(sorted(entry["layers"]))
         old = previous.engines.get(key) if previous is not None else None
         if old is not None and old.layers == layers:
@@ -233,41 +248,24 @@ def load_registry(options: ServeOptions, previous: Registry | None = None) -> Re
         extractor = extractor_from_config(dict(entry["config"], layers=list(layers)), device=options.device,
                                           workers=0, batch_size=options.max_batch)
         engines[key] = Engine(key, extractor, layers)
+    return engines
 
-    loaded_models = {}
-    for name, (folder, model) in models.items():
-        key = engine_key(model.extractor_config)
-        model.check_features(engines[key].extractor.config | {"weights_source": model.extractor_config.get("weights_source")},
-                             model.layer)
-        loaded_models[name] = LoadedModel(name, folder, model, key)
 
-    loaded_indexes = {}
-    by_path = {Path(s.path).resolve(): n for n, s in stores.items()}
-    for name, (folder, index) in indexes.items():
-        key = engine_key(index.info["extractor"])
-        require_same_config(index.info["extractor"], engines[key].extractor.config, f"index '{name}'")
-        store = index.store  # raises when the store it was built from is gone
-        store_name = by_path.get(Path(store.path).resolve())
-        if store_name is None:
-            store_name = name if name not in stores else f"index-{name}"
-            stores[store_name] = store
-            by_path[Path(store.path).resolve()] = store_name
-        else:
-            index.store = stores[store_name]
-        loaded_indexes[name] = LoadedIndex(name, folder, index, key, store_name)
+class _SharedStores:
+    """The loaded stores by folder: artifacts built from one store share one open copy of it."""
 
-    loaded_projections = {}
-    for name, (folder, projection, store) in projections.items():
-        key = engine_key(store.config)
-        store_name = by_path.get(Path(store.path).resolve())
-        if store_name is None:
-            store_name = name if name not in stores else f"projection-{name}"
-            stores[store_name] = store
-            by_path[Path(store.path).resolve()] = store_name
-        loaded_projections[name] = LoadedProjection(name, folder, projection, key, store_name)
+    def __init__(self, stores: dict):
+        self.stores = stores
+        self.by_path = {Path(s.path).resolve(): n for n, s in stores.items()}
 
-    generation = previous.generation + 1 if previous is not None else 1
-    return Registry(loaded_models, loaded_indexes, stores, engines, generation, projections=loaded_projections)
+    def name_of(self, store, own_name: str, name: str) -> str:
+        """The name `store` is served under, adding it (as `name`, or `own_name` if taken) when new."""
+        found = self.by_path.get(Path(store.path).resolve())
+        if found is None:
+            found = name if name not in self.stores else own_name
+            self.stores[found] = store
+            self.by_path[Path(store.path).resolve()] = found
+        return found
 
 
 def _open_projection(name: str, folder: str):

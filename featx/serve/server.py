@@ -33,7 +33,8 @@ def serve(options: ServeOptions, *, log_level: str = "info") -> None:
     """Load the artifacts, bind (safely) and serve until interrupted; SIGHUP reloads."""
     import uvicorn
 
-    from featx.serve.app import check_binding, create_app
+    from featx.serve.app import create_app
+    from featx.serve.state import check_binding
 
     check_binding(options)
     if not (options.models or options.indexes or options.stores or options.projections):

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "read_record": "featx.store.artifacts", "StoreLock": "featx.store.lock", "Changes": "featx.store.reconcile",
-    **{name: "featx.store.store" for name in (
-        "MANIFEST", "META", "META_COLUMNS", "SCHEMA_VERSION", "FeatureStore", "PendingWork", "StoreWriter",
-        "check_rows_finite", "config_hash", "content_fingerprint", "file_sha256", "fingerprint", "library_versions",
-        "missing_ranges", "require_same_config", "verify_recorded_sha256", "write_shard")},
+    "FeatureStore": "featx.store.reader", "PendingWork": "featx.store.writer", "StoreWriter": "featx.store.writer",
+    "write_shard": "featx.store.writer", "SCHEMA_VERSION": "featx.store.artifacts", "file_sha256": "featx.io.atomic",
+    **{name: "featx.store.format" for name in (
+        "MANIFEST", "META", "META_COLUMNS", "check_rows_finite", "config_hash", "content_fingerprint", "fingerprint",
+        "library_versions", "missing_ranges", "require_same_config", "verify_recorded_sha256")},
 }
 __all__ = sorted(_EXPORTS)
 
@@ -28,25 +29,22 @@ def __getattr__(name: str):
 
 
 if TYPE_CHECKING:
-    from featx.store.artifacts import read_record
-    from featx.store.lock import StoreLock
-    from featx.store.reconcile import Changes
-    from featx.store.store import (
+    from featx.io.atomic import file_sha256
+    from featx.store.artifacts import SCHEMA_VERSION, read_record
+    from featx.store.format import (
         MANIFEST,
         META,
         META_COLUMNS,
-        SCHEMA_VERSION,
-        FeatureStore,
-        PendingWork,
-        StoreWriter,
         check_rows_finite,
         config_hash,
         content_fingerprint,
-        file_sha256,
         fingerprint,
         library_versions,
         missing_ranges,
         require_same_config,
         verify_recorded_sha256,
-        write_shard,
     )
+    from featx.store.lock import StoreLock
+    from featx.store.reader import FeatureStore
+    from featx.store.reconcile import Changes
+    from featx.store.writer import PendingWork, StoreWriter, write_shard
