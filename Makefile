@@ -8,7 +8,7 @@ DEMO_DATA := data/digits-demo/.complete
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
-.PHONY: demo test test-slow test-all bench bench-fuzz bench-projection clean browser fashion-mnist
+.PHONY: demo test test-slow test-all lint bench bench-fuzz bench-projection clean browser fashion-mnist
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ demo: $(STAMP) $(DEMO_DATA)
 
 test: $(RAY_STAMP) $(DEMO_DATA) browser
 	$(BIN)/python -m pytest -q
+
+# ruff (lint rules in pyproject.toml) and import-linter (the layers and cycles contracts)
+lint: $(STAMP)
+	$(BIN)/ruff check featx tests benchmarks data
+	$(BIN)/lint-imports
 
 test-slow: $(RAY_STAMP) $(DEMO_DATA) fashion-mnist
 	$(BIN)/python -m pytest -q -m slow

@@ -165,7 +165,7 @@ def main() -> None:
         if "reference" in wanted:
             contenders.append(("CV-tuned reference (sklearn)", reference_score))
         if "probe" in wanted:
-            contenders.append(("featx probe winner", lambda s: probe_score(s, images, folder / "probe")))
+            contenders.append(("featx probe winner", lambda s, images=images, folder=folder: probe_score(s, images, folder / "probe")))
         if "pixels" in wanted and name.startswith("Fashion-MNIST"):
             contenders.append(pixel_baseline)
         for label, score in contenders:

@@ -87,7 +87,8 @@ def label_noise(name: str, store: FeatureStore, rate: float, seed: int) -> dict:
     return {"data": name, "noise": rate, "seed": seed, "flipped": k, "P=R@k": hits / k,
             "flagged": len(flagged), "flagged precision": flagged_hits / max(1, len(flagged)),
             "flagged recall": flagged_hits / k, "acc noisy": held_out_accuracy(np.ones(len(y), bool), y),
-            "acc cleaned": held_out_accuracy(keep, y), "acc true labels": held_out_accuracy(np.ones(len(y), bool), y_true),
+            "acc cleaned": held_out_accuracy(keep, y), "acc true labels": held_out_accuracy(np.ones(len(y), bool),
+                                                                                            y_true),
             "dropped train rows": int(np.sum(train & ~keep)), "seconds": seconds}
 
 
@@ -118,7 +119,8 @@ def planted_store(cache: Path, seed: int = 7) -> tuple[FeatureStore, dict]:
         if n < 5:
             pixels = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
         else:
-            pixels = np.full((300, 400, 3), [(0, 0, 0), (255, 255, 255), (128, 128, 128), (30, 60, 200), (200, 40, 40)][n - 5],
+            pixels = np.full((300, 400, 3), [(0, 0, 0), (255, 255, 255), (128, 128, 128), (30, 60, 200), (200, 40,
+                                                                                                          40)][n - 5],
                              dtype=np.uint8)
         path = images / f"junk_{n:02d}.png"
         Image.fromarray(pixels).save(path)
@@ -161,7 +163,9 @@ def clean_results(name: str, store: FeatureStore) -> dict:
 
 
 def markdown(frame: pd.DataFrame) -> str:
-    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    def cell(v) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)

@@ -50,7 +50,8 @@ def features(extractor, forward, views: torch.Tensor, batch: int) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for i in range(0, len(views), batch):
-            x = normalise(views[i:i + batch].contiguous(memory_format=torch.channels_last), extractor.backbone.preprocess)
+            x = normalise(views[i:i + batch].contiguous(memory_format=torch.channels_last),
+                          extractor.backbone.preprocess)
             out.append(pool(forward(x)[layer], extractor.pool_name, extractor.layer_formats[layer]).float().numpy())
     return np.concatenate(out)
 
@@ -135,7 +136,7 @@ def main() -> None:
     x = calibration[:args.batch_size].contiguous(memory_format=torch.channels_last)
     rates: dict[str, list[float]] = {name: [] for name in modes}
     with torch.inference_mode():
-        for name, (forward, _) in modes.items():
+        for forward, _ in modes.values():
             forward(x)  # warm-up
         for _ in range(args.rounds):  # interleaved rounds: a busy machine slows every mode alike
             for name, (forward, _) in modes.items():

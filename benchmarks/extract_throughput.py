@@ -213,7 +213,8 @@ def peak_rss_mb(folder: Path, model: str, weights: str) -> float:
     code = (
         "import resource, tempfile, json; from featx.extract import extract\n"
         f"extract({str(folder)!r}, tempfile.mkdtemp(), model={model!r}, weights={weights!r}, progress=False)\n"
-        "self=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; kids=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+        "self=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        "kids=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
         "print(json.dumps([self, kids]))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
@@ -230,7 +231,8 @@ def layer_sweep(extractor_args: dict, model: str, rounds: int, seconds: float, c
     for layer in picks:
         extractor = Extractor(model, layers=[layer], **extractor_args)
         native, tapped = forward_rates(extractor, _native(extractor), rounds, seconds)
-        print(f"    layer {layer:<34} native {native:8.1f}  tapped {tapped:8.1f}  ratio {tapped / native:5.2f}", flush=True)
+        print(f"    layer {layer:<34} native {native:8.1f}  tapped {tapped:8.1f}  ratio {tapped / native:5.2f}",
+              flush=True)
 
 
 def _native(extractor) -> torch.nn.Module:
@@ -306,7 +308,8 @@ def main() -> None:
                 rounds_run.append((in_process(extractor, paths),
                                    float("nan") if args.no_cli else api(folder, model, weights, args, len(paths)),
                                    float("nan") if args.no_cli else cli(folder, model, weights, args, len(paths)))
-                                  + ((cli(folder, model, weights, args, len(paths), head_start=False),) if baseline else ()))
+                                  + ((cli(folder, model, weights, args, len(paths), head_start=False),
+                                      ) if baseline else ()))
             featx, by_api, by_cli = (statistics.median(r[k] for r in rounds_run) for k in range(3))
             if args.end_to_end_rounds > 1 or baseline:
                 print(f"    rounds (featx, API, CLI{', CLI without head start' if baseline else ''} img/s): "

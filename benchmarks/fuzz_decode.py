@@ -158,7 +158,8 @@ def main() -> int:
     timeouts = sum(n for (_, status), n in counts.items() if status == "timeout")
     print(f"\ntargets: crashes {crashes} (0), hangs {hangs} (0), good files kept {good - good_lost}/{good}, "
           f"bad files with the right error code {bad - bad_wrong}/{bad}; time-limit error rows: {timeouts}")
-    print("slowest files: " + ", ".join(f"{name} {status} {s * 1000:.0f} ms" for s, name, status in sorted(slowest)[-3:]))
+    print("slowest files: " + ", ".join(f"{name} {status} {s * 1000:.0f} ms" for s, name,
+                                        status in sorted(slowest)[-3:]))
     for name, why in misses[:20]:
         print(f"MISS {name}: {why}")
     return 1 if misses else 0

@@ -129,7 +129,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--kind", default="ivf-sq8")
     parser.add_argument("--nlist", type=int, default=1024)
-    parser.add_argument("--commits", type=int, nargs="*", default=[2000, 20000], help="store sizes (shards) for the commit rate; none: skip it")
+    parser.add_argument("--commits", type=int, nargs="*", default=[2000, 20000],
+                        help="store sizes (shards) for the commit rate; none: skip it")
     parser.add_argument("--skip-index", action="store_true")
     parser.add_argument("--streamed-only", action="store_true", help="skip the in-memory build")
     args = parser.parse_args()
@@ -145,7 +146,8 @@ def main() -> None:
             print(f"one shard: 4096 rows = {shard / 2**20:.0f} MiB; growth = peak RSS minus RSS after imports")
             print(f"{'build':<19}{'peak RSS MiB':>14}{'after imports':>15}{'growth':>8}{'+ save':>8}"
                   f"{'index MiB':>11}{'growth / (index + shard)':>26}{'seconds':>9}")
-            builds = [("streamed, presized", True, True), ("streamed, growing", True, False), ("in-memory", False, True)]
+            builds = [("streamed, presized", True, True), ("streamed, growing", True, False), ("in-memory", False,
+                                                                                               True)]
             for name, stream, presize in builds if not args.streamed_only else builds[:2]:
                 r = measure_build(tmp / "store", args.kind, args.nlist, stream, presize)
                 growth, saved = r["peak_rss"] - r["baseline"], r["peak_after_save"] - r["baseline"]

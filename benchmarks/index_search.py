@@ -31,7 +31,8 @@ def synthetic(n: int, dim: int, seed: int = 0, noise: float = 0.05) -> np.ndarra
     X = np.empty((n, dim), np.float32)
     for start in range(0, n, 100_000):
         stop = min(start + 100_000, n)
-        latent = centers[rng.integers(0, 1000, stop - start)] + rng.normal(0, 0.35, (stop - start, 32)).astype(np.float32)
+        latent = centers[rng.integers(0, 1000, stop - start)] + rng.normal(0, 0.35, (stop - start,
+                                                                                     32)).astype(np.float32)
         X[start:stop] = latent @ mixing + rng.normal(0, noise, (stop - start, dim)).astype(np.float32)
     return X
 

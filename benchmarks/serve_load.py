@@ -111,10 +111,11 @@ def run_soak(base: str, blobs: list[tuple[str, bytes]], pid: int, total: int, cl
     for _ in range(10):
         legs.append(asyncio.run(run_level(base, blobs, clients, per_client)))
         rss.append(rss_mb(pid))
-        print(f"  soak: {sum(l['requests'] for l in legs)} requests, RSS {rss[-1]:.0f} MB", file=sys.stderr, flush=True)
-    requests = sum(l["requests"] for l in legs)
-    return {"requests": requests, "clients": clients, "errors": sum(l["errors"] for l in legs),
-            "req_per_s": requests / sum(l["requests"] / l["req_per_s"] for l in legs), "rss_mb": rss}
+        print(f"  soak: {sum(leg['requests'] for leg in legs)} requests, RSS {rss[-1]:.0f} MB", file=sys.stderr,
+              flush=True)
+    requests = sum(leg["requests"] for leg in legs)
+    return {"requests": requests, "clients": clients, "errors": sum(leg["errors"] for leg in legs),
+            "req_per_s": requests / sum(leg["requests"] / leg["req_per_s"] for leg in legs), "rss_mb": rss}
 
 
 def paired_single(base: str, model_dir: Path, paths: list[str], n: int) -> dict:
@@ -241,7 +242,8 @@ def main() -> None:
         finally:
             server.send_signal(signal.SIGINT)
             server.wait(30)
-    results = {"baselines": baselines, "levels": levels, "rss_mb_start": rss_start, "rss_mb_end": rss_end, "soak": soak, "paired": paired,
+    results = {"baselines": baselines, "levels": levels, "rss_mb_start": rss_start, "rss_mb_end": rss_end,
+               "soak": soak, "paired": paired,
                "requests_total": sum(level["requests"] for level in levels), "cpu_cores": os.cpu_count(),
                "torch_threads": args.threads, "load_average": os.getloadavg()}
     print(f"offline (before / after the load): extract {baselines['extract_img_per_s'][0]:.1f} / "
@@ -258,13 +260,15 @@ def main() -> None:
         elif level["clients"] >= 32:
             note = f"req/s / extract = {level['req_per_s'] / extract_rate:.2f} (target >= 0.8)"
         print(f"{level['clients']:>7} {level['requests']:>8} {level['errors']:>6} {level['req_per_s']:>8.1f} "
-              f"{level['p50_ms']:>8.1f} {level['p95_ms']:>8.1f} {level['p99_ms']:>8.1f} {level['mean_batch']:>6.1f} {level['rss_mb']:>7.0f}  {note}")
+              f"{level['p50_ms']:>8.1f} {level['p95_ms']:>8.1f} {level['p99_ms']:>8.1f} {level['mean_batch']:>6.1f} "
+              f"{level['rss_mb']:>7.0f}  {note}")
     print(f"server RSS: {rss_start:.0f} MB at start, {rss_end:.0f} MB after {results['requests_total']} requests; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if paired:
         print(f"paired (offline decode+forward, then the same image served, {paired['pairs']} times): offline "
               f"{paired['offline_ms']:.1f} ms, served p50 {paired['served_ms']:.1f} ms; per-pair ratio median "
-              f"{paired['ratio_median']:.2f} (quartiles {paired['ratio_p25']:.2f}-{paired['ratio_p75']:.2f}; target <= 1.5)")
+              f"{paired['ratio_median']:.2f} (quartiles {paired['ratio_p25']:.2f}-{paired['ratio_p75']:.2f}; target "
+              f"<= 1.5)")
     if soak:
         points = soak["rss_mb"]
         print(f"soak: {soak['requests']} requests at {soak['clients']} clients, {soak['errors']} errors, "

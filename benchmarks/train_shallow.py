@@ -95,7 +95,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only", default=",".join(CASES))
     args = parser.parse_args()
-    print(f"{args.n} x {args.dim} features, 10 classes, {args.folds}-fold CV (case = classifier, or reducer + linear-svm)")
+    print(f"{args.n} x {args.dim} features, 10 classes, {args.folds}-fold CV (case = classifier, or reducer + "
+          f"linear-svm)")
     print(f"{'case':<18}{'fit s':>9}{'CV s':>9}{'CV acc':>8}{'extra MB':>10}{'peak MB':>9}")
     for case in args.only.split(","):
         out = subprocess.run([sys.executable, "-c", CHILD, str(args.n), str(args.dim), str(args.folds), case],
@@ -105,7 +106,8 @@ def main() -> None:
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{case:<18}{r['fit_s']:>9.1f}{r['cv_s']:>9.1f}{r['cv_accuracy']:>8.3f}{r['extra_mb']:>10.0f}{r['peak_mb']:>9.0f}"
-              + (f"   chosen {r['chosen']:g}, CPU s {r['cpu_s']:.1f}" if r.get("chosen") is not None else ""), flush=True)
+              + (f"   chosen {r['chosen']:g}, CPU s {r['cpu_s']:.1f}" if r.get("chosen") is not None else ""),
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ def store_summary(path: str | Path) -> dict:
     path = Path(path)
     manifest = store_manifest(path)
     pending_log = path / "commits.jsonl"  # commits not yet folded into the manifest: FeatureStore replays them
-    if not (manifest.get("complete") and manifest.get("meta")) or (pending_log.is_file() and pending_log.stat().st_size):
+    pending = pending_log.is_file() and pending_log.stat().st_size
+    if not (manifest.get("complete") and manifest.get("meta")) or pending:
         from featx.store import FeatureStore
 
         return FeatureStore.open(path).summary()

@@ -113,7 +113,8 @@ class TrainShallowOptions(_Strict):
 class AuditOptions(_Strict):
     """`featx audit` (Python: `featx.audit`), minus the store and the output folder."""
 
-    write_manifest: bool = Field(False, description="Also write manifest.csv: every row, suspects flagged (never removed).")
+    write_manifest: bool = Field(False,
+                                 description="Also write manifest.csv: every row, suspects flagged (never removed).")
     layer: Optional[str] = Field(None, description="Stored layer; default: the store's first.")
     classifier: AuditClassifier = Field("logreg", description="Calibrated classifier of the out-of-fold probabilities.")
     cv: int = Field(5, ge=2, description="Folds of the out-of-fold probabilities.")
@@ -149,7 +150,8 @@ class ProjectOptions(_Strict):
     """`featx project` (Python: `featx.project`), minus the store and the output folder."""
 
     layer: Optional[str] = Field(None, description="Stored layer; default: the store's first.")
-    method: MapMethod = Field("umap", description="Each method's fitted map can place new points later (serve --projection).")
+    method: MapMethod = Field("umap",
+                              description="Each method's fitted map can place new points later (serve --projection).")
     dims: int = Field(2, ge=2, le=3, description="2 or 3.")
     pre_pca: int = Field(50, ge=1, description="PCA components before t-SNE/UMAP.")
     color: MapColor = Field("label", description="What colours the points.")
@@ -230,7 +232,8 @@ class PredictRequest(_Strict):
     model: Optional[str] = Field(None, description="loaded model name; default: the only one loaded")
     store: Optional[str] = Field(None, description="loaded store the rows belong to")
     rows: Optional[list[int]] = Field(None, max_length=MAX_ROWS_PER_REQUEST)
-    paths: Optional[list[str]] = Field(None, max_length=MAX_ROWS_PER_REQUEST, description="image files under --data-root")
+    paths: Optional[list[str]] = Field(None, max_length=MAX_ROWS_PER_REQUEST,
+                                       description="image files under --data-root")
     top_k: int = Field(3, ge=1, le=MAX_K)
 
 

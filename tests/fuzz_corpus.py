@@ -142,7 +142,9 @@ def cases(n: int, seed: int = 0) -> list[Case]:
             kind, detail = "good", GOOD_FORMATS[i % len(GOOD_FORMATS)]
         elif roll < 0.7:
             kind = "mutated"
-            detail = f"{GOOD_FORMATS[int(rng.integers(len(GOOD_FORMATS)))]}+{MUTATIONS[int(rng.integers(len(MUTATIONS)))]}"
+            fmt = GOOD_FORMATS[int(rng.integers(len(GOOD_FORMATS)))]
+            mutation = MUTATIONS[int(rng.integers(len(MUTATIONS)))]
+            detail = f"{fmt}+{mutation}"
         else:
             kind, detail = "bad", BAD_KINDS[int(rng.integers(len(BAD_KINDS)))]
         out.append(Case(i, kind, detail, f"{i:05d}-{detail.replace('+', '-')}"))

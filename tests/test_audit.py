@@ -154,7 +154,8 @@ def test_copy_calibration_uses_the_store_extractor(tmp_path):
     assert summary["method"] == "copies" and summary["copies"] == 16
     expected = max(summary["copy_similarity"]["min"], summary["distribution_rule"])
     assert summary["threshold"] == pytest.approx(min(expected, 0.9999))
-    assert summary["copy_similarity"]["min"] <= summary["copy_similarity"]["median"] <= summary["copy_similarity"]["max"]
+    copies = summary["copy_similarity"]
+    assert copies["min"] <= copies["median"] <= copies["max"]
 
 
 def extract_tiny(images, out):

@@ -130,7 +130,8 @@ def test_product_quantization_reports_compression(tmp_path):
     model = train_shallow(make_feature_store(tmp_path / "s", X, y), reduce="pq:8", cv=3, learning_curve=False)
     reduction = model.report["reduction"]
     assert reduction["compression_ratio"] == 32 and reduction["bytes_per_vector"] == 8
-    assert abs(reduction["accuracy_change"] - (model.report["accuracy"] - reduction["accuracy_without_reduction"])) < 1e-9
+    expected_change = model.report["accuracy"] - reduction["accuracy_without_reduction"]
+    assert abs(reduction["accuracy_change"] - expected_change) < 1e-9
 
 
 def test_pq_transformer_invariants():
@@ -220,7 +221,8 @@ def test_warnings_go_into_the_report(blob_store, tmp_path, monkeypatch):
     original = LinearSVC.fit
 
     def fit_with_warning(self, X, y, sample_weight=None):
-        warnings.warn("Liblinear failed to converge, increase the number of iterations.", ConvergenceWarning)
+        warnings.warn("Liblinear failed to converge, increase the number of iterations.", ConvergenceWarning,
+                      stacklevel=2)
         return original(self, X, y, sample_weight)
 
     monkeypatch.setattr(LinearSVC, "fit", fit_with_warning)

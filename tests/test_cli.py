@@ -92,7 +92,7 @@ def test_cli_start_up_imports_no_torch_sklearn_or_faiss(tmp_path):
 
     assert featx.FeatureStore.__name__ == "FeatureStore" and "FeatureStore" in dir(featx)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        featx.nope
+        _ = featx.nope
 def test_train_shallow_tunes_by_default_and_no_tune_keeps_c(tmp_path):
     import json
 
@@ -104,9 +104,11 @@ def test_train_shallow_tunes_by_default_and_no_tune_keeps_c(tmp_path):
     assert tuned.exit_code == 0, tuned.output
     assert "chosen C" in tuned.output and " ± " in tuned.output
     assert (tmp_path / "t" / "report" / "validation_curve.png").is_file()
-    fixed = runner.invoke(app, ["train-shallow", str(tmp_path / "s"), "-o", str(tmp_path / "f"), "--cv", "3", "--no-tune"])
+    fixed = runner.invoke(app, ["train-shallow", str(tmp_path / "s"), "-o", str(tmp_path / "f"), "--cv", "3",
+                                "--no-tune"])
     assert fixed.exit_code == 0, fixed.output
     assert "(fixed: --no-tune)" in fixed.output and not (tmp_path / "f" / "report" / "validation_curve.png").exists()
     assert json.loads((tmp_path / "f" / "model.json").read_text())["options"]["tune"] is False
-    both = runner.invoke(app, ["train-shallow", str(tmp_path / "s"), "-o", str(tmp_path / "x"), "--no-tune", "--search"])
+    both = runner.invoke(app, ["train-shallow", str(tmp_path / "s"), "-o", str(tmp_path / "x"), "--no-tune",
+                               "--search"])
     assert both.exit_code == 2 and "--no-tune" in both.output

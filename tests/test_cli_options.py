@@ -34,7 +34,8 @@ PREDICT = {"tta": "tta", "output_format": "format", "top_k": "top_k", "device": 
 SEARCH = {"k": "k", "rows": "rows", "output_format": "format", "html": "html", "evaluate": "evaluate",
           "evaluate_json": "evaluate_json", "device": "device", "mmap": "mmap"}
 STEPS = [("extract", ExtractOptions, EXTRACT), ("serve", ServeOptions, SAME[ServeOptions]),
-         ("predict", PredictOptions, PREDICT), ("search", SearchOptions, SEARCH), ("layers", LayersOptions, {"image_size": "image_size"}),
+         ("predict", PredictOptions, PREDICT), ("search", SearchOptions, SEARCH), ("layers", LayersOptions,
+                                                                                   {"image_size": "image_size"}),
          ("probe", ProbeOptions, {k: v for k, v in SAME[ProbeOptions].items() if k != "shift_images"}),
          ("train-shallow", TrainShallowOptions, SAME[TrainShallowOptions]), ("audit", AuditOptions, SAME[AuditOptions]),
          ("index", IndexOptions, {k: v for k, v in SAME[IndexOptions].items() if k != "seed"}),
@@ -109,8 +110,10 @@ def test_option_models_are_the_library_defaults_and_choices():
                 assert signature[name].default == field.get_default(), (model.__name__, name)
     assert TrainShallowOptions.model_fields["classifier"].default == DEFAULT_CLASSIFIER
     fields = {m: m.model_fields for m in (TrainShallowOptions, AuditOptions, IndexOptions, ProjectOptions)}
-    pairs = [(fields[TrainShallowOptions]["classifier"], CLASSIFIERS), (fields[TrainShallowOptions]["balance"], BALANCES),
-             (fields[TrainShallowOptions]["normalize"], NORMALIZERS), (fields[AuditOptions]["classifier"], AUDIT_CLASSIFIERS),
+    pairs = [(fields[TrainShallowOptions]["classifier"], CLASSIFIERS), (fields[TrainShallowOptions]["balance"],
+                                                                        BALANCES),
+             (fields[TrainShallowOptions]["normalize"], NORMALIZERS), (fields[AuditOptions]["classifier"],
+                                                                       AUDIT_CLASSIFIERS),
              (fields[AuditOptions]["calibrate"], CALIBRATIONS), (fields[IndexOptions]["kind"], KINDS),
              (fields[IndexOptions]["metric"], METRICS), (fields[ProjectOptions]["method"], METHODS),
              (fields[ProjectOptions]["color"], COLORS)]

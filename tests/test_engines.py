@@ -10,7 +10,8 @@ from tests.conftest import REPO, TINY
 
 
 def test_importing_featx_does_not_import_ray():
-    code = ("import sys, featx, featx.api, featx.cli, featx.extract, featx.retrieval.index, featx.extract.worker, featx.extract.engines\n"
+    code = ("import sys, featx, featx.api, featx.cli, featx.extract, featx.retrieval.index, featx.extract.worker, "
+            "featx.extract.engines\n"
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

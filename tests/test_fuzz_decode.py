@@ -38,7 +38,8 @@ def test_500_tries_no_crash_no_hang_good_kept_bad_reported(tmp_path, short_time_
                 misses.append(f"{case.name}: {why}")
     assert misses == []
     # the corpus really exercises both sides: mutated files that still decode, and ones that fail
-    assert outcomes[("mutated", "ok")] > 10 and sum(n for (k, s), n in outcomes.items() if k == "mutated" and s != "ok") > 50
+    assert outcomes[("mutated", "ok")] > 10 and sum(n for (k, s),
+                                                    n in outcomes.items() if k == "mutated" and s != "ok") > 50
 
 
 def test_end_to_end_extract_keeps_good_files_and_reports_each_bad_one(tmp_path, short_time_limit):

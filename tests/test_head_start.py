@@ -105,10 +105,12 @@ def test_features_and_rows_with_a_head_start_equal_the_normal_run(tmp_path, capl
     with caplog.at_level(logging.INFO, logger="featx.extract.head_start"), head:
         extract([folder], tmp_path / "early", head_start=head, **EXTRACT)
     assert "head start: 11 of 13 images decoded" in caplog.text  # the two bad files are left to the extractor
-    (plain, plain_meta, plain_manifest), (early, early_meta, early_manifest) = read(tmp_path / "plain"), read(tmp_path / "early")
+    (plain, plain_meta, plain_manifest), (early, early_meta,
+                                          early_manifest) = read(tmp_path / "plain"), read(tmp_path / "early")
     assert np.array_equal(plain, early, equal_nan=True)
     assert plain_meta.equals(early_meta)
-    assert sorted(set(plain_meta["status"])) == ["empty", "ok", "truncated"] and (plain_meta["status"] == "ok").sum() == 11
+    assert sorted(set(plain_meta["status"])) == ["empty", "ok",
+                                                 "truncated"] and (plain_meta["status"] == "ok").sum() == 11
     assert plain_manifest["config"] == early_manifest["config"]
 
 

@@ -17,7 +17,8 @@ def png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND",
+                                                                                                             b"")
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -82,7 +83,7 @@ def test_rgba_is_composited_on_white():
 
 def test_palette_with_transparency_and_animation_first_frame():
     frames = [Image.new("P", (8, 8), i) for i in (1, 2)]
-    for i, frame in enumerate(frames):
+    for frame in frames:
         frame.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
     image = decode_image(data)

@@ -112,7 +112,8 @@ def test_rerank_with_exact_vectors_restores_recall(tmp_path):
     assert reranked.info["params"]["rerank"] == 10
     assert reranked.evaluate(10)["ann_recall@k"] > plain.evaluate(10)["ann_recall@k"]
     assert reranked.evaluate(10)["ann_recall@k"] >= 0.95
-    np.testing.assert_array_equal(store.gather("vec", np.array([0, 299, 300, 799])), store.features()[[0, 299, 300, 799]])
+    np.testing.assert_array_equal(store.gather("vec", np.array([0, 299, 300, 799])), store.features()[[0, 299, 300,
+                                                                                                       799]])
 
 
 def test_update_after_extract_append(tmp_path):

@@ -56,7 +56,8 @@ def test_presized_lists_hold_what_a_plain_add_holds(store, kind):
     from featx.retrieval import stream
 
     ids = np.arange(len(store))
-    plan = stream.choose_plan(store, "vec", ids, 32, kind, "cosine", faiss.METRIC_INNER_PRODUCT, None, None, 16, 8, 0, 0)
+    plan = stream.choose_plan(store, "vec", ids, 32, kind, "cosine", faiss.METRIC_INNER_PRODUCT, None, None, 16, 8, 0,
+                              0)
     trained = stream.trained_empty(plan, store, "vec", ids, 32, "cosine", faiss.METRIC_INNER_PRODUCT, 0)
     plain = faiss.clone_index(trained)
     stream.add_shards(plain, store, "vec", "cosine")

@@ -46,7 +46,8 @@ def test_hooked_layers_come_from_one_forward_pass_too():
 
 def test_unknown_layer_lists_close_names_and_the_lister():
     model = load_backbone("resnet18", "random").model
-    with pytest.raises(UnknownNameError, match=r"unknown layer 'layer4.1.relu_9'.*layer4.1.relu.*featx layers resnet18"):
+    with pytest.raises(UnknownNameError,
+                       match=r"unknown layer 'layer4.1.relu_9'.*layer4.1.relu.*featx layers resnet18"):
         LayerTap(model, ["layer4.1.relu_9"], "resnet18")
 
 

@@ -14,10 +14,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import featx
+from featx.api import probe
 from featx.errors import InputError, UnknownNameError
 from featx.probe import scoring as probe_score
 from featx.probe.candidates import auto_layers, stage_outputs
-from featx.api import probe
 from featx.probe.probe import parse_budget
 from tests.conftest import HYMENOPTERA, TINY, make_class_folder, needs_hymenoptera
 
@@ -38,11 +38,11 @@ def probed(tmp_path_factory):
 
 def test_probe_ranks_every_candidate_and_writes_its_outputs(probed):
     root, _, frame = probed
-    assert sorted(zip(frame["layer"], frame["pool"])) == sorted((l, p) for l in LAYERS for p in ("avg", "gem"))
+    assert sorted(zip(frame["layer"], frame["pool"])) == sorted((layer, p) for layer in LAYERS for p in ("avg", "gem"))
     assert list(frame["rank"]) == [1, 2, 3, 4]
     scores = frame["balanced_accuracy"].to_numpy()
     assert np.all(np.diff(scores) <= 0), "best first"
-    assert frame["dim"].tolist() == [128 if l == "layer2" else 512 for l in frame["layer"]]
+    assert frame["dim"].tolist() == [128 if layer == "layer2" else 512 for layer in frame["layer"]]
     assert (frame["depth"][frame["layer"] == "layer2"] < frame["depth"][frame["layer"] == "layer4"].max()).all()
     for column in ("accuracy_std", "macro_f1", "map@10", "img_per_s", "forward_img_per_s", "store_bytes"):
         assert frame[column].notna().all() and (frame[column] >= 0).all(), column
@@ -150,7 +150,8 @@ def test_models_without_offline_weights_are_skipped_with_the_reason(tmp_path):
     if featx.list_backbones("resnet18")[0].offline:
         pytest.skip("resnet18's weights are cached on this machine")
     images = make_class_folder(tmp_path / "images", per_class=4)
-    with pytest.raises(WeightsError, match=r"none of the models \['resnet18'\] has weights available offline.*featx models"):
+    with pytest.raises(WeightsError,
+                       match=r"none of the models \['resnet18'\] has weights available offline.*featx models"):
         probe(images, tmp_path / "out", **(PROBE_TINY | {"weights": "default"}))
 
 
@@ -251,7 +252,8 @@ def _fashion_mnist_images(folder: Path, n: int = 48) -> list[str]:
 @pytest.mark.slow
 @needs_hymenoptera()
 @pytest.mark.skipif(not FASHION_MNIST_TEST.is_file(),
-                    reason="Debian's dataset-fashion-mnist is not installed (`make test-slow` installs it where apt-get can)")
+                    reason="Debian's dataset-fashion-mnist is not installed (`make test-slow` installs it where "
+                           "apt-get can)")
 def test_domain_shift_orders_near_far_farthest(tmp_path):
     """Measured with the real EfficientNet-Lite0 weights: hymenoptera photos (near ImageNet) <
     Fashion-MNIST (grayscale products on black) < uniform noise, by BN distance and by the head."""

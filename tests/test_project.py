@@ -19,7 +19,8 @@ def blob_store(tmp_path):
 @pytest.mark.parametrize("method", ["pca", "umap", "tsne"])
 def test_methods_separate_clusters_and_write_outputs(blob_store, tmp_path, method):
     coords = project(blob_store, method=method, seed=1)
-    assert len(coords) == 120 and list(coords.columns[-2:]) == ["x", "y"] and np.isfinite(coords[["x", "y"]]).all().all()
+    assert len(coords) == 120 and list(coords.columns[-2:]) == ["x", "y"] and np.isfinite(coords[["x",
+                                                                                                  "y"]]).all().all()
     quality = coords.attrs["quality"]
     assert quality["knn_accuracy_map"] > 0.9 and quality["knn_accuracy_original"] > 0.9
     assert 0.5 < quality["trustworthiness"] <= 1.0

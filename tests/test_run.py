@@ -45,11 +45,13 @@ def test_run_produces_everything_then_skips_unchanged_steps(recipe, tmp_path):
 
 @pytest.mark.parametrize("body,match", [
     ("extract:\n  inputs: [images]\n  modle: resnet18\n", r"unknown key 'extract.modle'; allowed: inputs, model"),
-    ("extract:\n  inputs: [images]\n  batch_size: big\n", r"key 'extract.batch_size': Input should be a valid integer \(got 'big'\)"),
+    ("extract:\n  inputs: [images]\n  batch_size: big\n",
+     r"key 'extract.batch_size': Input should be a valid integer \(got 'big'\)"),
     ("extract:\n  inputs: [nowhere]\n", r"path 'nowhere' does not exist"),
     ("extract:\n  inputs: [images]\ntrain:\n  cv: 3\n", r"unknown key 'train'; allowed: name, output, extract"),
     ("train_shallow: {}\n", r"needs an 'extract' step"),
-    ("extract:\n  inputs: [images]\nproject:\n  dims: true\n", r"key 'project.dims': Input should be a valid integer \(got True\)"),
+    ("extract:\n  inputs: [images]\nproject:\n  dims: true\n",
+     r"key 'project.dims': Input should be a valid integer \(got True\)"),
 ])
 def test_bad_recipes_fail_before_any_work(tmp_path, body, match):
     (tmp_path / "images").mkdir()
@@ -79,7 +81,8 @@ def test_shipped_recipes_validate(name):
 
 
 @pytest.mark.parametrize("body,match", [
-    ("train_shallow:\n  classifier: svm\n", r"key 'train_shallow.classifier': Input should be 'linear-svm', .* \(got 'svm'\)"),
+    ("train_shallow:\n  classifier: svm\n",
+     r"key 'train_shallow.classifier': Input should be 'linear-svm', .* \(got 'svm'\)"),
     ("index:\n  kind: hnws\n", r"key 'index.kind': Input should be 'auto', 'flat', 'hnsw', .* \(got 'hnws'\)"),
     ("index:\n  metric: bosine\n", r"key 'index.metric': Input should be 'cosine', .* \(got 'bosine'\)"),
     ("project:\n  method: umapp\n", r"key 'project.method': Input should be 'umap', .* \(got 'umapp'\)"),

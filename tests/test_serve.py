@@ -310,7 +310,7 @@ def test_hot_swap_under_load_loses_no_request(artifacts):
     scores = {}
     for image, r in answers:  # the same image got the same answer from every generation
         scores.setdefault(image, []).append(r.json()["results"][0]["scores"])
-    for image, seen in scores.items():
+    for seen in scores.values():
         for other in seen[1:]:
             np.testing.assert_allclose(list(other.values()), list(seen[0].values()), rtol=1e-5)
     assert app.state.featx.registry.generation == 3

@@ -73,7 +73,8 @@ def test_upload_see_neighbours_click_one_see_new_results(tmp_path, browser):
         first[1].click()
         wait.until(lambda d: d.find_element(By.ID, "query-label").text == f"store row {clicked}"
                    and d.find_element(By.ID, "status").get_attribute("data-state") == "done")
-        second = [int(n.get_attribute("data-row")) for n in browser.find_elements(By.CSS_SELECTOR, "#neighbours .neighbour")]
+        second = [int(n.get_attribute("data-row")) for n in browser.find_elements(By.CSS_SELECTOR,
+                                                                                  "#neighbours .neighbour")]
         assert len(second) == 8 and clicked not in second and second != rows
         # the marker moved to the clicked row's own point
         row_point = coords.loc[coords["row_id"] == clicked, ["x", "y"]].to_numpy()[0]

@@ -117,7 +117,8 @@ def _function_lengths() -> list[tuple[int, str]]:
     for path in MODULES:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                lengths.append((node.end_lineno - node.lineno + 1, f"{path.relative_to(REPO)}:{node.lineno} {node.name}"))
+                lengths.append((node.end_lineno - node.lineno + 1,
+                                f"{path.relative_to(REPO)}:{node.lineno} {node.name}"))
     return sorted(lengths, reverse=True)
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from featx.audit.data_size import doubling_estimate, points_from_model_report, subsampled_curve
-from featx.audit.outliers import flag_outliers
 from featx.audit.label_issues import CLASSIFIERS, make_probabilistic, out_of_sample_probabilities, rank_label_issues
+from featx.audit.outliers import flag_outliers
 from featx.errors import InputError, StoreError
 from featx.io import atomic
 from featx.learn.duplicates import calibrate as calibrate_threshold
@@ -95,7 +95,8 @@ def run_audit(store: FeatureStore | str | Path, *, layer: str | None = AUDIT.lay
                                                "sentence": "No learning curve: "
                                                + label_info.get("reason", "disabled (learning_curve=False).")}),
         "options": {"classifier": classifier, "cv": cv, "k": k, "threshold": threshold, "calibrate": calibrate,
-                    "outlier_z": outlier_z, "outlier_k": outlier_k, "model": str(model) if model else None, "seed": seed},
+                    "outlier_z": outlier_z, "outlier_k": outlier_k, "model": str(model) if model else None,
+                    "seed": seed},
     }
     return AuditResult(suspects, scores, pairs, neighbours, summary)
 
@@ -223,7 +224,8 @@ def _suspects(scores: pd.DataFrame, pairs: pd.DataFrame, neighbours: dict, label
             # the held-out copy is the leak; between two held-out splits, the later row
             leak, source = (a, b) if splits[b] == "train" else (b, a)
             add(leak, "leakage", pair.similarity, source, pair.similarity,
-                f"{how} to a '{splits[source] or 'no split'}' image" + ("; labels differ" if pair.labels_differ else ""))
+                f"{how} to a '{splits[source] or 'no split'}' image"
+                + ("; labels differ" if pair.labels_differ else ""))
         elif pair.scope == "across_classes":
             for row, other in ((a, b), (b, a)):  # which label is right is for the user to say
                 add(row, "conflicting_duplicate", pair.similarity, other, pair.similarity,
@@ -245,7 +247,8 @@ def _suspects(scores: pd.DataFrame, pairs: pd.DataFrame, neighbours: dict, label
 
 # --- outputs -------------------------------------------------------------------------------------
 
-def write_audit(result: AuditResult, out: str | Path, *, write_manifest: bool = AUDIT.write_manifest, store=None) -> dict[str, Path]:
+def write_audit(result: AuditResult, out: str | Path, *, write_manifest: bool = AUDIT.write_manifest,
+                store=None) -> dict[str, Path]:
     """audit.json, suspects.csv, scores.parquet and, on request, manifest.csv (`featx.api.audit`
     adds the page, audit.html)."""
     out = Path(out)

@@ -31,7 +31,8 @@ def subsampled_curve(make_estimator, X: np.ndarray, y: np.ndarray, train: np.nda
     else:
         smallest = int(pd.Series(y[labelled_train]).value_counts().min())
         splitter = StratifiedKFold(n_splits=max(2, min(folds, smallest)), shuffle=True, random_state=seed)
-        evaluations = [(labelled_train[a], labelled_train[b]) for a, b in splitter.split(X[labelled_train], y[labelled_train])]
+        evaluations = [(labelled_train[a], labelled_train[b]) for a, b in splitter.split(X[labelled_train],
+                                                                                         y[labelled_train])]
     from tqdm.auto import tqdm
 
     points = []
@@ -95,11 +96,13 @@ def doubling_estimate(points: list[dict], *, seed: int = AUDIT.seed, source: str
     predicted = min(1.0, now + point_gain)
     if exponent <= 0 or high <= 0.002:
         sentence = (f"Doubling the training images ({int(n_now)} → {int(2 * n_now)}) is unlikely to help much: the "
-                    f"learning curve is flat (accuracy change {point_gain:+.3f}, 90% interval {low:+.3f} to {high:+.3f}); "
+                    f"learning curve is flat (accuracy change {point_gain:+.3f}, 90% interval {low:+.3f} to "
+                    f"{high:+.3f}); "
                     "better labels or features matter more than more images of the same kind.")
     else:
         sentence = (f"Doubling the training images ({int(n_now)} → {int(2 * n_now)}) would change accuracy by about "
-                    f"{point_gain:+.3f} (90% interval {low:+.3f} to {high:+.3f}), from {now:.3f} to about {predicted:.3f}, "
+                    f"{point_gain:+.3f} (90% interval {low:+.3f} to {high:+.3f}), from {now:.3f} to about "
+                    f"{predicted:.3f}, "
                     f"by a power law fitted to the learning curve (error ∝ n^-{exponent:.2f}); a power law has no "
                     "floor, so read it as an upper estimate.")
     return {"available": True, "n_now": int(n_now), "accuracy_now": now, "gain": point_gain,

@@ -57,7 +57,9 @@ def resolve_family(name: str) -> Family:
         return _REGISTRY[name]
     if name.startswith(TIMM_PREFIX) and _timm_names(name):
         return TIMM
-    known = list(_REGISTRY) + [TIMM_PREFIX + n for n in _timm_names()] if name.startswith(TIMM_PREFIX) else list(_REGISTRY)
+    known = list(_REGISTRY)
+    if name.startswith(TIMM_PREFIX):
+        known += [TIMM_PREFIX + n for n in _timm_names()]
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     hint = f" Closest: {', '.join(close)}." if close else ""
     raise UnknownNameError(f"unknown model '{name}'.{hint} Run `featx models` (or `featx models 'timm:*'`) "

@@ -229,11 +229,11 @@ def output_formats(tap: LayerTap, outputs: dict[str, torch.Tensor], size: int) -
     """The layout of each tapped layer, given its outputs for a (1, 3, size, size) input; a second,
     larger input is run only when a shape cannot tell (C == H == W)."""
     shapes = {layer: tuple(out.shape[1:]) for layer, out in outputs.items()}
-    unclear = [l for l, s in shapes.items() if len(s) == 3 and s[0] == s[1] == s[2]]
+    unclear = [name for name, s in shapes.items() if len(s) == 3 and s[0] == s[1] == s[2]]
     other: dict[str, tuple[int, ...]] = {}
     if unclear:
         try:
-            other = {l: tuple(o.shape[1:]) for l, o in tap(torch.zeros(1, 3, size + 32, size + 32)).items()}
+            other = {name: tuple(o.shape[1:]) for name, o in tap(torch.zeros(1, 3, size + 32, size + 32)).items()}
         except Exception as exc:  # models with a fixed input size: assume channels-first, and say so
             log.warning("cannot tell the layout of %s (shape %s); assuming channels-first (%s)",
                         ", ".join(unclear), shapes[unclear[0]], exc)

@@ -69,7 +69,8 @@ def _structure_copy(module: nn.Module) -> nn.Module:
     clone = copy.copy(module)
     clone._parameters = dict(module._parameters)
     clone._buffers = dict(module._buffers)
-    clone._modules = {name: None if child is None else _structure_copy(child) for name, child in module._modules.items()}
+    clone._modules = {name: None if child is None else _structure_copy(child) for name,
+                      child in module._modules.items()}
     return clone
 
 

@@ -33,7 +33,8 @@ def audit_cmd(
     from featx.api import audit
 
     suspects = audit(store, out=out, write_manifest=write_manifest, layer=layer, classifier=classifier, cv=cv, k=k,
-                     threshold=threshold, calibrate=calibrate, outlier_z=outlier_z, outlier_k=outlier_k, model=model, seed=seed,
+                     threshold=threshold, calibrate=calibrate, outlier_z=outlier_z, outlier_k=outlier_k, model=model,
+                     seed=seed,
                      progress=True)
     print_audit_summary(suspects)
 
@@ -48,7 +49,8 @@ def print_audit_summary(suspects) -> None:
     for kind in KINDS:
         rows = suspects[suspects["kind"] == kind].head(3)
         examples = [f"{Path(r.path).name} ({r.given_label or ''}"
-                    + (f" → {r.suggested_label}" if r.suggested_label and kind != "outlier" else "") + f", {r.score:.3f})"
+                    + (f" → {r.suggested_label}" if r.suggested_label and kind != "outlier" else "")
+                    + f", {r.score:.3f})"
                     for r in rows.itertuples()]
         table.add_row(KIND_TITLES[kind], str(summary["counts"][kind]), "; ".join(examples))
     console.print(table)

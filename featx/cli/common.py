@@ -29,7 +29,7 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except FeatxError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
 
     return wrapper
 

@@ -15,7 +15,8 @@ from featx.options import Amp, Decoder, Device, Dtype, ExtractEngine, ExtractOpt
 # --- backbones and layers ----------------------------------------------------------------------
 
 @command("models")
-def models_cmd(pattern: Optional[str] = typer.Argument(None, help="Shell pattern, e.g. 'mobilenet*' or 'timm:resnet*'.")):
+def models_cmd(pattern: Optional[str] = typer.Argument(None,
+                                                       help="Shell pattern, e.g. 'mobilenet*' or 'timm:resnet*'.")):
     """List backbones and whether their pretrained weights work offline now."""
     from featx.backbones import DEFAULT_BACKBONE, list_backbones
 
@@ -65,7 +66,8 @@ def extract_cmd(
     dtype: Dtype = option(ExtractOptions, "dtype"),
     shard_size: int = option(ExtractOptions, "shard_size"),
     overwrite: bool = typer.Option(False, help="Replace an existing featx store (never anything else)."),
-    append: bool = typer.Option(False, help="Add the inputs; keep store rows absent from them while their files exist."),
+    append: bool = typer.Option(False,
+                                help="Add the inputs; keep store rows absent from them while their files exist."),
     frozen: bool = option(ExtractOptions, "frozen"),
     decode: Decoder = option(ExtractOptions, "decode"),
     resize: Resize = option(ExtractOptions, "resize"),

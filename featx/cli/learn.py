@@ -109,8 +109,11 @@ def predict_cmd(
 
 @command("probe")
 def probe_cmd(
-    inputs: List[str] = typer.Argument(..., help="Labelled images: class folders (a train/ val/ level gives the split), manifests, globs."),
-    out: Path = typer.Option(..., "--out", "-o", help="PROBE_DIR: stores, scores, probe.json, probe.html, winner.yaml."),
+    inputs: List[str] = typer.Argument(...,
+                                       help="Labelled images: class folders (a train/ val/ level gives the split), "
+                                            "manifests, globs."),
+    out: Path = typer.Option(..., "--out", "-o",
+                             help="PROBE_DIR: stores, scores, probe.json, probe.html, winner.yaml."),
     models: Optional[List[str]] = option(ProbeOptions, "models", "--model", "-m"),
     layers: str = option(ProbeOptions, "layers"),
     pools: str = option(ProbeOptions, "pools", "--pool"),

@@ -37,7 +37,8 @@ def project_cmd(
     check_output(out, "projection", inputs=[store])  # before the work, not after
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        coords, placer = fit_projection(store, method=method, layer=layer, dims=dims, pre_pca=pre_pca, sample=sample, seed=seed,
+        coords, placer = fit_projection(store, method=method, layer=layer, dims=dims, pre_pca=pre_pca, sample=sample,
+                                        seed=seed,
                          perplexity=perplexity, n_neighbors=n_neighbors, min_dist=min_dist)
     for warning in caught:
         if "--perplexity" in str(warning.message) or "--n-neighbors" in str(warning.message):

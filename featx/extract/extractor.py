@@ -129,9 +129,12 @@ class Batch:
 class Extractor:
     """A backbone with its layers, pooling and views: images in, vectors out."""
 
-    def __init__(self, model: str = DEFAULT_BACKBONE, *, weights: str = EXTRACT.weights, layers: Sequence[str] | None = None,
-                 pool: str = EXTRACT.pool, image_size: int | None = None, tta: int = EXTRACT.tta, device: str = EXTRACT.device,
-                 amp: str = EXTRACT.amp, dtype: str = EXTRACT.dtype, batch_size: int = EXTRACT.batch_size, workers: int | None = None,
+    def __init__(self, model: str = DEFAULT_BACKBONE, *, weights: str = EXTRACT.weights,
+                 layers: Sequence[str] | None = None,
+                 pool: str = EXTRACT.pool, image_size: int | None = None, tta: int = EXTRACT.tta,
+                 device: str = EXTRACT.device,
+                 amp: str = EXTRACT.amp, dtype: str = EXTRACT.dtype, batch_size: int = EXTRACT.batch_size,
+                 workers: int | None = None,
                  per_view: bool = False, decode: str = "pil", resize: str = EXTRACT.resize, cores: int | None = None,
                  compile: bool = EXTRACT.compile):
         """`per_view=True` keeps the TTA views apart: features are (N, views, D) instead of the mean.
@@ -150,8 +153,9 @@ class Extractor:
             raise InputError(f"--batch-size {batch_size} must be at least 1")
         self.device = resolve_device(device)
         if amp != "none" and self.device.type != "cuda" and not (amp == "bf16" and cpu_bf16_supported(self.device)):
+            without = ", without it" if self.device.type == "cpu" else ""
             raise InputError(f"--amp {amp} needs a CUDA device, or --amp bf16 a CPU with native bfloat16 "
-                             f"(AVX512-BF16 or AMX; this run uses {self.device.type}{'' if self.device.type != 'cpu' else ', without it'}); "
+                             f"(AVX512-BF16 or AMX; this run uses {self.device.type}{without}); "
                              "use --amp none, where features are computed in float32")
         self.tta = check_tta(tta)
         check_pool_name(pool)
@@ -191,7 +195,7 @@ class Extractor:
             outputs = {layer: torch.zeros((1, *shapes[layer])) for layer in self.layers}
         else:
             outputs = self.tap(torch.zeros(1, 3, size, size))
-        self.layer_formats = output_formats(self.tap, {l: outputs[l] for l in self.layers}, size)
+        self.layer_formats = output_formats(self.tap, {layer: outputs[layer] for layer in self.layers}, size)
         dims = {}
         for layer in self.layers:
             check_pooling(self.pool_name, layer, tuple(outputs[layer].shape[1:]))
@@ -207,8 +211,8 @@ class Extractor:
             "weights_sha256": self.backbone.weights_sha256,
             "layers": self.layers,
             "pool": self.pool_name,
-            "preprocess": self.backbone.preprocess.to_dict() | {"implementation": PREPROCESS_IMPLEMENTATION[self.decode],
-                                                                "pixel_tolerance": PIXEL_TOLERANCE},
+            "preprocess": self.backbone.preprocess.to_dict() | {
+                "implementation": PREPROCESS_IMPLEMENTATION[self.decode], "pixel_tolerance": PIXEL_TOLERANCE},
             "tta": self.tta,
             "dtype": self.dtype,
             "layer_formats": dict(self.layer_formats),
@@ -222,7 +226,8 @@ class Extractor:
         if self.compiled is not None:  # one shape for the whole run: a new shape would compile again
             network, full = self.compiled, self.batch_size * self.tta
             if rows < full:
-                x = torch.cat([x, x.new_zeros((full - rows, *x.shape[1:]))]).contiguous(memory_format=torch.channels_last)
+                x = torch.cat([x, x.new_zeros((full - rows,
+                                               *x.shape[1:]))]).contiguous(memory_format=torch.channels_last)
         if self.amp != "none":
             with torch.autocast(self.device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16):
                 outputs = network(x)
@@ -242,7 +247,8 @@ class Extractor:
         """Features of `paths`, in batches (index lists into `paths`; default: consecutive).
         `ready`: views decoded ahead by path (`featx.extract.head_start`), used instead of decoding."""
         if batches is None:
-            batches = [list(range(i, min(i + self.batch_size, len(paths)))) for i in range(0, len(paths), self.batch_size)]
+            batches = [list(range(i, min(i + self.batch_size, len(paths)))) for i in range(0, len(paths),
+                                                                                           self.batch_size)]
         dataset = ImageViews(paths, self.backbone.preprocess, self.tta, self.decode, ready)
         plan = decode_plan(self.device, self.workers, self.cores)
         total = sum(len(b) for b in batches)
@@ -310,9 +316,9 @@ class Extractor:
                 layers[layer].append(batch.features[layer])
             rows.extend({"path": paths[i], **{k: it[k] for k in ("sha256", "status", "error")}}
                         for i, it in zip(batch.indices, batch.meta))
-        empty = {l: np.zeros((0, self.tta, d) if self.per_view else (0, d), self.dtype)
-                 for l, d in self.pooled_dims.items()}
-        stacked = {l: np.concatenate(v) if v else empty[l] for l, v in layers.items()}
+        empty = {layer: np.zeros((0, self.tta, d) if self.per_view else (0, d), self.dtype)
+                 for layer, d in self.pooled_dims.items()}
+        stacked = {layer: np.concatenate(v) if v else empty[layer] for layer, v in layers.items()}
         return stacked, pd.DataFrame(rows, columns=["path", "sha256", "status", "error"])
 
 

@@ -52,7 +52,8 @@ def read_bytes(path: str) -> tuple[bytes, str]:
             kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (FIFO, socket or device)"
             raise DecodeError("not_a_file", f"{path} is {kind}; only regular image files are read")
         if info.st_size > MAX_FILE_BYTES:
-            raise DecodeError("too_large", f"file is {info.st_size:,} bytes, above the limit of {MAX_FILE_BYTES:,}: {path}")
+            raise DecodeError("too_large",
+                              f"file is {info.st_size:,} bytes, above the limit of {MAX_FILE_BYTES:,}: {path}")
         # the signal interrupts a read stuck in the kernel (main thread); the deadline covers the rest
         with time_limit(FILE_TIME_LIMIT_S, f"reading {path}"):
             deadline = time.monotonic() + FILE_TIME_LIMIT_S
@@ -148,7 +149,7 @@ def _decode(data: bytes, draft_size, max_pixels: int) -> Image.Image:
         raise
     except Exception as exc:
         raise DecodeError("decode_error", f"cannot convert image ({image.format}, mode {image.mode}) to RGB: "
-                          f"{type(exc).__name__}: {exc}")
+                          f"{type(exc).__name__}: {exc}") from None
     if rgb.size != stored and rgb.size != stored[::-1]:  # decoded at a DCT scale: keep the full size,
         # upright, for views whose geometry is rounded from it (the letterbox's side lengths)
         rgb.info[FULL_SIZE_KEY] = stored if (rgb.width >= rgb.height) == (stored[0] >= stored[1]) else stored[::-1]
@@ -160,13 +161,13 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError("bomb", f"decompression bomb refused: {exc}")
+        raise DecodeError("bomb", f"decompression bomb refused: {exc}") from None
     except Image.UnidentifiedImageError:
-        raise DecodeError("not_image", "not an image file Pillow can identify")
+        raise DecodeError("not_image", "not an image file Pillow can identify") from None
     except DecodeError:  # the time limit
         raise
     except Exception as exc:
-        raise DecodeError(error_code(exc), f"cannot open image: {exc}")
+        raise DecodeError(error_code(exc), f"cannot open image: {exc}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise DecodeError("bomb", f"decompression bomb refused: {width}x{height} = {width * height} pixels, "
@@ -189,13 +190,14 @@ def _load(image: Image.Image, draft_size) -> None:
         image.seek(0)
         image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError("bomb", f"decompression bomb refused: {exc}")
+        raise DecodeError("bomb", f"decompression bomb refused: {exc}") from None
     except OSError as exc:
-        raise DecodeError(error_code(exc), f"cannot decode image ({image.format}): {exc}")
+        raise DecodeError(error_code(exc), f"cannot decode image ({image.format}): {exc}") from None
     except DecodeError:  # the time limit
         raise
     except Exception as exc:  # a hostile file can make a plugin raise anything (TypeError, ...)
-        raise DecodeError("decode_error", f"cannot decode image ({image.format}): {type(exc).__name__}: {exc}")
+        raise DecodeError("decode_error",
+                          f"cannot decode image ({image.format}): {type(exc).__name__}: {exc}") from None
 
 
 def error_code(exc: Exception) -> str:

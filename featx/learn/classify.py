@@ -14,8 +14,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from featx.errors import InputError
-from featx.learn.evaluation import (bootstrap_spread, fold_spread, learning_curve, report_files, summarise_warnings,
-                                   tuning_summary)
+from featx.learn.evaluation import (
+    bootstrap_spread,
+    fold_spread,
+    learning_curve,
+    report_files,
+    summarise_warnings,
+    tuning_summary,
+)
 from featx.learn.metrics import classification_metrics
 from featx.learn.model import ShallowModel  # noqa: F401 (public here too: featx.learn.classify.ShallowModel)
 from featx.learn.parallel import thread_map
@@ -31,7 +37,8 @@ from featx.store.artifacts import check_output
 
 log = logging.getLogger(__name__)
 
-# the default classifier (featx.options) is the best on average over hymenoptera, Fashion-MNIST and synthetic checks, once tuned (benchmarks/accuracy.py)
+# the default classifier (featx.options) is the best on average over hymenoptera, Fashion-MNIST and
+# synthetic checks, once tuned (benchmarks/accuracy.py)
 DEFAULT_CLASSIFIER = TRAIN.classifier
 CLASSIFIERS = ("linear-svm", "rbf-svm", "logreg", "knn", "tree", "forest", "hgb")
 BALANCES = ("none", "class-weight", "smote")
@@ -74,8 +81,10 @@ def reducer_grid(reducer) -> dict:
     return {"reduce__n_components": sorted({max(1, k // 2), k, 2 * k})} if isinstance(k, int) else {}
 
 
-def build_pipeline(*, classifier: str = DEFAULT_CLASSIFIER, normalize: str = TRAIN.normalize, reduce: str = TRAIN.reduce,
-                   balance: str = TRAIN.balance, seed: int = TRAIN.seed, n_samples: int, n_features: int, smallest_class: int,
+def build_pipeline(*, classifier: str = DEFAULT_CLASSIFIER, normalize: str = TRAIN.normalize,
+                   reduce: str = TRAIN.reduce,
+                   balance: str = TRAIN.balance, seed: int = TRAIN.seed, n_samples: int, n_features: int,
+                   smallest_class: int,
                    tuned: bool = False):
     steps = [("normalize", make_normalizer(normalize)),
              ("reduce", make_reducer(reduce, n_samples=n_samples, n_features=n_features, seed=seed)),
@@ -93,8 +102,10 @@ def build_pipeline(*, classifier: str = DEFAULT_CLASSIFIER, normalize: str = TRA
     return Pipeline(steps)
 
 
-def make_estimator(*, classifier: str = DEFAULT_CLASSIFIER, normalize: str = TRAIN.normalize, reduce: str = TRAIN.reduce,
-                   balance: str = TRAIN.balance, seed: int = TRAIN.seed, n_samples: int, n_features: int, smallest_class: int,
+def make_estimator(*, classifier: str = DEFAULT_CLASSIFIER, normalize: str = TRAIN.normalize,
+                   reduce: str = TRAIN.reduce,
+                   balance: str = TRAIN.balance, seed: int = TRAIN.seed, n_samples: int, n_features: int,
+                   smallest_class: int,
                    cv: int = TRAIN.cv, tune: bool = TRAIN.tune, search: bool = TRAIN.search, n_jobs: int | None = None):
     """What `train_shallow` fits on `n_samples` training rows: the plain pipeline, or (`tune`) a
     `TunedPipeline` choosing the classifier's strength by inner CV on those rows only. `featx probe`
@@ -373,6 +384,7 @@ def _folds(cv: int, smallest: int) -> int:
         raise InputError(f"--cv {cv} must be at least 2")
     if cv > smallest:
         log.warning("--cv %d is larger than the smallest class (%d images); using %d folds", cv, smallest, smallest)
-        warnings.warn(f"--cv {cv} is larger than the smallest class ({smallest} images); using {smallest} folds")
+        warnings.warn(f"--cv {cv} is larger than the smallest class ({smallest} images); using {smallest} folds",
+                      stacklevel=2)
         return smallest
     return cv

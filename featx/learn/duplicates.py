@@ -79,7 +79,8 @@ def distribution_threshold(nn_sims: np.ndarray, z: float = DUPLICATE_Z) -> dict:
             "nn_similarity_median": float(np.median(nn_sims)) if len(nn_sims) else None}
 
 
-def copies_threshold(store, layer: str, rows: np.ndarray, U_rows: np.ndarray, nn_sims: np.ndarray, *, seed: int = TRAIN.seed,
+def copies_threshold(store, layer: str, rows: np.ndarray, U_rows: np.ndarray, nn_sims: np.ndarray, *,
+                     seed: int = TRAIN.seed,
                      n_copies: int = N_COPIES, progress: bool = False) -> dict:
     """Re-encode a seeded sample of the store's own images (downscaled to 70–100%, JPEG quality
     70–95: what re-saving, re-uploading or a light resize does) and extract them with the store's
@@ -217,5 +218,5 @@ def warn_heldout_near_duplicates(X_train: np.ndarray, X_eval: np.ndarray, store_
                    f"rows (cosine ≥ {found['threshold']:.3f}): the held-out accuracy is optimistic; "
                    f"run `featx audit {store_path} -o AUDIT_DIR` to see them")
         log.info(message)  # the warning itself reaches the user (the CLI prints it); not twice
-        warnings.warn(message, UserWarning)
+        warnings.warn(message, UserWarning, stacklevel=2)
     return found["count"]

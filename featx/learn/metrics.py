@@ -100,7 +100,8 @@ def write_report(report: dict, folder: Path, title: str) -> None:
         lines += ["", "## Tuning", "",
                   f"{tuning['label']} chosen by inner {tuning['inner_folds']}-fold cross-validation "
                   f"({tuning['scoring']}) on {tuning['tune_rows']} training rows: **{tuning['chosen']:g}** "
-                  f"(inner CV score {tuning['inner_cv_score']:.4f}; grid {', '.join(f'{v:g}' for v in tuning['grid'])})."]
+                  f"(inner CV score {tuning['inner_cv_score']:.4f}; grid "
+                  f"{', '.join(f'{v:g}' for v in tuning['grid'])})."]
         if tuning.get("chosen_per_outer_fold"):
             lines.append(f"Chosen in each outer fold: {', '.join(f'{v:g}' for v in tuning['chosen_per_outer_fold'])}.")
         lines += ["", "| " + tuning["label"] + " | train | cross-validation |", "|---|---|---|"]

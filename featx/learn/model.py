@@ -13,14 +13,22 @@ import numpy as np
 from featx.errors import ConfigMismatchError, InputError, IntegrityError, StaleArtifactError
 from featx.io import atomic
 from featx.io.atomic import seal
-from featx.store import FeatureStore, file_sha256, library_versions, read_record, require_same_config, verify_recorded_sha256
+from featx.store import (
+    FeatureStore,
+    file_sha256,
+    library_versions,
+    read_record,
+    require_same_config,
+    verify_recorded_sha256,
+)
 from featx.store.artifacts import check_output
 
 MODEL_FILE = "model.skops"
 MODEL_JSON = "model.json"
 BUNDLE_FORMAT = 1
 # what a saved pipeline may contain; anything else is refused before loading
-TRUSTED_TYPE_PREFIXES = ("sklearn.", "imblearn.", "numpy.", "scipy.", "featx.learn.reduce.", "builtins.", "collections.")
+TRUSTED_TYPE_PREFIXES = ("sklearn.", "imblearn.", "numpy.", "scipy.", "featx.learn.reduce.", "builtins.",
+                         "collections.")
 
 
 @dataclass
@@ -108,9 +116,11 @@ class ShallowModel:
         import skops.io
 
         folder = Path(folder)
-        info = read_record(folder, MODEL_JSON, "a featx model", "train one with `featx train-shallow STORE -o MODEL_DIR`")
+        info = read_record(folder, MODEL_JSON, "a featx model",
+                           "train one with `featx train-shallow STORE -o MODEL_DIR`")
         model_file = folder / MODEL_FILE
-        verify_recorded_sha256(model_file, info.get("skops_sha256"), MODEL_JSON, "retrain the model, or restore the file")
+        verify_recorded_sha256(model_file, info.get("skops_sha256"), MODEL_JSON,
+                               "retrain the model, or restore the file")
         untrusted = skops.io.get_untrusted_types(file=model_file)
         refused = [t for t in untrusted if not t.startswith(TRUSTED_TYPE_PREFIXES)]
         if refused:

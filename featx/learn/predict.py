@@ -16,7 +16,8 @@ from featx.options import PREDICT
 
 
 def predict(model: ShallowModel | str | Path, images: str | Path | Sequence[str | Path], *, tta: int | None = None,
-            top_k: int | None = None, device: str = PREDICT.device, batch_size: int = PREDICT.batch_size, workers: int | None = None,
+            top_k: int | None = None, device: str = PREDICT.device, batch_size: int = PREDICT.batch_size,
+            workers: int | None = None,
             progress: bool = False) -> pd.DataFrame:
     """One row per image: path, status, error, predicted label, its score, and per-class scores
     (probabilities, or decision values for classifiers without them; with TTA and no
@@ -47,7 +48,8 @@ def predict(model: ShallowModel | str | Path, images: str | Path | Sequence[str 
         if top_k < 1:
             raise InputError(f"--top-k {top_k} must be at least 1")
         order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), axis=1)[:, :top_k]
-        result["top"] = [[(classes[i], float(scores[r, i])) for i in order[r]] if ok[r] else [] for r in range(len(meta))]
+        result["top"] = [[(classes[i], float(scores[r,
+                                                    i])) for i in order[r]] if ok[r] else [] for r in range(len(meta))]
     else:
         for j, name in enumerate(classes):
             result[f"score:{name}"] = scores[:, j]

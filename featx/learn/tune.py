@@ -46,8 +46,9 @@ class Strength:
     walk_tol: float | None = None  # solver tolerance while walking the curve (the final refit keeps the default)
 
 
-# grids run from the strongest regularisation to the weakest. C over 1e-6…1e2 for linear models: on ~1,000-d features and a few thousand rows the best C is
-# often 1e-4…1e-2, far below the libraries' default of 1
+# grids run from the strongest regularisation to the weakest. C over 1e-6…1e2 for linear models: on
+# ~1,000-d features and a few thousand rows the best C is often 1e-4…1e-2, far below the libraries'
+# default of 1
 STRENGTHS = {
     # a 10× looser tolerance while walking changes no CV score by more than its noise and saves a
     # quarter of liblinear's iterations (not for lbfgs: stopped early at a tiny C, its intercept has
@@ -174,10 +175,13 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
             refit_train = balanced_accuracy_score(y[look], pipeline.predict(X[look]))
             if top["train_mean"] is None or refit_train >= top["train_mean"] - 0.1:
                 break
-            self.refit_rejected_.append({"value": top["value"], "inner_train": top["train_mean"], "refit_train": refit_train})
-            warnings.warn(f"tuning: {self.param.split('__')[-1]}={top['value']:g} scored {top['cv_mean']:.3f} in inner CV "
-                          f"but its refit on all rows fits them much worse ({refit_train:.3f} vs {top['train_mean']:.3f}); "
-                          "using the next best value")
+            self.refit_rejected_.append({"value": top["value"], "inner_train": top["train_mean"],
+                                         "refit_train": refit_train})
+            warnings.warn(f"tuning: {self.param.split('__')[-1]}={top['value']:g} scored {top['cv_mean']:.3f} in "
+                          f"inner CV "
+                          f"but its refit on all rows fits them much worse ({refit_train:.3f} vs "
+                          f"{top['train_mean']:.3f}); "
+                          "using the next best value", stacklevel=2)
         else:  # none reproduced its inner fits: keep the best-scored one, with the warnings above
             top, params, pipeline = tried[0]
         self.best_value_ = top["value"]
@@ -198,7 +202,8 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
             if self.walk_tol is not None:
                 model.set_params(tol=self.walk_tol)
             # the train score is measured on at most 2,000 rows: it only has to show the gap
-            look = np.arange(len(yt)) if len(yt) <= 2000 else np.random.default_rng(self.seed).choice(len(yt), 2000, False)
+            look = np.arange(len(yt)) if len(yt) <= 2000 else np.random.default_rng(self.seed).choice(len(yt), 2000,
+                                                                                                      False)
             prepared.append((Xt, yt, Xv, y[valid], model, look))
         key = self.param.split("__", 1)[1]
         curve, best, best_error, stale, last_train = [], -np.inf, 0.0, 0, -np.inf
@@ -247,7 +252,8 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
                     balanced_accuracy_score(yv, model.predict(Xv)))
         except Exception as exc:  # a failed point is reported, not fatal
             self.failures_.append({**combo, self.param: value, "fold": fold, "error": f"{type(exc).__name__}: {exc}"})
-            warnings.warn(f"tuning: {self.param.split('__')[-1]}={value} failed in inner fold {fold}: {exc}")
+            warnings.warn(f"tuning: {self.param.split('__')[-1]}={value} failed in inner fold {fold}: {exc}",
+                          stacklevel=2)
             return np.nan, np.nan
 
     def predict(self, X):

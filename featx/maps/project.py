@@ -20,8 +20,10 @@ COLORS = ("label", "split", "error")
 QUALITY_SAMPLE = 2000  # trustworthiness and kNN accuracy are computed on at most this many points
 
 
-def project(store: FeatureStore | str | Path, *, method: str = PROJECT.method, layer: str | None = None, dims: int = PROJECT.dims,
-            pre_pca: int = PROJECT.pre_pca, sample: int | None = None, seed: int = PROJECT.seed, perplexity: float = PROJECT.perplexity,
+def project(store: FeatureStore | str | Path, *, method: str = PROJECT.method, layer: str | None = None,
+            dims: int = PROJECT.dims,
+            pre_pca: int = PROJECT.pre_pca, sample: int | None = None, seed: int = PROJECT.seed,
+            perplexity: float = PROJECT.perplexity,
             n_neighbors: int = PROJECT.n_neighbors, min_dist: float = PROJECT.min_dist) -> pd.DataFrame:
     """Coordinates (row_id, path, label, split, x, y[, z]) of the store's successfully extracted rows.
     `attrs['quality']` holds trustworthiness and kNN accuracies, `attrs['info']` the settings."""
@@ -30,8 +32,10 @@ def project(store: FeatureStore | str | Path, *, method: str = PROJECT.method, l
 
 
 def fit_projection(store: FeatureStore | str | Path, *, method: str = PROJECT.method, layer: str | None = None,
-                   dims: int = PROJECT.dims, pre_pca: int = PROJECT.pre_pca, sample: int | None = None, seed: int = PROJECT.seed,
-                   perplexity: float = PROJECT.perplexity, n_neighbors: int = PROJECT.n_neighbors, min_dist: float = PROJECT.min_dist):
+                   dims: int = PROJECT.dims, pre_pca: int = PROJECT.pre_pca, sample: int | None = None,
+                   seed: int = PROJECT.seed,
+                   perplexity: float = PROJECT.perplexity, n_neighbors: int = PROJECT.n_neighbors,
+                   min_dist: float = PROJECT.min_dist):
     """`project`'s coordinates and the fitted `featx.maps.placement.Placer` that puts new points on the
     same map (kept apart from the frame: pandas deep-copies `attrs` on every operation)."""
     from featx.maps.placement import Placer
@@ -105,7 +109,7 @@ def _tsne(X: np.ndarray, dims: int, perplexity: float, seed: int):
     if 3 * perplexity >= n:
         adjusted = max(1.0, (n - 1) / 3.0 - 1e-6)
         warnings.warn(f"--perplexity {perplexity} needs more than {3 * perplexity:.0f} points, there are {n}; "
-                      f"using {adjusted:.1f}")
+                      f"using {adjusted:.1f}", stacklevel=2)
         log.warning("perplexity %s too large for %d points; using %.1f", perplexity, n, adjusted)
         perplexity = adjusted
     tsne = TSNE(n_components=dims, perplexity=perplexity, random_state=seed, n_jobs=-1, verbose=False,
@@ -120,7 +124,7 @@ def _umap(X: np.ndarray, dims: int, n_neighbors: int, min_dist: float, seed: int
     if n_neighbors >= n:
         adjusted = max(2, n - 1)
         warnings.warn(f"--n-neighbors {n_neighbors} needs more than {n_neighbors} points, there are {n}; "
-                      f"using {adjusted}")
+                      f"using {adjusted}", stacklevel=2)
         n_neighbors = adjusted
     if n_neighbors < 2:
         raise InputError(f"UMAP needs at least 3 points, got {n}")
@@ -192,7 +196,8 @@ def color_column(color: str) -> str:
     return {"label": "label", "split": "split", "error": "status"}[color]
 
 
-def write_projection(coords: pd.DataFrame, out: str | Path, *, color: str = PROJECT.color, placer=None) -> dict[str, Path]:
+def write_projection(coords: pd.DataFrame, out: str | Path, *, color: str = PROJECT.color, placer=None) -> dict[str,
+                                                                                                                Path]:
     """coords.parquet, projection.png, projection.json and, given the fitted `placer` (from
     `fit_projection`), placer.joblib in `out` (`featx.api.write_projection` adds the page,
     projection.html). The record, written last, holds the

@@ -66,7 +66,8 @@ def render_projection_page(coords: pd.DataFrame, color: str = PROJECT.color, see
             thumbs.append(thumbnail_uri(row.path, 96, quality=60))
             thumb = len(thumbs) - 1
         label = "" if pd.isna(row.label) else str(row.label)
-        points.append([round(float(row.x), 4), round(float(row.y), 4), index_of[groups[i]], thumb, str(row.path), label])
+        points.append([round(float(row.x), 4), round(float(row.y), 4), index_of[groups[i]], thumb, str(row.path),
+                       label])
     data = json.dumps({"points": points, "thumbs": thumbs, "colors": colors}).replace("</", "<\\/")
     info = coords.attrs.get("info", {})
     quality = coords.attrs.get("quality", {})

@@ -45,12 +45,14 @@ def _tuning_html(tuning: dict, warnings: list[dict]) -> str:
     if tuning.get("enabled"):
         per_fold = tuning.get("chosen_per_outer_fold")
         parts.append(f"<p>{escape(tuning['label'])} chosen by inner {tuning['inner_folds']}-fold cross-validation on "
-                     f"the training rows: <b>{tuning['chosen']:g}</b> (grid {tuning['grid'][0]:g} … {tuning['grid'][-1]:g}"
+                     f"the training rows: <b>{tuning['chosen']:g}</b> (grid {tuning['grid'][0]:g} … "
+                     f"{tuning['grid'][-1]:g}"
                      + (f"; per outer fold: {', '.join(f'{v:g}' for v in per_fold)}" if per_fold else "") + ").</p>")
     elif tuning:
         parts.append(f"<p>Not tuned: fixed {escape(tuning['label'])} = {escape(tuning['fixed'])}.</p>")
     if warnings:
-        parts.append("<p>Warnings while training:</p>" + _table([(w["count"], w["category"], w["message"]) for w in warnings],
+        parts.append("<p>Warnings while training:</p>" + _table([(w["count"], w["category"],
+                                                                  w["message"]) for w in warnings],
                                                               ("count", "category", "message")))
     return "".join(parts)
 
@@ -68,10 +70,12 @@ def render_report(title: str, store: FeatureStore, model_dir: Path | None, index
     crosstab = pd.crosstab(meta["label"], meta["split"])
     rows = [(label, *[int(crosstab.loc[label, s]) if s in crosstab.columns else 0 for s in splits],
              int(crosstab.loc[label].sum())) for label in crosstab.index]
-    parts.append("<h2>Dataset</h2>" + f"<p>{summary['rows']} images: {summary['ok']} ok, {summary['failed']} failed.</p>"
+    parts.append("<h2>Dataset</h2>" + f"<p>{summary['rows']} images: {summary['ok']} ok, {summary['failed']} "
+                                      f"failed.</p>"
                  + _table(rows, ("class", *splits, "total")))
     if summary["errors"]:
-        parts.append("<h3>Failed files</h3>" + _table([(e["path"], e["status"], e["error"]) for e in summary["errors"][:50]],
+        parts.append("<h3>Failed files</h3>" + _table([(e["path"], e["status"],
+                                                        e["error"]) for e in summary["errors"][:50]],
                                                      ("file", "code", "message")))
 
     # extractor
@@ -89,14 +93,16 @@ def render_report(title: str, store: FeatureStore, model_dir: Path | None, index
         report = json.loads((model_dir / "report" / "report.json").read_text())
         options = report["config"]
         parts.append("<h2>Classifier</h2>" + f"<p>{escape(options.get('classifier'))}, normalise "
-                     f"{escape(options.get('normalize'))}, reduce {escape(options.get('reduce'))} — {escape(report['evaluation'])}.</p>"
+                     f"{escape(options.get('normalize'))}, reduce {escape(options.get('reduce'))} — "
+                     f"{escape(report['evaluation'])}.</p>"
                      + _table([("accuracy", _spread(report, "accuracy")),
                                ("balanced accuracy", _spread(report, "balanced_accuracy")),
                                ("macro F1", _spread(report, "macro_f1")), ("training images", report["n_train"]),
                                ("evaluated images", report["n_eval"])])
                      + (f"<p class='muted'>± is the {escape(report['spread'])}.</p>" if report.get("spread") else "")
                      + _tuning_html(report.get("tuning") or {}, report.get("warnings") or [])
-                     + _table([(c, v["precision"], v["recall"], v["f1"], v["support"]) for c, v in report["per_class"].items()],
+                     + _table([(c, v["precision"], v["recall"], v["f1"], v["support"]) for c,
+                               v in report["per_class"].items()],
                               ("class", "precision", "recall", "F1", "support"))
                      + "<div class='imgs'>" + _img(model_dir / "report" / "confusion_matrix.png")
                      + _img(model_dir / "report" / "learning_curve.png")
@@ -150,7 +156,8 @@ def audit_section(audit_dir: Path) -> str:
               "sortable list with nearest neighbours is <a href='audit/audit.html'>audit/audit.html</a> "
               "(and audit/suspects.csv).</p>"
             + _table([(KIND_TITLES[k], summary["counts"][k]) for k in KINDS], ("issue", "images"))
-            + f"<p>Near-duplicates: cosine ≥ {near['threshold']:.4f} ({escape(near['method'])}: {escape(near['rule'])}).</p>"
+            + f"<p>Near-duplicates: cosine ≥ {near['threshold']:.4f} ({escape(near['method'])}: "
+              f"{escape(near['rule'])}).</p>"
             + f"<p><b>Enough data?</b> {escape(summary['enough_data']['sentence'])}</p>"
-            + (f"<table><tr><th></th><th>issue</th><th>path</th><th>score</th><th>given</th><th>suggested</th></tr>{rows}"
-               "</table>" if top else ""))
+            + ("<table><tr><th></th><th>issue</th><th>path</th><th>score</th><th>given</th><th>suggested</th></tr>"
+               f"{rows}</table>" if top else ""))

@@ -169,7 +169,7 @@ def plain_jpeg(data: bytes, *, max_pixels: int | None = None) -> bool:
     try:
         header = Image.open(io.BytesIO(data))  # reads the header only
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError("bomb", f"decompression bomb refused: {exc}")
+        raise DecodeError("bomb", f"decompression bomb refused: {exc}") from None
     except Exception:
         return False
     limit = max_pixels or Image.MAX_IMAGE_PIXELS

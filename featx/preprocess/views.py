@@ -62,7 +62,8 @@ def image_views(image: Image.Image | torch.Tensor, pre: Preprocess, tta: int = E
     if tta >= 3:
         canvas = _shift_canvas(image, pre)
         _, h, w = F.get_dimensions(canvas)
-        offsets = {"top_left": (0, 0), "bottom_right": (h - c, w - c), "top_right": (0, w - c), "bottom_left": (h - c, 0)}
+        offsets = {"top_left": (0, 0), "bottom_right": (h - c, w - c), "top_right": (0, w - c), "bottom_left": (h - c,
+                                                                                                                0)}
         corners = [as_tensor(F.crop(canvas, *offsets[name], c, c)) for name in _CORNERS]
         views.extend(corners)
         views.extend(crop.flip(-1) for crop in corners)
@@ -109,7 +110,8 @@ def letterbox(image: Image.Image | torch.Tensor, pre: Preprocess, side: int):
     _, h, w = F.get_dimensions(image)
     new_w, new_h, left, top = letterbox_geometry(w, h, side)
     resized = _resize(image, new_w, new_h, pre)
-    canvas = torch.tensor(letterbox_fill(pre), dtype=torch.uint8, device=image.device).view(3, 1, 1).repeat(1, side, side)
+    canvas = torch.tensor(letterbox_fill(pre), dtype=torch.uint8, device=image.device).view(3, 1, 1).repeat(1, side,
+                                                                                                            side)
     canvas[:, top:top + new_h, left:left + new_w] = resized
     return canvas
 

@@ -60,7 +60,7 @@ def parse_layers(layers: str | Sequence[str] | None, rows: list[dict], model: st
     """`auto` (or None) → auto_layers; else the given names, checked against the lister."""
     if layers is None or layers == "auto" or list(layers) == ["auto"]:
         return auto_layers(rows)
-    names = [l.strip() for l in (layers.split(",") if isinstance(layers, str) else layers) if l.strip()]
+    names = [name.strip() for name in (layers.split(",") if isinstance(layers, str) else layers) if name.strip()]
     if not names:
         raise InputError("--layers is empty; give 'auto' or comma-separated layer names "
                          f"(run `featx layers {model}` to list them)")

@@ -94,7 +94,8 @@ def batchnorm_after(layers: Sequence[str], node_order: Sequence[str], model: nn.
 
 @torch.inference_mode()
 def measure_domain_shift(backbone, dataset, layers: Sequence[str], node_order: Sequence[str], *,
-                         meaningful: bool, batch_size: int = PROBE.batch_size, device: torch.device | None = None) -> ShiftReport:
+                         meaningful: bool, batch_size: int = PROBE.batch_size,
+                         device: torch.device | None = None) -> ShiftReport:
     """`dataset` yields featx's reader items (featx.extract.ImageViews, one view each)."""
     from featx.extract.extractor import collate
 

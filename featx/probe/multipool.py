@@ -57,7 +57,7 @@ class MultiPoolExtractor(Extractor):
         self.poolings, self.probed_layers = list(poolings), list(self.layers)
         self.configs = {how: self.config | {"pool": how} for how in self.poolings}
         self.tap = _FanOutTap(self.tap, self.probed_layers, self.poolings, self.layer_formats)
-        self.layers = [_key(l, how) for how in self.poolings for l in self.probed_layers]
+        self.layers = [_key(layer, how) for how in self.poolings for layer in self.probed_layers]
         self.layer_formats = {key: "NC" for key in self.layers}  # the vectors arrive pooled
         self.pool_name = "avg"  # the vectors arrive pooled; featx's pool passes (N, D) through
         self.pooled_dims = self._probe_dims_fanout()

@@ -97,8 +97,10 @@ def _digest(*parts) -> str:
 
 # --- the probe -----------------------------------------------------------------------------------
 
-def probe(inputs, out: str | Path, *, models: Sequence[str] | None = PROBE.models, layers: str | Sequence[str] = PROBE.layers,
-          pools: str | Sequence[str] = PROBE.pools, budget: str | int | None = PROBE.budget, weights: str = PROBE.weights,
+def probe(inputs, out: str | Path, *, models: Sequence[str] | None = PROBE.models,
+          layers: str | Sequence[str] = PROBE.layers,
+          pools: str | Sequence[str] = PROBE.pools, budget: str | int | None = PROBE.budget,
+          weights: str = PROBE.weights,
           image_size: int | None = PROBE.image_size, batch_size: int = PROBE.batch_size,
           workers: int | None = PROBE.workers, device: str = PROBE.device, cv: int = PROBE.cv, seed: int = PROBE.seed,
           classifiers: str | Sequence[str] = PROBE.classifiers, shift_images: int = PROBE.shift_images,
@@ -124,7 +126,8 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = PROBE.model
     usable = _usable_models(list(models or [DEFAULT_BACKBONE]), weights, skipped)
     plans = {model: _layer_plan(model, layers, image_size) for model in usable}
     total = sum(len(p["layers"]) for p in plans.values()) * len(poolings)
-    log.info("probe: %d candidates (%s), %s", total, ", ".join(f"{m}: {len(p['layers'])} layers" for m, p in plans.items()),
+    log.info("probe: %d candidates (%s), %s", total, ", ".join(f"{m}: {len(p['layers'])} layers" for m,
+                                                               p in plans.items()),
              protocol.description)
     run = _Run(out=out, records=records, poolings=poolings, protocol=protocol, classifiers=classifiers,
                budget=budget_limit, started=started, skipped=skipped, cv=cv, seed=seed, progress=progress,
@@ -168,7 +171,8 @@ def _feasible_classifiers(classifiers: str | Sequence[str], protocol, labelled: 
         skipped.append({"what": "classifier rbf-svm", "reason": reason})
         classifiers = [c for c in classifiers if c != "rbf-svm"]
         if not classifiers:
-            raise InputError(f"--classifiers rbf-svm alone cannot be scored here: {reason}; add pca-logreg or linear-svm")
+            raise InputError(f"--classifiers rbf-svm alone cannot be scored here: {reason}; add pca-logreg or "
+                             f"linear-svm")
     return classifiers
 
 
@@ -273,7 +277,8 @@ def _prepare_backbone(model: str, plan: dict, poolings: list[str], records, out:
     sample = sorted(np.random.default_rng(seed).choice(ok_paths, size=min(shift_images, len(ok_paths)),
                                                        replace=False).tolist()) if ok_paths else []
     meaningful = weights != "random"
-    shift_key = _digest(backbone.weights_id, backbone.weights_sha256, plan["layers"], sample, first.config["preprocess"])
+    shift_key = _digest(backbone.weights_id, backbone.weights_sha256, plan["layers"], sample,
+                        first.config["preprocess"])
     shift_file = folder / "domain_shift.json"
     cached = json.loads(shift_file.read_text()) if shift_file.is_file() else {}
     if cached.get("key") == shift_key:

@@ -78,7 +78,8 @@ def train_options(name: str, *, n_train: int, n_features: int) -> dict:
     return {"classifier": classifier, "normalize": "zscore", "reduce": reduce}
 
 
-def make_classifier(options: dict, *, n_train: int, n_features: int, smallest_class: int, cv: int = PROBE.cv, seed: int = PROBE.seed):
+def make_classifier(options: dict, *, n_train: int, n_features: int, smallest_class: int, cv: int = PROBE.cv,
+                    seed: int = PROBE.seed):
     """train-shallow's own tuned estimator for the `train_options` of a probe classifier: its strength
     is chosen by inner CV on the rows it is fit on (see `featx.learn.classify.make_estimator`)."""
     from featx.learn.classify import make_estimator

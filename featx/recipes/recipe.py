@@ -56,7 +56,8 @@ def apply_overrides(data: dict, overrides: list[str], file: Path) -> dict:
 def load_recipe(file: str | Path, overrides: list[str] | None = None) -> Recipe:
     file = Path(file)
     if not file.is_file():
-        raise InputError(f"recipe '{file}' does not exist; the shipped ones are in pipelines/ (e.g. pipelines/demo.yaml)")
+        raise InputError(f"recipe '{file}' does not exist; the shipped ones are in pipelines/ (e.g. "
+                         f"pipelines/demo.yaml)")
     try:
         data = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -80,9 +81,11 @@ def load_recipe(file: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not inputs:
         raise InputError(f"{file}: key 'extract.inputs' is empty; give the image folders, manifests or globs")
     _check_extract_values(steps["extract"], file)
-    steps["extract"]["inputs"] = [_resolve_input(i, base, file) for i in ([inputs] if isinstance(inputs, str) else inputs)]
+    steps["extract"]["inputs"] = [_resolve_input(i, base, file) for i in ([inputs] if isinstance(inputs,
+                                                                                                 str) else inputs)]
     if steps.get("train_shallow", {}).get("val"):
-        steps["train_shallow"]["val"] = _resolve_input(steps["train_shallow"]["val"], base, file, key="train_shallow.val")
+        steps["train_shallow"]["val"] = _resolve_input(steps["train_shallow"]["val"], base, file,
+                                                       key="train_shallow.val")
     name = data.get("name") or file.stem
     output = Path(data.get("output") or f"runs/{name}")
     return Recipe(file, name, output if output.is_absolute() else (base / output).resolve(), steps)

@@ -84,12 +84,14 @@ class Runner:
             self._step("train_shallow", key, (self.paths["model"] / "model.json").is_file(), self._train)
             produced["model"] = self.paths["model"]
         if "audit" in steps:  # after training: it reads the model's learning curve
-            key = _key(steps["audit"], manifest_hash, self.state.get("train_shallow") if "train_shallow" in steps else None)
+            key = _key(steps["audit"], manifest_hash,
+                       self.state.get("train_shallow") if "train_shallow" in steps else None)
             self._step("audit", key, (self.paths["audit"] / "audit.json").is_file(), self._audit)
             produced["audit"] = self.paths["audit"] / "audit.html"
         if "index" in steps:
             key = _key(steps["index"], manifest_hash)
-            self._step("index", key, (self.paths["index"] / "evaluation.json").is_file() and self.paths["search"].is_file(),
+            self._step("index", key,
+                       (self.paths["index"] / "evaluation.json").is_file() and self.paths["search"].is_file(),
                        self._index)
             produced["index"], produced["search"] = self.paths["index"], self.paths["search"]
         if "project" in steps:

@@ -123,7 +123,7 @@ class Index:
             tuned = tune_search(index, plan, X, ids, faiss_metric, seed, fixed=nprobe, rerank=factor)
         if budget is not None and bytes_per_vector(plan, d) * n > budget:
             warnings.warn(f"the {plan.kind} index needs about {bytes_per_vector(plan, d) * n / 2**20:.0f} MB, "
-                          f"above --memory-budget {memory_budget}")
+                          f"above --memory-budget {memory_budget}", stacklevel=2)
         info = {
             "format": 2, "store": str(Path(store.path).resolve()), "store_config_hash": store.config_hash,
             "store_fingerprint": store.fingerprint, "content_fingerprint": store.content_fingerprint,
@@ -230,7 +230,8 @@ class Index:
         if k < 1:
             raise InputError(f"-k {k} must be at least 1")
         if k > self.faiss_index.ntotal:
-            warnings.warn(f"-k {k} is larger than the {self.faiss_index.ntotal} indexed items; using {self.faiss_index.ntotal}")
+            warnings.warn(f"-k {k} is larger than the {self.faiss_index.ntotal} indexed items; using "
+                          f"{self.faiss_index.ntotal}", stacklevel=2)
             return int(self.faiss_index.ntotal)
         return k
 
@@ -244,7 +245,7 @@ class Index:
             return search_reranked(self.faiss_index, X, k, factor, metric,
                                     lambda rows: prepare_vectors(self._store.gather(layer, rows), metric))
         if factor:
-            warnings.warn("the store is not available: results are not re-ranked with exact vectors")
+            warnings.warn("the store is not available: results are not re-ranked with exact vectors", stacklevel=2)
         distances, ids = self.faiss_index.search(X, k)
         return (-distances if self.info["metric"] == "l2" else distances), ids
 
@@ -258,10 +259,12 @@ class Index:
                 raise InputError(f"--rows must be in 0..{len(self.store) - 1}")
             vectors = np.asarray(self.store.features(self.info["layer"])[rows])
             labels = [str(p) for p in self.store.paths[rows]]
-            status = pd.DataFrame({"query": labels, "status": self.store.meta["status"].to_numpy()[rows], "error": None})
+            status = pd.DataFrame({"query": labels, "status": self.store.meta["status"].to_numpy()[rows],
+                                   "error": None})
         elif isinstance(queries, np.ndarray):
             vectors = queries
-            status = pd.DataFrame({"query": [f"vector {i}" for i in range(len(queries))], "status": "ok", "error": None})
+            status = pd.DataFrame({"query": [f"vector {i}" for i in range(len(queries))], "status": "ok",
+                                   "error": None})
         else:
             from featx.extract.extractor import extractor_from_config
             from featx.io.sources import scan_inputs

@@ -249,8 +249,8 @@ def exact_neighbours(store: FeatureStore, layer: str, Q: np.ndarray, k: int, met
         if not len(rows):
             continue
         X = prepare_vectors(np.asarray(store.shard_array(shard, layer)[rows]), metric)
-        D, I = faiss.knn(Q, X, min(k, len(X)), metric=faiss.METRIC_L2 if l2 else faiss.METRIC_INNER_PRODUCT)
-        ids = np.where(I >= 0, rows[np.clip(I, 0, None)] + shard["start"], -1)
+        D, found = faiss.knn(Q, X, min(k, len(X)), metric=faiss.METRIC_L2 if l2 else faiss.METRIC_INNER_PRODUCT)
+        ids = np.where(found >= 0, rows[np.clip(found, 0, None)] + shard["start"], -1)
         if D.shape[1] < k:  # pad a small shard's answer to k columns
             pad = np.full((len(Q), k - D.shape[1]), np.inf if l2 else -np.inf, dtype=np.float32)
             D, ids = np.hstack([D, pad]), np.hstack([ids, np.full(pad.shape, -1)])

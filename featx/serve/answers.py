@@ -203,7 +203,8 @@ async def embed_answer(request: Request, state: ServerState):
             if uploads or body.paths:
                 raise InputError("send either rows, paths or files, not several")
             if body.artifact in registry.indexes:
-                store, layer = registry.stores[registry.indexes[body.artifact].store], registry.indexes[body.artifact].index.info["layer"]
+                loaded = registry.indexes[body.artifact]
+                store, layer = registry.stores[loaded.store], loaded.index.info["layer"]
             else:
                 store = registry.store(body.artifact)
                 layer = store.check_layer(body.layer)
@@ -221,5 +222,6 @@ async def embed_answer(request: Request, state: ServerState):
             buffer = io.BytesIO()
             np.save(buffer, X, allow_pickle=False)
             return Response(buffer.getvalue(), media_type="application/x-npy",
-                            headers={"X-Featx-Layer": layer, "Content-Disposition": 'attachment; filename="embeddings.npy"'})
+                            headers={"X-Featx-Layer": layer,
+                                     "Content-Disposition": 'attachment; filename="embeddings.npy"'})
         return {"layer": layer, "dim": int(X.shape[1]), "vectors": X.tolist(), "generation": registry.generation}

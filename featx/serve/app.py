@@ -62,7 +62,8 @@ def create_app(options: ServeOptions | None = None, *, registry: Registry | None
             state.jobs.resume()
         if handle_sighup:
             try:
-                loop.add_signal_handler(signal.SIGHUP, lambda: keep_task(state, loop.create_task(reload_artifacts(state))))
+                loop.add_signal_handler(signal.SIGHUP, lambda: keep_task(state,
+                                                                         loop.create_task(reload_artifacts(state))))
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / platform
                 log.warning("SIGHUP reload is not available here; use POST /v1/reload")
         try:

@@ -63,7 +63,8 @@ class JobManager:
         folder = self.root / "jobs" / job_id
         folder.mkdir(parents=True)
         manifest = folder / "inputs.csv"
-        pd.DataFrame([{"path": r.path, "label": r.label, "split": r.split} for r in records]).to_csv(manifest, index=False)
+        pd.DataFrame([{"path": r.path, "label": r.label, "split": r.split} for r in records]).to_csv(manifest,
+                                                                                                     index=False)
         record = {"id": job_id, "kind": "extract", "status": "queued", "store": request.store,
                   "out": str(self.root / "stores" / request.store), "inputs": request.inputs, "planned": len(records),
                   "options": request.options.model_dump(exclude_none=True), "created": time.time(), "error": None,

@@ -9,7 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _STAGE_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5)
-# where an image request's time goes, in order (see featx.serve.requests.features_of and featx.serve.answers.predict_answer)
+# where an image request's time goes, in order (see featx.serve.requests.features_of and
+# featx.serve.answers.predict_answer)
 STAGES = ("parse", "decode_hop", "decode", "batch_wait", "forward", "forward_hop", "alone_hop", "classify")
 
 

@@ -210,8 +210,8 @@ def load_registry(options: ServeOptions, previous: Registry | None = None) -> Re
     loaded_models = {}
     for name, (folder, model) in models.items():
         key = engine_key(model.extractor_config)
-        model.check_features(engines[key].extractor.config | {"weights_source": model.extractor_config.get("weights_source")},
-                             model.layer)
+        source = {"weights_source": model.extractor_config.get("weights_source")}
+        model.check_features(engines[key].extractor.config | source, model.layer)
         loaded_models[name] = LoadedModel(name, folder, model, key)
     shared = _SharedStores(stores)
     loaded_indexes = {}
@@ -282,7 +282,8 @@ def _open_projection(name: str, folder: str):
     store = FeatureStore.open(info["store"])
     if store.fingerprint != info.get("store_fingerprint"):
         raise StoreError(f"projection '{name}' ({folder}) was made from store '{store.path}' with fingerprint "
-                         f"{info.get('store_fingerprint')}, which is now {store.fingerprint}; run `featx project` again")
+                         f"{info.get('store_fingerprint')}, which is now {store.fingerprint}; "
+                         "run `featx project` again")
     layer = store.check_layer(info["layer"])
     first = int(projection.coords["row_id"].iat[0])
     projection.stored(first)  # builds the row -> point table now, not on the event loop in a request

@@ -69,7 +69,8 @@ async def limited(state: ServerState, work):
     try:
         return await asyncio.wait_for(work, state.options.timeout_s)
     except asyncio.TimeoutError:
-        raise TimeoutError(f"the request took longer than {state.options.timeout_s:g} s (the server's --timeout)")
+        limit = state.options.timeout_s
+        raise TimeoutError(f"the request took longer than {limit:g} s (the server's --timeout)") from None
 
 
 # --- request parsing ------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def read_token(token_file: str | None) -> str | None:
     try:
         token = path.read_text().strip()
     except OSError as exc:
-        raise InputError(f"--token-file '{token_file}' cannot be read ({exc}); give a file holding the token")
+        raise InputError(f"--token-file '{token_file}' cannot be read ({exc}); give a file holding the token") from None
     if len(token) < 16:
         raise InputError(f"the token in --token-file '{token_file}' has {len(token)} characters; use at least 16, "
                          "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))' > token.txt`")

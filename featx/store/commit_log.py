@@ -6,9 +6,10 @@ Each line carries the shard's entry, `base` (the seal of the manifest the log ex
 (the checksum of the line before it; `base` for the first line) and `sha256` (the checksum of the
 line's own content). `base` makes the log belong to one manifest: once the writer folds the log
 into a new manifest (`StoreWriter._write_manifest`), a log left behind by a kill before its
-removal names the old seal and is stale. The `prev` chain shows a removed or reordered line. Reading: a damaged *last* line is what a kill or power loss mid-append leaves, so it
-is ignored (that shard was never committed; its files are garbage); a damaged or out-of-chain line
-with valid lines after it cannot come from a crash and is refused as tampering."""
+removal names the old seal and is stale. The `prev` chain shows a removed or reordered line.
+Reading: a damaged *last* line is what a kill or power loss mid-append leaves, so it is ignored
+(that shard was never committed; its files are garbage); a damaged or out-of-chain line with valid
+lines after it cannot come from a crash and is refused as tampering."""
 
 from __future__ import annotations
 

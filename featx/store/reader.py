@@ -11,8 +11,6 @@ import pandas as pd
 
 from featx.errors import IntegrityError, StoreError
 from featx.io.atomic import file_sha256
-
-log = logging.getLogger(__name__)
 from featx.store.format import (
     REOPEN_FIX,
     RESULT_COLUMNS,
@@ -25,6 +23,8 @@ from featx.store.format import (
     read_npy_checked,
     read_parquet_checked,
 )
+
+log = logging.getLogger(__name__)
 
 
 class FeatureStore:
@@ -89,7 +89,8 @@ class FeatureStore:
 
     def results(self) -> pd.DataFrame:
         """What extraction recorded for the committed rows (sha256, status, error, size, mtime)."""
-        parts = [read_parquet_checked(self.path / s["meta"]["path"], s["meta"]["sha256"]) for s in self.manifest["shards"]]
+        parts = [read_parquet_checked(self.path / s["meta"]["path"],
+                                      s["meta"]["sha256"]) for s in self.manifest["shards"]]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=RESULT_COLUMNS)
 
     @property
@@ -130,7 +131,8 @@ class FeatureStore:
             import pyarrow.parquet as pq
 
             entry = self.manifest["meta"]
-            status = pq.read_table(checked_file(self.path / entry["path"], entry["sha256"]), columns=["status"])["status"]
+            status = pq.read_table(checked_file(self.path / entry["path"], entry["sha256"]),
+                                   columns=["status"])["status"]
             return pc.fill_null(pc.equal(status, "ok"), False).to_numpy(zero_copy_only=False).astype(bool)
         meta = self.meta
         return ((meta["status"] == "ok") & meta["active"].astype(bool)).to_numpy()

@@ -26,10 +26,6 @@ from featx.options import EXTRACT
 from featx.store import commit_log
 from featx.store.artifacts import SCHEMA_VERSION, check_output
 from featx.store.commit_log import CommitLog
-from featx.store.lock import LOCK_FILE, StoreLock
-from featx.store.reconcile import PLAN_COLUMNS, Changes, plan_from_records, reconcile
-
-log = logging.getLogger(__name__)
 from featx.store.format import (
     MANIFEST,
     MAX_ABS_FEATURE,
@@ -50,7 +46,11 @@ from featx.store.format import (
     save_npy,
     save_parquet,
 )
+from featx.store.lock import LOCK_FILE, StoreLock
 from featx.store.reader import FeatureStore
+from featx.store.reconcile import PLAN_COLUMNS, Changes, plan_from_records, reconcile
+
+log = logging.getLogger(__name__)
 
 
 @dataclass

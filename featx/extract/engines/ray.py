@@ -232,13 +232,15 @@ def _pool_size(ray, most: int, cpus: float, gpus: float | None) -> int:
     else:
         available = int(resources.get("CPU", 1) // cpus)
         if available < 1:
-            raise InputError(f"--cpus-per-worker {cpus:g} is more than the Ray cluster's {resources.get('CPU', 0):g} CPUs")
+            raise InputError(f"--cpus-per-worker {cpus:g} is more than the Ray cluster's {resources.get('CPU', 0):g} "
+                             f"CPUs")
     return max(1, min(available, most))
 
 
 def run_shards(writer, plan: pd.DataFrame, shards: list[tuple[int, int]], *, ray_address: str | None = None,
                num_gpus_per_worker: float | None = None, cpus_per_worker: float | None = None,
-               batch_size: int = EXTRACT.batch_size, device: str = EXTRACT.device, amp: str = EXTRACT.amp, workers: int | None = None,
+               batch_size: int = EXTRACT.batch_size, device: str = EXTRACT.device, amp: str = EXTRACT.amp,
+               workers: int | None = None,
                progress: bool = True, preprocess: dict | None = None) -> None:
     """Extract `shards` (row ranges of `plan`) on Ray and commit each through `writer` as it lands.
     `preprocess`: the driver's extractor's (`Preprocess.to_dict()`), for a lone actor's head start."""
