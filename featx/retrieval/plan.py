@@ -137,12 +137,17 @@ def quiet_training(index, seed: int) -> None:
         ivf.pq.cp.min_points_per_centroid = 1
 
 
-def train_and_add(plan: Plan, X: np.ndarray, ids: np.ndarray, d: int, faiss_metric, seed: int):
+def empty_index(plan: Plan, n: int, d: int, faiss_metric):
+    """The untrained, empty index `plan` describes for `n` vectors of `d` dimensions (flat and HNSW
+    layouts wrapped so that they keep the store's row ids)."""
     faiss = load_faiss()
-    check_enough_vectors(plan, len(X), plan_dim(plan, d))
+    check_enough_vectors(plan, n, plan_dim(plan, d))
     index = faiss.index_factory(d, plan.factory, faiss_metric)
-    if plan.kind in ("flat", "hnsw"):
-        index = faiss.IndexIDMap2(index)
+    return faiss.IndexIDMap2(index) if plan.kind in ("flat", "hnsw") else index
+
+
+def train_and_add(plan: Plan, X: np.ndarray, ids: np.ndarray, d: int, faiss_metric, seed: int):
+    index = empty_index(plan, len(X), d, faiss_metric)
     if not index.is_trained:
         rng = np.random.default_rng(seed)
         sample = X if len(X) <= 200_000 else X[np.sort(rng.choice(len(X), 200_000, replace=False))]

@@ -22,10 +22,9 @@ from featx.retrieval.plan import (
     TARGET_RECALL,
     TUNE_QUERIES,
     auto_plan,
-    check_enough_vectors,
+    empty_index,
     factory_plan,
     load_faiss,
-    plan_dim,
     prepare_vectors,
     quiet_training,
     recall_at,
@@ -95,11 +94,7 @@ def choose_plan(store, layer, ids, d, kind, metric, faiss_metric, reduce_dim, bu
 
 def trained_empty(plan, store, layer, ids, d, metric, faiss_metric, seed):
     """The index of `plan`, trained on a sample (`train_sample_size`), holding no vectors."""
-    faiss = load_faiss()
-    check_enough_vectors(plan, len(ids), plan_dim(plan, d))
-    empty = faiss.index_factory(d, plan.factory, faiss_metric)
-    if plan.kind in ("flat", "hnsw"):
-        empty = faiss.IndexIDMap2(empty)
+    empty = empty_index(plan, len(ids), d, faiss_metric)
     if not empty.is_trained:
         quiet_training(empty, seed)
         sample = _gather(store, layer, _sample(ids, train_sample_size(plan), seed), metric)
