@@ -2,7 +2,10 @@
 API function; a FeatxError becomes its message on stderr and exit code 2. Importing this package
 loads no torch, scikit-learn or FAISS: each command imports what it runs."""
 
-from featx.cli import audit, extract, learn, maps, retrieval, run, serve  # noqa: F401 (they register the commands)
+# isort: off
+# the groups register their commands in the order `featx --help` lists them: the data flow
+from featx.cli import extract, learn, audit, retrieval, maps, run, serve  # noqa: F401
 from featx.cli.common import app
+# isort: on
 
 __all__ = ["app"]
