@@ -17,9 +17,8 @@ from featx.options import AUDIT, PROBE, PROJECT
 def audit(store, *, out: str | Path | None = None, write_manifest: bool = AUDIT.write_manifest,
           layer: str | None = AUDIT.layer, classifier: str = AUDIT.classifier, cv: int = AUDIT.cv, k: int = AUDIT.k,
           threshold: float | None = AUDIT.threshold, calibrate: str = AUDIT.calibrate,
-          outlier_z: float = AUDIT.outlier_z,
-          outlier_k: int | None = AUDIT.outlier_k, model: str | Path | None = None, learning_curve: bool = True,
-          seed: int = AUDIT.seed, progress: bool = False):
+          outlier_z: float = AUDIT.outlier_z, outlier_k: int | None = AUDIT.outlier_k, model: str | Path | None = None,
+          learning_curve: bool = True, seed: int = AUDIT.seed, progress: bool = False):
     """Audit a store; returns the suspects (path, kind, score, given_label, suggested_label, …),
     with the summary in `.attrs['summary']` and, when `out` is given, the files in `.attrs['files']`
     (audit.json, suspects.csv, scores.parquet, audit.html and, on request, manifest.csv).

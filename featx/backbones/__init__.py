@@ -23,7 +23,7 @@ __all__ = ["BackboneInfo", "LoadedBackbone", "Preprocess", "DEFAULT_BACKBONE", "
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_BACKBONE = EXTRACT.model  # the one definition is featx.options.DEFAULT_BACKBONE
 RANDOM_WEIGHTS_SEED = 0  # `--weights random` is seeded, so two runs build the same network
 
 _REGISTRY: dict[str, Family] = {}

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from featx.backbones import DEFAULT_BACKBONE, Preprocess, load_backbone
+from featx.backbones import Preprocess, load_backbone
 from featx.backbones.layers import LayerTap, addressable_layers, default_layer, output_formats
 from featx.backbones.pooling import check_pool_name, check_pool_with_tta, check_pooling, pool
 from featx.errors import InputError, WeightsError
@@ -129,14 +129,12 @@ class Batch:
 class Extractor:
     """A backbone with its layers, pooling and views: images in, vectors out."""
 
-    def __init__(self, model: str = DEFAULT_BACKBONE, *, weights: str = EXTRACT.weights,
-                 layers: Sequence[str] | None = None,
-                 pool: str = EXTRACT.pool, image_size: int | None = None, tta: int = EXTRACT.tta,
-                 device: str = EXTRACT.device,
+    def __init__(self, model: str = EXTRACT.model, *, weights: str = EXTRACT.weights,
+                 layers: Sequence[str] | None = EXTRACT.layers, pool: str = EXTRACT.pool,
+                 image_size: int | None = EXTRACT.image_size, tta: int = EXTRACT.tta, device: str = EXTRACT.device,
                  amp: str = EXTRACT.amp, dtype: str = EXTRACT.dtype, batch_size: int = EXTRACT.batch_size,
-                 workers: int | None = None,
-                 per_view: bool = False, decode: str = "pil", resize: str = EXTRACT.resize, cores: int | None = None,
-                 compile: bool = EXTRACT.compile):
+                 workers: int | None = EXTRACT.workers, per_view: bool = False, decode: str = "pil",
+                 resize: str = EXTRACT.resize, cores: int | None = None, compile: bool = EXTRACT.compile):
         """`per_view=True` keeps the TTA views apart: features are (N, views, D) instead of the mean.
         `resize`: crop | full | pad (see `featx.preprocess.views`). `workers`: None picks the fastest plan for
         the device and core count (`decode_plan`); 0 decodes in this process; N > 0 uses N

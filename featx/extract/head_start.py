@@ -67,10 +67,9 @@ def remember_preprocess(model: str, image_size: int | None, resize: str, preproc
 
 # --- starting -----------------------------------------------------------------------------------
 
-def head_start(inputs, *, model: str, image_size: int | None = None, resize: str = EXTRACT.resize,
-               tta: int = EXTRACT.tta,
-               decode: str = EXTRACT.decode, device: str = EXTRACT.device, workers: int | None = None,
-               engine: str = EXTRACT.engine,
+def head_start(inputs, *, model: str, image_size: int | None = EXTRACT.image_size, resize: str = EXTRACT.resize,
+               tta: int = EXTRACT.tta, decode: str = EXTRACT.decode, device: str = EXTRACT.device,
+               workers: int | None = EXTRACT.workers, engine: str = EXTRACT.engine,
                processes: int | None = None) -> "HeadStart | None":
     """Start decoding `inputs` ahead, or None where it cannot pay or cannot be proven equal: another
     engine, decoder or device than a local CPU run decoding with Pillow in this process, corner-crop

@@ -9,7 +9,6 @@ from typing import Sequence
 
 import numpy as np
 
-from featx.backbones import DEFAULT_BACKBONE
 from featx.errors import InputError
 from featx.extract.engines import ENGINES, make_engine  # noqa: F401 (ENGINES: re-exported)
 from featx.extract.extractor import Extractor
@@ -21,17 +20,18 @@ log = logging.getLogger(__name__)
 
 SHARD_BYTES = 256 << 20  # a shard holds at most this much feature data per layer
 
-def extract(inputs, out: str | Path, *, model: str = DEFAULT_BACKBONE, weights: str = EXTRACT.weights,
-            layers: Sequence[str] | None = None, pool: str = EXTRACT.pool, image_size: int | None = None,
-            tta: int = EXTRACT.tta,
-            batch_size: int = EXTRACT.batch_size, workers: int | None = None, device: str = EXTRACT.device,
-            amp: str = EXTRACT.amp,
+
+def extract(inputs, out: str | Path, *, model: str = EXTRACT.model, weights: str = EXTRACT.weights,
+            layers: Sequence[str] | None = EXTRACT.layers, pool: str = EXTRACT.pool,
+            image_size: int | None = EXTRACT.image_size, tta: int = EXTRACT.tta, batch_size: int = EXTRACT.batch_size,
+            workers: int | None = EXTRACT.workers, device: str = EXTRACT.device, amp: str = EXTRACT.amp,
             dtype: str = EXTRACT.dtype, shard_size: int = EXTRACT.shard_size, overwrite: bool = False,
-            append: bool = False,
-            frozen: bool = EXTRACT.frozen, decode: str = EXTRACT.decode, resize: str = EXTRACT.resize,
-            progress: bool = True,
-            engine: str = EXTRACT.engine, ray_address: str | None = None, num_gpus_per_worker: float | None = None,
-            cpus_per_worker: float | None = None, compile: bool = EXTRACT.compile, head_start=None) -> FeatureStore:
+            append: bool = False, frozen: bool = EXTRACT.frozen, decode: str = EXTRACT.decode,
+            resize: str = EXTRACT.resize, progress: bool = True, engine: str = EXTRACT.engine,
+            ray_address: str | None = EXTRACT.ray_address,
+            num_gpus_per_worker: float | None = EXTRACT.num_gpus_per_worker,
+            cpus_per_worker: float | None = EXTRACT.cpus_per_worker, compile: bool = EXTRACT.compile,
+            head_start=None) -> FeatureStore:
     """Extract features of `inputs` (folders, manifests, globs) into the store at `out`.
 
     The inputs are the truth: re-running reconciles the store with them (new, changed, relabelled,

@@ -81,11 +81,9 @@ def reducer_grid(reducer) -> dict:
     return {"reduce__n_components": sorted({max(1, k // 2), k, 2 * k})} if isinstance(k, int) else {}
 
 
-def build_pipeline(*, classifier: str = DEFAULT_CLASSIFIER, normalize: str = TRAIN.normalize,
-                   reduce: str = TRAIN.reduce,
-                   balance: str = TRAIN.balance, seed: int = TRAIN.seed, n_samples: int, n_features: int,
-                   smallest_class: int,
-                   tuned: bool = False):
+def build_pipeline(*, classifier: str = TRAIN.classifier, normalize: str = TRAIN.normalize,
+                   reduce: str = TRAIN.reduce, balance: str = TRAIN.balance, seed: int = TRAIN.seed, n_samples: int,
+                   n_features: int, smallest_class: int, tuned: bool = False):
     steps = [("normalize", make_normalizer(normalize)),
              ("reduce", make_reducer(reduce, n_samples=n_samples, n_features=n_features, seed=seed)),
              ("classify", make_classifier(classifier, balance, seed, tuned))]
@@ -102,11 +100,10 @@ def build_pipeline(*, classifier: str = DEFAULT_CLASSIFIER, normalize: str = TRA
     return Pipeline(steps)
 
 
-def make_estimator(*, classifier: str = DEFAULT_CLASSIFIER, normalize: str = TRAIN.normalize,
-                   reduce: str = TRAIN.reduce,
-                   balance: str = TRAIN.balance, seed: int = TRAIN.seed, n_samples: int, n_features: int,
-                   smallest_class: int,
-                   cv: int = TRAIN.cv, tune: bool = TRAIN.tune, search: bool = TRAIN.search, n_jobs: int | None = None):
+def make_estimator(*, classifier: str = TRAIN.classifier, normalize: str = TRAIN.normalize,
+                   reduce: str = TRAIN.reduce, balance: str = TRAIN.balance, seed: int = TRAIN.seed, n_samples: int,
+                   n_features: int, smallest_class: int, cv: int = TRAIN.cv, tune: bool = TRAIN.tune,
+                   search: bool = TRAIN.search, n_jobs: int | None = None):
     """What `train_shallow` fits on `n_samples` training rows: the plain pipeline, or (`tune`) a
     `TunedPipeline` choosing the classifier's strength by inner CV on those rows only. `featx probe`
     scores its candidates with the same estimators, so its winner recipe reproduces its score."""

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from featx.errors import FeatxError, InputError
-from featx.options import TRAIN
+from featx.options import AUDIT
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,7 @@ def distribution_threshold(nn_sims: np.ndarray, z: float = DUPLICATE_Z) -> dict:
 
 
 def copies_threshold(store, layer: str, rows: np.ndarray, U_rows: np.ndarray, nn_sims: np.ndarray, *,
-                     seed: int = TRAIN.seed,
-                     n_copies: int = N_COPIES, progress: bool = False) -> dict:
+                     seed: int = AUDIT.seed, n_copies: int = N_COPIES, progress: bool = False) -> dict:
     """Re-encode a seeded sample of the store's own images (downscaled to 70–100%, JPEG quality
     70–95: what re-saving, re-uploading or a light resize does) and extract them with the store's
     extractor. The threshold is as low as the least similar copy needs, but never below the
@@ -131,7 +130,7 @@ def re_encode(image, rng):
 
 
 def calibrate(store, layer: str, rows: np.ndarray, U_rows: np.ndarray, nn_sims: np.ndarray, *, method: str = "auto",
-              seed: int = TRAIN.seed, progress: bool = False) -> dict:
+              seed: int = AUDIT.seed, progress: bool = False) -> dict:
     """The near-duplicate threshold: re-encoded copies when the store's images and extractor are
     at hand ('auto' falls back to the distribution rule when they are not)."""
     if method not in CALIBRATIONS:

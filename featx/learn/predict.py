@@ -15,9 +15,9 @@ from featx.learn.model import ShallowModel
 from featx.options import PREDICT
 
 
-def predict(model: ShallowModel | str | Path, images: str | Path | Sequence[str | Path], *, tta: int | None = None,
-            top_k: int | None = None, device: str = PREDICT.device, batch_size: int = PREDICT.batch_size,
-            workers: int | None = None,
+def predict(model: ShallowModel | str | Path, images: str | Path | Sequence[str | Path], *,
+            tta: int | None = PREDICT.tta, top_k: int | None = PREDICT.top_k, device: str = PREDICT.device,
+            batch_size: int = PREDICT.batch_size, workers: int | None = PREDICT.workers,
             progress: bool = False) -> pd.DataFrame:
     """One row per image: path, status, error, predicted label, its score, and per-class scores
     (probabilities, or decision values for classifiers without them; with TTA and no

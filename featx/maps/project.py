@@ -20,20 +20,19 @@ COLORS = ("label", "split", "error")
 QUALITY_SAMPLE = 2000  # trustworthiness and kNN accuracy are computed on at most this many points
 
 
-def project(store: FeatureStore | str | Path, *, method: str = PROJECT.method, layer: str | None = None,
-            dims: int = PROJECT.dims,
-            pre_pca: int = PROJECT.pre_pca, sample: int | None = None, seed: int = PROJECT.seed,
-            perplexity: float = PROJECT.perplexity,
-            n_neighbors: int = PROJECT.n_neighbors, min_dist: float = PROJECT.min_dist) -> pd.DataFrame:
+def project(store: FeatureStore | str | Path, *, method: str = PROJECT.method, layer: str | None = PROJECT.layer,
+            dims: int = PROJECT.dims, pre_pca: int = PROJECT.pre_pca, sample: int | None = PROJECT.sample,
+            seed: int = PROJECT.seed, perplexity: float = PROJECT.perplexity, n_neighbors: int = PROJECT.n_neighbors,
+            min_dist: float = PROJECT.min_dist) -> pd.DataFrame:
     """Coordinates (row_id, path, label, split, x, y[, z]) of the store's successfully extracted rows.
     `attrs['quality']` holds trustworthiness and kNN accuracies, `attrs['info']` the settings."""
     return fit_projection(store, method=method, layer=layer, dims=dims, pre_pca=pre_pca, sample=sample, seed=seed,
                           perplexity=perplexity, n_neighbors=n_neighbors, min_dist=min_dist)[0]
 
 
-def fit_projection(store: FeatureStore | str | Path, *, method: str = PROJECT.method, layer: str | None = None,
-                   dims: int = PROJECT.dims, pre_pca: int = PROJECT.pre_pca, sample: int | None = None,
-                   seed: int = PROJECT.seed,
+def fit_projection(store: FeatureStore | str | Path, *, method: str = PROJECT.method,
+                   layer: str | None = PROJECT.layer, dims: int = PROJECT.dims, pre_pca: int = PROJECT.pre_pca,
+                   sample: int | None = PROJECT.sample, seed: int = PROJECT.seed,
                    perplexity: float = PROJECT.perplexity, n_neighbors: int = PROJECT.n_neighbors,
                    min_dist: float = PROJECT.min_dist):
     """`project`'s coordinates and the fitted `featx.maps.placement.Placer` that puts new points on the

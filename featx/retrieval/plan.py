@@ -250,8 +250,7 @@ def recall_at(search, Q: np.ndarray, truth: np.ndarray, self_ids: np.ndarray, k:
 
 
 def auto_plan(X: np.ndarray, ids: np.ndarray, d: int, reduce_dim: int | None, faiss_metric, budget: int | None,
-              seed: int,
-          rerank: int | None = None):
+              seed: int, rerank: int | None = None):
     """Exact search for small collections; otherwise the most compact layout that reaches the
     recall target within the memory budget (what autofaiss does)."""
     n = len(X)

@@ -240,8 +240,7 @@ def _pool_size(ray, most: int, cpus: float, gpus: float | None) -> int:
 def run_shards(writer, plan: pd.DataFrame, shards: list[tuple[int, int]], *, ray_address: str | None = None,
                num_gpus_per_worker: float | None = None, cpus_per_worker: float | None = None,
                batch_size: int = EXTRACT.batch_size, device: str = EXTRACT.device, amp: str = EXTRACT.amp,
-               workers: int | None = None,
-               progress: bool = True, preprocess: dict | None = None) -> None:
+               workers: int | None = EXTRACT.workers, progress: bool = True, preprocess: dict | None = None) -> None:
     """Extract `shards` (row ranges of `plan`) on Ray and commit each through `writer` as it lands.
     `preprocess`: the driver's extractor's (`Preprocess.to_dict()`), for a lone actor's head start."""
     if not shards:
