@@ -15,6 +15,7 @@ import pandas as pd
 from featx.errors import ConfigMismatchError, InputError, IntegrityError, StaleArtifactError, StoreError
 from featx.io import atomic
 from featx.options import INDEX, SEARCH
+from featx.retrieval.metrics import excluded_neighbours, retrieval_scores
 from featx.retrieval.plan import (  # noqa: F401 (KINDS, METRICS: re-exported)
     FLAT_MAX_ROWS,
     KINDS,
@@ -312,7 +313,7 @@ class Index:
         rng = np.random.default_rng(seed)
         queries = np.sort(rng.choice(labelled, size=min(max_queries, len(labelled)), replace=False))
         X = np.asarray(store.features(self.info["layer"])[queries])
-        excluded = _excluded_neighbours(meta, store.ok)
+        excluded = excluded_neighbours(meta, store.ok)
         extra = 1 + max((len(excluded.get(q, ())) for q in queries), default=0)
         start = time.perf_counter()
         _, ids = self.search_vectors(X, min(k + extra, self.faiss_index.ntotal))
@@ -339,34 +340,6 @@ class Index:
         if self.info["kind"] != "flat":
             result["ann_recall@k"] = _ann_recall(self, X, queries, k)
         return result
-
-
-def retrieval_scores(relevant: np.ndarray, k: int, total_relevant: int) -> dict:
-    """Scores of one ranked list: `relevant[i]` is 1 when the i-th neighbour has the query's label.
-    AP@k divides by min(k, relevant items that exist); hit_rate@k is 1 when any of the k is relevant."""
-    relevant = np.asarray(relevant, dtype=float)[:k]
-    hits = np.cumsum(relevant)
-    precision_at = hits / np.arange(1, len(relevant) + 1) if len(relevant) else np.zeros(0)
-    return {"precision@1": float(relevant[0]) if len(relevant) else 0.0,
-            "precision@k": float(relevant.sum() / k),
-            "ap@k": float((precision_at * relevant).sum() / max(1, min(k, total_relevant))),
-            "recall@k": float(relevant.sum() / max(1, total_relevant)),
-            "hit_rate@k": float(relevant.any())}
-
-
-def _excluded_neighbours(meta: pd.DataFrame, ok: np.ndarray) -> dict[int, set]:
-    """Row -> the other rows that must not count as its neighbours: same content, same group."""
-    excluded: dict[int, set] = {}
-    for column in ("sha256", "group"):
-        if column not in meta:
-            continue
-        values = meta[column].where(pd.Series(ok, index=meta.index))
-        for _, rows in values.dropna().groupby(values.dropna()).groups.items():
-            if len(rows) > 1:
-                members = set(int(r) for r in rows)
-                for r in members:
-                    excluded.setdefault(r, set()).update(members - {r})
-    return excluded
 
 
 def _ann_recall(index: Index, X: np.ndarray, queries: np.ndarray, k: int) -> float:

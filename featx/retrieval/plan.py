@@ -199,6 +199,16 @@ def searcher(index, X: np.ndarray, ids: np.ndarray, metric: str, rerank: int):
     return lambda Q, k: search_reranked(index, Q, k, rerank, metric, exact_of)[1]
 
 
+def search_knob(plan: Plan) -> tuple[str, list[int]] | None:
+    """The search-time parameter the layout has (IVF's nprobe, HNSW's efSearch) and the values
+    tuning tries, cheapest first; None for layouts without one."""
+    if plan.kind in ("ivf", "ivfpq", "opq-ivfpq", "ivf-sq8"):
+        return "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v <= plan.params["nlist"]]
+    if plan.kind == "hnsw":
+        return "efSearch", [16, 32, 64, 128, 256, 512]
+    return None
+
+
 def tune_search(index, plan: Plan, X: np.ndarray, ids: np.ndarray, faiss_metric, seed: int, fixed: int | None = None,
           k: int = SEARCH.k, rerank: int = 0) -> dict:
     """The smallest nprobe / efSearch whose recall@k against exact search reaches the target."""
@@ -206,12 +216,10 @@ def tune_search(index, plan: Plan, X: np.ndarray, ids: np.ndarray, faiss_metric,
     metric = "l2" if faiss_metric == faiss.METRIC_L2 else "ip"
     search = searcher(index, X, ids, metric, rerank)
     space = faiss.ParameterSpace()
-    if plan.kind in ("ivf", "ivfpq", "opq-ivfpq", "ivf-sq8"):
-        name, values = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v <= plan.params["nlist"]]
-    elif plan.kind == "hnsw":
-        name, values = "efSearch", [16, 32, 64, 128, 256, 512]
-    else:
+    knob = search_knob(plan)
+    if knob is None:
         return {"rerank": rerank} if rerank else {}
+    name, values = knob
     extra = {"rerank": rerank} if rerank else {}
     if fixed is not None:
         space.set_index_parameter(index, name, int(fixed))

@@ -29,6 +29,7 @@ from featx.retrieval.plan import (
     quiet_training,
     recall_at,
     rerank_factor,
+    search_knob,
     search_reranked,
 )
 from featx.store import FeatureStore, check_rows_finite
@@ -258,12 +259,10 @@ def tune_streaming(faiss_index, plan, store, layer, ids, metric, seed, fixed=Non
     """`featx.retrieval.tune_search` without the matrix: queries are sampled rows, the truth is streamed."""
     faiss = load_faiss()
     extra = {"rerank": rerank} if rerank else {}
-    if plan.kind in ("ivf", "ivfpq", "opq-ivfpq", "ivf-sq8"):
-        name, values = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v <= plan.params["nlist"]]
-    elif plan.kind == "hnsw":
-        name, values = "efSearch", [16, 32, 64, 128, 256, 512]
-    else:
+    knob = search_knob(plan)
+    if knob is None:
         return extra
+    name, values = knob
     space = faiss.ParameterSpace()
     if fixed is not None:
         space.set_index_parameter(faiss_index, name, int(fixed))
