@@ -92,7 +92,7 @@ def test_extractor_records_and_respects_nhwc_layers(tmp_path):
     views = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     raw = extractor.tap(normalise(views, extractor.backbone.preprocess))[layers[0]]
     assert raw.shape == (2, 16, 16, 40)
-    assert torch.allclose(extractor._forward(views)[layers[0]], raw.mean((1, 2)), atol=1e-5)
+    assert torch.allclose(extractor.forward(views)[layers[0]], raw.mean((1, 2)), atol=1e-5)
     store = extract(make_class_folder(tmp_path / "imgs", per_class=1), tmp_path / "s", model="timm:convnext_atto",
                     weights="random", layers=layers, image_size=64, workers=0, device="cpu", progress=False)
     assert store.manifest["layers"][layers[0]]["format"] == "NHWC"

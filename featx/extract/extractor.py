@@ -217,7 +217,8 @@ class Extractor:
         }
 
     @torch.inference_mode()
-    def _forward(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pooled vectors per layer of (N * tta, 3, crop, crop) uint8 views (made by featx.preprocess.contract)."""
         x = views.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         x = normalise(x, self.backbone.preprocess)
         network, rows = self.tap, len(x)
@@ -259,7 +260,7 @@ class Extractor:
                 views = self._device_views(batch) if any(j is not None for j in batch["jpeg"]) else batch["views"]
                 ok = [k for k, it in enumerate(items) if it["status"] == "ok"]
                 features = {}
-                pooled = self._forward(views) if views is not None else {}
+                pooled = self.forward(views) if views is not None else {}
                 for layer in self.layers:
                     dim = self.pooled_dims[layer]
                     shape = (len(items), self.tta, dim) if self.per_view else (len(items), dim)

@@ -52,7 +52,7 @@ class Engine:
 
     def forward(self, views):
         """Runs in the batcher's thread: {layer: (n, D) float32 numpy}."""
-        pooled = self.extractor._forward(views)
+        pooled = self.extractor.forward(views)
         return {layer: tensor.cpu().numpy().astype(np.float32, copy=False) for layer, tensor in pooled.items()}
 
 
