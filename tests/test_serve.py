@@ -144,6 +144,26 @@ def test_embed_json_and_npy_equal_the_store_features(client, artifacts):
     np.testing.assert_allclose(by_path["vectors"][0], vector[0], rtol=1e-6)
 
 
+def test_answers_have_the_documented_shape(client):
+    """Every answer validates against its response model (extra keys forbidden), and the OpenAPI
+    page documents exactly those models: the two cannot drift apart."""
+    from featx.serve.responses import EmbedAnswer, PredictAnswer, SearchAnswer
+
+    image = upload(png_bytes(5))
+    answers = {PredictAnswer: client.post("/v1/predict", files=image),
+               SearchAnswer: client.post("/v1/search", json={"index": "i", "rows": [2], "k": 3}),
+               EmbedAnswer: client.post("/v1/embed", files=image)}
+    for model, response in answers.items():
+        assert response.status_code == 200, response.text
+        model.model_validate(response.json())
+    schema = client.get("/openapi.json").json()
+    documented = {path: schema["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+                  for path in ("/v1/predict", "/v1/search", "/v1/embed")}
+    assert documented["/v1/predict"]["$ref"].endswith("/PredictAnswer")
+    assert documented["/v1/search"]["$ref"].endswith("/SearchAnswer")
+    assert documented["/v1/embed"]["$ref"].endswith("/EmbedAnswer")
+
+
 def test_info_health_metrics(client, artifacts):
     info = client.get("/v1/info").json()
     assert info["models"]["m"]["classes"] == ["cats", "dogs", "owls"]

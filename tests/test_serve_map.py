@@ -69,6 +69,8 @@ def test_a_changed_placer_or_coords_file_is_refused_before_it_is_read(pca_map, t
 
 
 def test_serve_places_an_upload_and_a_row_and_serves_the_map(artifacts, pca_map):
+    from featx.serve.responses import MapPoints, PlaceAnswer
+
     options = ServeOptions(indexes={"i": str(artifacts.index)}, projections={"p": str(pca_map)}, device="cpu")
     coords = pd.read_parquet(pca_map / "coords.parquet")
     with TestClient(create_app(options)) as client:
@@ -94,6 +96,9 @@ def test_serve_places_an_upload_and_a_row_and_serves_the_map(artifacts, pca_map)
         assert result["how"] == "transform"
         expected = coords.loc[coords["row_id"] == row, ["x", "y"]].to_numpy()[0]
         np.testing.assert_allclose(result["coords"], expected, rtol=1e-3, atol=1e-3)
+
+        PlaceAnswer.model_validate(answer.json())  # the documented shape (featx.serve.responses)
+        MapPoints.model_validate(points)
 
         # a stored row answers with its own point
         by_row = client.post("/v1/place", json={"rows": [3, row]}).json()["results"]

@@ -24,6 +24,7 @@ from featx.serve.requests import (
     parse_request,
     store_rows,
 )
+from featx.serve.responses import EmbedAnswer, MapPoints, PlaceAnswer, PredictAnswer, SearchAnswer
 from featx.serve.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -36,27 +37,32 @@ def inference_router(state: ServerState) -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/predict", summary="Classify images (multipart files) or store rows / paths (JSON)",
-              openapi_extra=json_or_multipart(PredictRequest))
+                 responses={200: {"model": PredictAnswer}},
+                 openapi_extra=json_or_multipart(PredictRequest))
     async def predict(request: Request):
         return await limited(state, predict_answer(request, state))
 
     @router.post("/v1/search", summary="Nearest stored images of images (multipart) or store rows / paths (JSON)",
-              openapi_extra=json_or_multipart(SearchRequest))
+                 responses={200: {"model": SearchAnswer}},
+                 openapi_extra=json_or_multipart(SearchRequest))
     async def search(request: Request):
         return await limited(state, search_answer(request, state))
 
     @router.post("/v1/place", summary="Where images (multipart) or store rows / paths (JSON) land on a loaded map",
-              openapi_extra=json_or_multipart(PlaceRequest))
+                 responses={200: {"model": PlaceAnswer}},
+                 openapi_extra=json_or_multipart(PlaceRequest))
     async def place(request: Request):
         return await limited(state, place_answer(request, state))
 
-    @router.get("/v1/projections/{name}", summary="A loaded map's points: coordinates, label and row id each")
+    @router.get("/v1/projections/{name}", summary="A loaded map's points: coordinates, label and row id each",
+                responses={200: {"model": MapPoints}})
     async def projection_points(name: str, limit: int = MAP_POINTS):
         loaded = state.registry.projection(name)
         return await run_in_threadpool(map_points, loaded, max(1, min(int(limit), MAP_POINTS_MAX)))
 
     @router.post("/v1/embed", summary="Feature vectors, as JSON or .npy",
-              openapi_extra=json_or_multipart(EmbedRequest))
+                 responses={200: {"model": EmbedAnswer, "content": {"application/x-npy": {}}}},
+                 openapi_extra=json_or_multipart(EmbedRequest))
     async def embed(request: Request):
         return await limited(state, embed_answer(request, state))
 
