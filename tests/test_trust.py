@@ -31,7 +31,7 @@ from featx.errors import (
 from featx.extract.job import extract
 from featx.learn.classify import ShallowModel, train_shallow
 from featx.retrieval.index import Index, build_index
-from featx.store import FeatureStore, StoreWriter
+from featx.store import FeatureStore, StoreLock, StoreWriter
 from tests.conftest import REPO, SYNTHETIC_CONFIG, TINY, blobs, make_class_folder, make_feature_store
 
 runner = CliRunner()
@@ -195,6 +195,23 @@ def test_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
     with StoreWriter(tmp_path / "s", SYNTHETIC_CONFIG) as writer:
         writer.prepare(records)
         assert json.loads((tmp_path / "s" / ".featx-lock").read_text())["pid"] == os.getpid()
+
+
+def test_a_writer_between_its_plan_and_its_first_manifest_is_named_not_mistaken_for_foreign_files(tmp_path):
+    """The race: a second extract that looked while the first had written its plan but not yet its
+    manifest refused the folder as "not a featx store (found 1 entry: plan)"; it must say who is
+    writing it, and leave the folder alone."""
+    from featx.io.sources import ImageRecord
+
+    path = tmp_path / "store"
+    holder = StoreLock(path).acquire()  # the first writer: lock held, plan written, no manifest yet
+    (path / "plan").mkdir()
+    try:
+        with pytest.raises(StoreLockedError, match=f"being written by PID {os.getpid()}"):
+            StoreWriter(path, SYNTHETIC_CONFIG).prepare([ImageRecord("a.png")])
+        assert sorted(p.name for p in path.iterdir()) == [".featx-lock", "plan"]
+    finally:
+        holder.release()
 
 
 def test_concurrent_extract_is_refused_while_the_first_finishes(image_folder, tmp_path):

@@ -96,6 +96,8 @@ class StoreWriter:
         """Lock the store and decide what is left to do. `files` stats and hashes the inputs to
         tell changed and moved files (see `featx.store.reconcile.LocalFiles`, the default; an
         engine passes one that runs on its workers)."""
+        if (self.path / LOCK_FILE).is_file():  # featx's folder: a writer that holds it may be between its plan and
+            self.lock.acquire()  # its first manifest, so "being written by PID N" comes before judging the contents
         is_store = check_output(self.path, "store")
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
