@@ -1,14 +1,16 @@
 """What this process may use, and the process-wide settings featx's entry points make.
 
-Library code only reads (`usable_cores`). The settings below change the whole process, so only the
-entry points make them: the CLI (`featx.cli`), the service (`featx.cli.serve` before `featx.serve`
-starts) and a Ray actor's constructor (the entry point of that process). Importing any featx module
-changes nothing; tests prove it."""
+Library code only reads (`usable_cores`) or changes a setting for a block and puts it back
+(`torch_threads`). The other settings change the whole process for good, so only the entry points
+make them: the CLI (`featx.cli`), the service (`featx.cli.serve` before `featx.serve` starts) and a
+Ray actor's constructor (the entry point of that process). Importing any featx module changes
+nothing; tests prove it."""
 
 from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 # libgomp (torch's OpenMP on Linux) lets a waiting thread spin up to 300,000 times before it sleeps.
@@ -50,3 +52,28 @@ def restart_with_one_malloc_arena() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "MALLOC_ARENA_MAX": "1"})
+
+
+def use_cores(count: int) -> None:
+    """torch's intra-op threads for the rest of this process: a Ray actor's share of its node's
+    cores, not all of them (each actor of a node would otherwise start one thread per core)."""
+    import torch
+
+    torch.set_num_threads(max(1, int(count)))
+
+
+@contextmanager
+def torch_threads(count: int | None):
+    """torch's intra-op threads set to `count` for a block, then put back (None: left alone). On a
+    CPU, decoding and the forward pass take turns on every core (`featx.extract.extractor.decode_plan`)."""
+    if not count:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

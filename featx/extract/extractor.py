@@ -24,7 +24,7 @@ from featx.preprocess.config import check_resize
 from featx.preprocess.contract import device_network_inputs, network_input
 from featx.preprocess.device import plain_jpeg
 from featx.preprocess.views import PIXEL_TOLERANCE, check_tta, normalise
-from featx.runtime import usable_cores
+from featx.runtime import torch_threads, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class Extractor:
         from tqdm.auto import tqdm
 
         with tqdm(total=total, desc=description, unit="img", disable=not progress, dynamic_ncols=True) as bar, \
-                _torch_threads(plan.torch_threads):
+                torch_threads(plan.torch_threads):
             for batch in self._loader(dataset, batches, plan):
                 items = batch["items"]
                 views = self._device_views(batch) if any(j is not None for j in batch["jpeg"]) else batch["views"]
@@ -342,22 +342,6 @@ def decode_plan(device: torch.device, workers: int | None, cores: int | None = N
     if device.type == "cpu":
         return DecodePlan(processes=0, threads=cores, torch_threads=cores)
     return DecodePlan(processes=max(1, min(8, cores - 1)), threads=1, torch_threads=None)  # cores left, 1..8
-
-
-class _torch_threads:
-    """Set torch's intra-op thread count for a block, and restore it after."""
-
-    def __init__(self, count: int | None):
-        self.count, self.before = count, None
-
-    def __enter__(self):
-        if self.count:
-            self.before = torch.get_num_threads()
-            torch.set_num_threads(self.count)
-
-    def __exit__(self, *exc):
-        if self.before:
-            torch.set_num_threads(self.before)
 
 
 def extractor_from_config(config: dict, **runtime) -> Extractor:

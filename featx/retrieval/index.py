@@ -106,7 +106,6 @@ class Index:
         reduce_dim = parse_reduce(reduce, d, n)
         budget = parse_size(memory_budget)
         faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-        faiss.omp_set_num_threads(max(1, faiss.omp_get_max_threads()))
 
         if rerank is not None and rerank < 0:
             raise InputError(f"--rerank {rerank} must be 0 (off) or a positive factor")

@@ -136,13 +136,13 @@ class ShardWorker:
         self.store_path = store_path
 
     def _load(self, config: dict, config_hash: str, runtime: dict, threads: int | None) -> None:
-        import torch
 
         from featx.extract.extractor import extractor_from_config
+        from featx.runtime import use_cores
         from featx.store import config_hash as hash_of
 
-        if threads:  # the actor's share of the node's cores, not all of them
-            torch.set_num_threads(max(1, int(threads)))
+        if threads:  # this actor is its process's entry point (featx.runtime says why)
+            use_cores(threads)
         self.extractor = extractor_from_config(config, **runtime)
         own = hash_of(self.extractor.config | {"weights_source": config.get("weights_source")})
         if own != config_hash:  # e.g. another featx / timm version on this node
