@@ -136,7 +136,6 @@ class ShardWorker:
         self.store_path = store_path
 
     def _load(self, config: dict, config_hash: str, runtime: dict, threads: int | None) -> None:
-
         from featx.extract.extractor import extractor_from_config
         from featx.runtime import use_cores
         from featx.store import config_hash as hash_of
