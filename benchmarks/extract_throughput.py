@@ -113,9 +113,10 @@ def forward_rates(extractor, native: torch.nn.Module, rounds: int, seconds: floa
         _sync(device)
         return done / (time.perf_counter() - start)
 
-    from featx.extract.extractor import _torch_threads, decode_plan
+    from featx.extract.extractor import decode_plan
+    from featx.runtime import torch_threads
 
-    with torch.inference_mode(), autocast, _torch_threads(decode_plan(device, extractor.workers).torch_threads):
+    with torch.inference_mode(), autocast, torch_threads(decode_plan(device, extractor.workers).torch_threads):
         native(x), extractor.tap(x)  # warm-up
         _sync(device)
         pairs = [(rate(native), rate(extractor.tap)) for _ in range(rounds)]

@@ -137,7 +137,7 @@ def paired_single(base: str, model_dir: Path, paths: list[str], n: int) -> dict:
             start = time.perf_counter()
             views = image_views(decode_image(read_bytes(path)[0], extractor.backbone.preprocess.resize_size),
                                 extractor.backbone.preprocess, extractor.tta)
-            extractor._forward(views)
+            extractor.forward(views)
             offline.append(time.perf_counter() - start)
             time.sleep(0.01)  # torch's OpenMP workers spin ~ms after a pass: let this process's settle first
             start = time.perf_counter()
@@ -169,7 +169,7 @@ def offline_baselines(model_dir: Path, paths: list[str]) -> dict:
         start = time.perf_counter()
         views = image_views(decode_image(read_bytes(path)[0], extractor.backbone.preprocess.resize_size),
                             extractor.backbone.preprocess, extractor.tta)
-        extractor._forward(views)
+        extractor.forward(views)
         single.append(time.perf_counter() - start)
     return {"extract_img_per_s": throughput, "single_decode_forward_ms": 1000 * statistics.median(single)}
 
