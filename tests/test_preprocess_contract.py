@@ -107,3 +107,19 @@ def test_the_served_decode_keeps_the_draft_margin():
     assert min(image.size) >= 1.5 * pre.resize_size  # decoded with the margin, not at 1/8 scale (375 px)
     views = network_input(data, pre, tta=2)
     assert views.shape == (2, 3, 224, 224) and views.dtype.is_floating_point is False
+
+
+def test_a_bad_file_raises_its_decode_error_with_either_decoder():
+    """A truncated JPEG is a DecodeError with its code from both decoders, never a value returned."""
+    from featx.backbones import load_backbone
+    from featx.io.decode import DecodeError
+    from featx.preprocess.contract import network_input
+
+    pre = load_backbone("resnet18", "random", 64).preprocess
+    buffer = io.BytesIO()
+    Image.fromarray(_textured(300, 200, 9)).save(buffer, "JPEG", quality=90)
+    truncated = buffer.getvalue()[:len(buffer.getvalue()) // 2]  # the header is whole: a plain JPEG
+    for decoder in ("pil", "torch"):
+        with pytest.raises(DecodeError) as info:
+            network_input(truncated, pre, tta=1, decoder=decoder)
+        assert info.value.code in ("truncated", "decode_error"), decoder

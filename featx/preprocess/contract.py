@@ -32,7 +32,10 @@ def network_input(data: bytes, pre: Preprocess, tta: int = EXTRACT.tta, *, decod
     decompression bombs (default: Pillow's limit)."""
     if decoder == "torch" and plain_jpeg(data, max_pixels=max_pixels):
         blob = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return device_network_inputs([blob], pre, tta, torch.device("cpu"))[0]
+        views = device_network_inputs([blob], pre, tta, torch.device("cpu"))[0]
+        if isinstance(views, DecodeError):
+            raise views
+        return views
     return image_views(decode_for_network(data, pre, tta, max_pixels=max_pixels), pre, tta)
 
 
