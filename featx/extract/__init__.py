@@ -6,14 +6,10 @@ this package imports its modules on first use."""
 
 from __future__ import annotations
 
-import importlib
+from featx.lazy import lazy_exports
 
 _EXPORTS = {"Extractor": "featx.extract.extractor", "extractor_from_config": "featx.extract.extractor",
             "extract": "featx.extract.job"}
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'featx.extract' has no attribute '{name}'")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -134,7 +134,7 @@ def decode_image(data: bytes, draft_size: int | Callable[[tuple[int, int]], tupl
 
 
 def _decode(data: bytes, draft_size, max_pixels: int) -> Image.Image:
-    image = _open(data, max_pixels)
+    image = open_header(data, max_pixels)
     stored = image.size
     _load(image, draft_size)
     try:
@@ -156,8 +156,10 @@ def _decode(data: bytes, draft_size, max_pixels: int) -> Image.Image:
     return rgb
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
-    """The image with its header read, or DecodeError (not an image, a decompression bomb)."""
+def open_header(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """The image with only its header read, or DecodeError (not an image; a decompression bomb:
+    above `max_pixels`, default Pillow's limit)."""
+    max_pixels = max_pixels or Image.MAX_IMAGE_PIXELS
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -16,17 +16,15 @@ levels on hymenoptera photos in `crop` mode, up to 10 on a textured one)."""
 
 from __future__ import annotations
 
-import io
 import math
 from collections import defaultdict
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as nnf
-from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from featx.io.decode import DecodeError, error_code
+from featx.io.decode import DecodeError, error_code, open_header
 from featx.options import EXTRACT
 from featx.preprocess.config import Preprocess
 from featx.preprocess.views import REDUCING_GAP, image_views, letterbox_fill
@@ -163,19 +161,15 @@ def _weights(in_size: int, out_size: int, start: float, stop: float, interpolati
 def plain_jpeg(data: bytes, *, max_pixels: int | None = None) -> bool:
     """True for a JPEG that the tensor decoder handles (RGB/greyscale, within `max_pixels`, default
     Pillow's limit); DecodeError for a decompression bomb; False for anything else (decoded with
-    Pillow)."""
+    Pillow, which reports its own errors)."""
     if data[:3] != b"\xff\xd8\xff":
         return False
     try:
-        header = Image.open(io.BytesIO(data))  # reads the header only
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError("bomb", f"decompression bomb refused: {exc}") from None
-    except Exception:
+        header = open_header(data, max_pixels)
+    except DecodeError as exc:
+        if exc.code == "bomb":
+            raise
         return False
-    limit = max_pixels or Image.MAX_IMAGE_PIXELS
-    if header.width * header.height > limit:
-        raise DecodeError("bomb", f"decompression bomb refused: {header.width}x{header.height} = "
-                                  f"{header.width * header.height} pixels, above the limit of {limit}")
     return header.mode in ("RGB", "L")
 
 

@@ -36,23 +36,19 @@ def inference_router(state: ServerState) -> APIRouter:
     """Predict, search, place, embed, map points and thumbnails."""
     router = APIRouter()
 
-    @router.post("/v1/predict", summary="Classify images (multipart files) or store rows / paths (JSON)",
-                 responses={200: {"model": PredictAnswer}},
-                 openapi_extra=json_or_multipart(PredictRequest))
-    async def predict(request: Request):
-        return await limited(state, predict_answer(request, state))
-
-    @router.post("/v1/search", summary="Nearest stored images of images (multipart) or store rows / paths (JSON)",
-                 responses={200: {"model": SearchAnswer}},
-                 openapi_extra=json_or_multipart(SearchRequest))
-    async def search(request: Request):
-        return await limited(state, search_answer(request, state))
-
-    @router.post("/v1/place", summary="Where images (multipart) or store rows / paths (JSON) land on a loaded map",
-                 responses={200: {"model": PlaceAnswer}},
-                 openapi_extra=json_or_multipart(PlaceRequest))
-    async def place(request: Request):
-        return await limited(state, place_answer(request, state))
+    # the four image resources: JSON or multipart in, their answer model out, under the time limit
+    for path, summary, request_model, answer, responses in (
+            ("/v1/predict", "Classify images (multipart files) or store rows / paths (JSON)", PredictRequest,
+             predict_answer, {200: {"model": PredictAnswer}}),
+            ("/v1/search", "Nearest stored images of images (multipart) or store rows / paths (JSON)", SearchRequest,
+             search_answer, {200: {"model": SearchAnswer}}),
+            ("/v1/place", "Where images (multipart) or store rows / paths (JSON) land on a loaded map", PlaceRequest,
+             place_answer, {200: {"model": PlaceAnswer}}),
+            ("/v1/embed", "Feature vectors, as JSON or .npy", EmbedRequest, embed_answer,
+             {200: {"model": EmbedAnswer, "content": {"application/x-npy": {}}}})):
+        router.add_api_route(path, _limited_route(state, answer), methods=["POST"], summary=summary,
+                             responses=responses, openapi_extra=json_or_multipart(request_model),
+                             name=path.rsplit("/", 1)[1])
 
     @router.get("/v1/projections/{name}", summary="A loaded map's points: coordinates, label and row id each",
                 responses={200: {"model": MapPoints}})
@@ -60,14 +56,8 @@ def inference_router(state: ServerState) -> APIRouter:
         loaded = state.registry.projection(name)
         return await run_in_threadpool(map_points, loaded, max(1, min(int(limit), MAP_POINTS_MAX)))
 
-    @router.post("/v1/embed", summary="Feature vectors, as JSON or .npy",
-                 responses={200: {"model": EmbedAnswer, "content": {"application/x-npy": {}}}},
-                 openapi_extra=json_or_multipart(EmbedRequest))
-    async def embed(request: Request):
-        return await limited(state, embed_answer(request, state))
-
     @router.get("/v1/thumbnails/{store}/{row_id}", summary="A JPEG thumbnail of one store row",
-             response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+                response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
     async def thumbnail(store: str, row_id: int, size: int = 128):
         from featx.serve.thumbs import thumbnail_jpeg
 
@@ -83,6 +73,15 @@ def inference_router(state: ServerState) -> APIRouter:
 
     return router
 
+
+
+def _limited_route(state: ServerState, answer):
+    """The endpoint that computes `answer(request, state)` under the server's time limit."""
+
+    async def endpoint(request: Request):
+        return await limited(state, answer(request, state))
+
+    return endpoint
 
 
 async def predict_answer(request: Request, state: ServerState) -> dict:

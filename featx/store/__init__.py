@@ -5,8 +5,9 @@ package imports its modules on first use."""
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from featx.lazy import lazy_exports
 
 _EXPORTS = {
     "read_record": "featx.store.artifacts", "StoreLock": "featx.store.lock", "Changes": "featx.store.reconcile",
@@ -19,13 +20,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'featx.store' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:
