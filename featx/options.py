@@ -66,7 +66,9 @@ class ExtractOptions(_Strict):
 
     model: str = Field(DEFAULT_BACKBONE, description="Backbone name; `featx models` lists them.")
     weights: str = Field("default", description="'default', 'random' or a local state dict file.")
-    layers: Optional[list[str]] = Field(None, description="Layer names (repeat --layer); default: pooled penultimate.")
+    layers: Optional[list[str]] = Field(None, description=(
+        "Layer names (repeat --layer); `final` = the pooled penultimate layer, `pixels` = 32×32 raw pixels; default: "
+        "final, about 4 stage ends over depth and pixels, in one forward pass."))
     pool: Pool = Field("avg", description="Pooling of convolutional layers.")
     image_size: Optional[int] = Field(None, ge=8, le=4096, description="Override the weights' crop size.")
     tta: int = Field(1, ge=1, le=MAX_TTA, description="Average N deterministic views.")
@@ -96,8 +98,11 @@ class ExtractOptions(_Strict):
 class TrainShallowOptions(_Strict):
     """`featx train-shallow` (Python: `featx.train_shallow`), minus the store and the output folders."""
 
-    layer: Optional[str] = Field(None, description="Stored layer; default: the store's first.")
-    classifier: Classifier = Field("linear-svm", description="The classifier (linear-svm: best on average once tuned).")
+    layer: Optional[str] = Field(None, description=(
+        "Stored layer, `concat` (the network layers side by side) or `pixels`; default: chosen by inner CV "
+        "(--tune), else the store's first."))
+    classifier: Optional[Classifier] = Field(None, description=(
+        "The classifier; default: chosen among linear-svm, logreg and rbf-svm by inner CV (--tune), else linear-svm."))
     normalize: Normalizer = Field("zscore", description="Feature scaling before the classifier.")
     reduce: ShallowReduce = Field("none", description="none|pca:K|pca:0.95|pca:K:whiten|pq:M")
     cv: int = Field(5, ge=2, description="Folds when the store has no train/val split (and of the inner tuning CV).")
@@ -107,6 +112,9 @@ class TrainShallowOptions(_Strict):
         "--no-tune keeps fixed values (C=1, k=5, …)."))
     search: bool = Field(False, description="Also search PCA's K (half, given, double) with the strength.")
     balance: Balance = Field("none", description="Class imbalance: class weights, or SMOTE oversampling.")
+    budget: float = Field(120.0, gt=0, description=(
+        "Seconds the choice of representation and classifier may take before its last round (per fit)."))
+    baseline: bool = Field(True, description="Also score the raw-pixel baseline (stores with a `pixels` layer).")
     seed: int = 0
 
 

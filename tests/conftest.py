@@ -51,17 +51,19 @@ SYNTHETIC_CONFIG = {"backbone": "synthetic", "weights_id": "none", "weights_sha2
 
 
 def make_feature_store(path: Path, X, labels, splits=None, config=None, shard_size=None, status="ok", groups=None):
-    """A store holding given vectors, for tests of the steps after extraction. `groups` adds a
-    'group' column to the returned store's (in-memory) metadata, as a manifest's group column does."""
+    """A store holding given vectors (`X`, or {layer: vectors}), for tests of the steps after extraction.
+    `groups` adds a 'group' column to the returned store's (in-memory) metadata, as a manifest's group column does."""
 
     from featx.io.sources import ImageRecord
     from featx.store import StoreWriter
 
-    X = np.asarray(X, dtype=np.float32)
+    layers = {name: np.asarray(v, dtype=np.float32) for name, v in (X.items() if isinstance(X, dict) else
+                                                                      [("vec", X)])}  # {layer: vectors}
+    X = next(iter(layers.values()))
     splits = splits if splits is not None else [None] * len(X)
     records = [ImageRecord(f"/synthetic/{i:05d}.png", None if labels[i] is None else str(labels[i]), splits[i])
                for i in range(len(X))]
-    writer = StoreWriter(path, config or SYNTHETIC_CONFIG)
+    writer = StoreWriter(path, config or dict(SYNTHETIC_CONFIG, layers=list(layers)))
     work = writer.prepare(records)
     step = shard_size or max(1, len(X))
     for start in range(0, len(X), step):
@@ -70,7 +72,7 @@ def make_feature_store(path: Path, X, labels, splits=None, config=None, shard_si
         meta["sha256"] = [f"{i:064x}" for i in range(start, stop)]
         meta["status"] = status
         meta["error"] = None if status == "ok" else "synthetic failure"
-        writer.commit_shard(start, {"vec": X[start:stop]}, meta)
+        writer.commit_shard(start, {name: v[start:stop] for name, v in layers.items()}, meta)
     store = writer.finalize(len(X))
     if groups is not None:
         store.meta["group"] = list(groups)

@@ -48,7 +48,7 @@ def test_save_load_roundtrip_and_tamper_refusal(blob_store, tmp_path):
     X = blob_store.features()
     loaded = ShallowModel.load(tmp_path / "m")
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
-    assert loaded.classes == ["c0", "c1", "c2"] and loaded.layer == "vec"
+    assert loaded.classes == ["c0", "c1", "c2"] and loaded.layers == ["vec"]
     data = bytearray((tmp_path / "m" / "model.skops").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (tmp_path / "m" / "model.skops").write_bytes(bytes(data))
@@ -60,9 +60,9 @@ def test_model_refuses_features_of_another_extractor(blob_store, tmp_path):
     model = train_shallow(blob_store, learning_curve=False)
     other = dict(SYNTHETIC_CONFIG, pool="max")
     with pytest.raises(ConfigMismatchError, match="pool"):
-        model.check_features(other, "vec")
-    with pytest.raises(ConfigMismatchError, match="layer 'vec'"):
-        model.check_features(SYNTHETIC_CONFIG, "other")
+        model.check_features(other, ["vec"])
+    with pytest.raises(ConfigMismatchError, match=r"reads layer\(s\) \['vec'\]"):
+        model.check_features(SYNTHETIC_CONFIG, ["other"])
 
 
 def test_nothing_is_written_when_training_fails(tmp_path):

@@ -11,11 +11,12 @@ import threading
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from featx.errors import UnknownNameError
-from featx.options import LAYERS
+from featx.options import EXTRACT, LAYERS
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,9 @@ class LayerTap(nn.Module):
         self.probe_shapes: dict[str, tuple[int, ...]] | None = None
         addressable = addressable or addressable_layers(model)
         targets = {layer: resolve_layer(layer, addressable.names, model, model_name) for layer in self.layers}
-        if addressable.traced:
+        if not self.layers:  # nothing to tap (the stored pixels alone): the network never runs
+            self.model = model
+        elif addressable.traced:
             traced = _feature_extractor_fn(model)(model, return_nodes={node: layer for layer, node in targets.items()})
             if lean:
                 self.traced, self.folded, self.probe_shapes = _leaner(traced.eval(), model_name, image_size, identity)
@@ -88,6 +91,8 @@ class LayerTap(nn.Module):
         return capture
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not self.layers:
+            return {}
         if self.traced is not None:
             return self.traced(x)
         self._local.captured = captured = {}
@@ -182,6 +187,69 @@ def default_layer(model: nn.Module, addressable: Addressable | None = None) -> s
         return names[i]
     head = next((i for i, n in enumerate(names) if n.startswith(("classifier", "fc", "head"))), None)
     return names[head - 1] if head else names[-1]
+
+
+FINAL = "final"  # `--layer final`: the default layer alone
+STAGE_ENDS = 4  # stage ends stored next to the final layer by default
+SHAPE_PROBE_SIZE = 224  # the stage ends are found on a probe input of at most this size
+
+
+def stage_ends(shapes: dict[str, tuple[int, ...]], final: str, count: int = STAGE_ENDS) -> list[str]:
+    """The output of the last block at each resolution of a convolutional network, over the `count`
+    deepest resolutions below the stem (strides 4, 8, 16, 32 of a usual CNN): features from several
+    depths, where middle layers often carry more than the last one on data far from ImageNet.
+
+    A block that changes the resolution may start (its expansion) before it: the nodes of that block
+    (named like the first node at the next resolution) are not this resolution's end. At the deepest
+    resolution the trailing layers as wide as `final` (the head's convolution before the global
+    pool) are skipped, as the final layer holds them. Networks without maps (transformers'
+    tokens) have no stage ends."""
+    names = list(shapes)
+    before_final = names[:names.index(final)] if final in names else names
+    # maps only: 1×1 "maps" are pooled vectors
+    maps = [name for name in before_final if len(shapes[name]) == 3 and _map_side(shapes[name]) > 1]
+    if not maps:
+        return []
+    final_shape = shapes.get(final, ())
+    final_width = _map_channels(final_shape) if len(final_shape) == 3 else int(np.prod(final_shape or (0,)))
+    groups: list[list[str]] = []  # consecutive nodes at one resolution
+    for name in maps:
+        if groups and _map_side(shapes[groups[-1][-1]]) == _map_side(shapes[name]):
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    ends = []
+    for at, following in zip(groups, groups[1:] + [None]):
+        if following is None:
+            kept = [n for n in at if _map_channels(shapes[n]) != final_width]
+        else:
+            block = following[0].rsplit(".", 1)[0]
+            next_block = (block if "." in block else following[0]) + "."  # never the whole network's body
+            kept = [n for n in at if not n.startswith(next_block)]
+        if kept:
+            ends.append(kept[-1])
+    return ends[1:][-count:]  # the stem's resolution is too shallow
+
+
+def _map_side(shape: tuple[int, ...]) -> int:
+    return shape[2] if output_format(shape) == "NCHW" else shape[1]
+
+
+def _map_channels(shape: tuple[int, ...]) -> int:
+    return shape[0] if output_format(shape) == "NCHW" else shape[2]
+
+
+def default_layers(model: nn.Module, model_name: str, image_size: int, addressable: Addressable | None = None,
+                   *, pool: str = EXTRACT.pool) -> list[str]:
+    """What `featx extract` stores by default: the final layer first (every step's default), then
+    the stage ends (`stage_ends`). `--pool flatten` keeps the final layer alone (flattened maps
+    are far too wide)."""
+    addressable = addressable or addressable_layers(model)
+    final = default_layer(model, addressable)
+    if pool == "flatten":
+        return [final]
+    shapes = layer_shapes(model, model_name, min(image_size, SHAPE_PROBE_SIZE), addressable)
+    return [final, *stage_ends(shapes, final)]
 
 
 @torch.inference_mode()

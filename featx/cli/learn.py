@@ -27,7 +27,7 @@ def train_shallow_cmd(
     store: Path = typer.Argument(..., help="Feature store."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
     layer: Optional[str] = option(TrainShallowOptions, "layer"),
-    classifier: Classifier = option(TrainShallowOptions, "classifier"),
+    classifier: Optional[Classifier] = option(TrainShallowOptions, "classifier"),
     normalize: Normalizer = option(TrainShallowOptions, "normalize"),
     reduce: str = option(TrainShallowOptions, "reduce"),
     cv: int = option(TrainShallowOptions, "cv"),
@@ -35,6 +35,8 @@ def train_shallow_cmd(
     tune: bool = option(TrainShallowOptions, "tune", "--tune/--no-tune"),
     search: bool = option(TrainShallowOptions, "search"),
     balance: Balance = option(TrainShallowOptions, "balance"),
+    budget: float = option(TrainShallowOptions, "budget"),
+    baseline: bool = option(TrainShallowOptions, "baseline", "--baseline/--no-baseline"),
     seed: int = option(TrainShallowOptions, "seed"),
     report: Optional[Path] = typer.Option(None, help="Report folder; default MODEL_DIR/report."),
 ):
@@ -48,10 +50,9 @@ def train_shallow_cmd(
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        chosen = {"classifier": classifier} if classifier else {}  # None: the API's default
-        model = train_shallow(store, layer=layer, **chosen, normalize=normalize, reduce=reduce, cv=cv,
-                              val=val, tune=tune, search=search, balance=balance, seed=seed, report_dir=report,
-                              out=out)
+        model = train_shallow(store, layer=layer, classifier=classifier, normalize=normalize, reduce=reduce, cv=cv,
+                              val=val, tune=tune, search=search, balance=balance, budget=budget, baseline=baseline,
+                              seed=seed, report_dir=report, out=out)
     for warning in caught:
         if "--cv" in str(warning.message) or "near-duplicate" in str(warning.message):
             err_console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
@@ -65,6 +66,10 @@ def print_classification_report(report: dict, out: Path, report_dir: Path) -> No
         std = report.get(f"{key}_std")
         table.add_row(key, f"{report[key]:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
     table.add_row("n_train / n_eval", f"{report['n_train']} / {report['n_eval']}")
+    chosen = report.get("representation") or {}
+    if chosen:
+        table.add_row("representation", f"{chosen['representation']} ({', '.join(chosen['layers'])})")
+        table.add_row("classifier", chosen["classifier"])
     tuning = report.get("tuning") or {}
     if tuning.get("enabled"):
         table.add_row(f"chosen {tuning['label']}", f"{tuning['chosen']:g} (inner CV {tuning['inner_cv_score']:.4f}; "
@@ -80,6 +85,11 @@ def print_classification_report(report: dict, out: Path, report_dir: Path) -> No
     if report.get("warnings"):
         table.add_row("warnings", f"{sum(w['count'] for w in report['warnings'])} (listed in report.md)")
     console.print(table)
+    baseline = report.get("baseline") or {}
+    if baseline.get("sentence"):
+        console.print(baseline["sentence"], highlight=False)
+    if baseline.get("warning"):
+        err_console.print(f"[yellow]warning:[/] {baseline['warning']}", highlight=False)
     console.print(f"model: {out}   report: {report_dir}/report.md")
 
 

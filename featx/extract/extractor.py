@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from featx.backbones import Preprocess, load_backbone
-from featx.backbones.layers import LayerTap, addressable_layers, default_layer, output_formats
+from featx.backbones.layers import FINAL, LayerTap, addressable_layers, default_layer, default_layers, output_formats
 from featx.backbones.pooling import check_pool_name, check_pool_with_tta, check_pooling, pool
 from featx.errors import InputError, WeightsError
 from featx.io.decode import DecodeError, read_bytes
@@ -23,7 +23,7 @@ from featx.options import EXTRACT
 from featx.preprocess.config import check_resize
 from featx.preprocess.contract import device_network_inputs, network_input
 from featx.preprocess.device import plain_jpeg
-from featx.preprocess.views import PIXEL_TOLERANCE, check_tta, normalise
+from featx.preprocess.views import PIXEL_SIDE, PIXEL_TOLERANCE, PIXELS, check_tta, normalise, pixel_vectors
 from featx.runtime import torch_threads, usable_cores
 
 log = logging.getLogger(__name__)
@@ -170,17 +170,29 @@ class Extractor:
         self.backbone = load_backbone(model, weights, image_size)
         self.backbone.preprocess = self.backbone.preprocess.with_resize(resize)
         addressable = addressable_layers(self.backbone.model)
-        self.layers = list(layers) if layers else [default_layer(self.backbone.model, addressable)]
-        if len(set(self.layers)) != len(self.layers):
-            raise InputError(f"--layer given twice: {self.layers}")
+        self.layers = self._requested_layers(layers, model, addressable, pool)
+        self.network_layers = [layer for layer in self.layers if layer != PIXELS]
         self.pool_name = pool
         identity = f"{self.backbone.weights_id}|{self.backbone.weights_sha256}"
-        self.tap = LayerTap(self.backbone.model, self.layers, model, addressable,
+        self.tap = LayerTap(self.backbone.model, self.network_layers, model, addressable,
                             image_size=self.backbone.preprocess.crop_size, identity=identity).eval()
         self.pooled_dims = self._probe_dims()
         self.tap = self.tap.to(self.device, memory_format=torch.channels_last)
         self.weights_source = weights
         self.compiled = torch.compile(self.tap, dynamic=False) if compile else None
+
+    def _requested_layers(self, layers: Sequence[str] | None, model: str, addressable, pool: str) -> list[str]:
+        """The stored layers: by default the final layer, the stage ends (`default_layers`) and the
+        raw pixels (the baseline); `final` names the final layer."""
+        network = self.backbone.model
+        if not layers:
+            size = self.backbone.preprocess.crop_size
+            return [*default_layers(network, model, size, addressable, pool=pool), PIXELS]
+        chosen = [default_layer(network, addressable) if layer == FINAL else layer for layer in layers]
+        if len(set(chosen)) != len(chosen):
+            raise InputError(f"--layer names a layer twice: {list(layers)} (`final` is "
+                             f"'{default_layer(network, addressable)}' for {model}); give each layer once")
+        return chosen
 
     @torch.inference_mode()
     def _probe_dims(self) -> dict[str, int]:
@@ -188,17 +200,17 @@ class Extractor:
         layer's shape, and the length of each layer's vector: from the shapes the lean-graph check
         saw (no extra forward pass), else from one dummy forward pass."""
         size = self.backbone.preprocess.crop_size
-        shapes = self.tap.probe_shapes
-        if shapes is not None and all(layer in shapes for layer in self.layers):
-            outputs = {layer: torch.zeros((1, *shapes[layer])) for layer in self.layers}
+        shapes, layers = self.tap.probe_shapes, self.network_layers
+        if shapes is not None and all(layer in shapes for layer in layers):
+            outputs = {layer: torch.zeros((1, *shapes[layer])) for layer in layers}
         else:
-            outputs = self.tap(torch.zeros(1, 3, size, size))
-        self.layer_formats = output_formats(self.tap, {layer: outputs[layer] for layer in self.layers}, size)
-        dims = {}
-        for layer in self.layers:
+            outputs = self.tap(torch.zeros(1, 3, size, size)) if layers else {}
+        self.layer_formats = output_formats(self.tap, {layer: outputs[layer] for layer in layers}, size)
+        dims = {PIXELS: 3 * PIXEL_SIDE * PIXEL_SIDE}
+        for layer in layers:
             check_pooling(self.pool_name, layer, tuple(outputs[layer].shape[1:]))
             dims[layer] = int(pool(outputs[layer], self.pool_name, self.layer_formats[layer]).shape[-1])
-        return dims
+        return {layer: dims[layer] for layer in self.layers}
 
     @property
     def config(self) -> dict:
@@ -227,14 +239,20 @@ class Extractor:
             if rows < full:
                 x = torch.cat([x, x.new_zeros((full - rows,
                                                *x.shape[1:]))]).contiguous(memory_format=torch.channels_last)
-        if self.amp != "none":
+        if not self.network_layers:  # the pixels alone need no network
+            outputs = {}
+        elif self.amp != "none":
             with torch.autocast(self.device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16):
                 outputs = network(x)
         else:
             outputs = network(x)
         outputs = {layer: value[:rows] for layer, value in outputs.items()}
         pooled = {}
-        for layer in self.layers:
+        if PIXELS in self.layers:
+            pixels = pixel_vectors(views.to(self.device))
+            pooled[PIXELS] = pixels.view(-1, self.tta, pixels.shape[-1])
+            pooled[PIXELS] = pooled[PIXELS] if self.per_view else pooled[PIXELS].mean(1)
+        for layer in self.network_layers:
             vectors = pool(outputs[layer], self.pool_name, self.layer_formats[layer]).float()
             views = vectors.view(-1, self.tta, vectors.shape[-1])
             pooled[layer] = views if self.per_view else views.mean(1)

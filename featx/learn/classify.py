@@ -4,6 +4,7 @@ Pipeline, trained and honestly evaluated (held-out split or (nested) cross-valid
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from dataclasses import dataclass
@@ -14,7 +15,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from featx.errors import InputError
+from featx.learn.estimators import (  # noqa: F401 (public here too)
+    BALANCES,
+    CLASSIFIERS,
+    DEFAULT_CLASSIFIER,
+    build_pipeline,
+    make_estimator,
+)
 from featx.learn.evaluation import (
+    baseline_comparison,
     bootstrap_spread,
     fold_spread,
     learning_curve,
@@ -25,9 +34,11 @@ from featx.learn.evaluation import (
 from featx.learn.metrics import classification_metrics
 from featx.learn.model import ShallowModel  # noqa: F401 (public here too: featx.learn.classify.ShallowModel)
 from featx.learn.parallel import thread_map
-from featx.learn.reduce import make_normalizer, make_reducer
-from featx.learn.tune import STRENGTHS, TunedPipeline, cv_splitter, grid_for
+from featx.learn.representation import CONCAT, Representation, is_grey, model_input
+from featx.learn.select import AUTO_CLASSIFIERS, AutoShallow
+from featx.learn.tune import STRENGTHS, cv_splitter
 from featx.options import TRAIN
+from featx.preprocess.views import PIXEL_SIDE, PIXELS
 from featx.store import (
     FeatureStore,
     check_rows_finite,
@@ -36,96 +47,6 @@ from featx.store import (
 from featx.store.artifacts import check_output
 
 log = logging.getLogger(__name__)
-
-# the default classifier (featx.options) is the best on average over hymenoptera, Fashion-MNIST and
-# synthetic checks, once tuned (benchmarks/accuracy.py)
-DEFAULT_CLASSIFIER = TRAIN.classifier
-CLASSIFIERS = ("linear-svm", "rbf-svm", "logreg", "knn", "tree", "forest", "hgb")
-BALANCES = ("none", "class-weight", "smote")
-TUNE_MAX_ROWS = 2000  # the validation curve is measured on a stratified subsample of this many training rows
-
-
-def make_classifier(name: str, balance: str, seed: int, tuned: bool = False):
-    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.svm import SVC, LinearSVC
-    from sklearn.tree import DecisionTreeClassifier
-
-    weight = "balanced" if balance == "class-weight" else None
-    makers = {
-        # dual: sklearn's "auto" picks the primal solver when rows outnumber features, 2-4× slower on
-        # CNN features (thousands of rows × ~1,000 dims) at the C values tuning picks
-        "linear-svm": lambda: LinearSVC(C=1.0, dual=True, class_weight=weight, max_iter=5000, random_state=seed),
-        "rbf-svm": lambda: SVC(kernel="rbf", C=1.0, gamma="scale", class_weight=weight),
-        "logreg": lambda: LogisticRegression(C=1.0, max_iter=3000, class_weight=weight),
-        "knn": lambda: KNeighborsClassifier(n_neighbors=5),
-        "tree": lambda: DecisionTreeClassifier(class_weight=weight, random_state=seed),
-        "forest": lambda: RandomForestClassifier(n_estimators=300, class_weight=weight, n_jobs=-1, random_state=seed),
-        # tuned: the number of iterations is the tuned knob (a warm-started path), not early stopping
-        "hgb": lambda: HistGradientBoostingClassifier(early_stopping=not tuned, class_weight=weight, random_state=seed),
-    }
-    if name not in makers:
-        raise InputError(f"unknown --classifier '{name}'; allowed: {', '.join(CLASSIFIERS)}")
-    if balance not in BALANCES:
-        raise InputError(f"unknown --balance '{balance}'; allowed: {', '.join(BALANCES)}")
-    if balance == "class-weight" and name == "knn":
-        raise InputError("--balance class-weight is not supported by knn (it has no class weights); "
-                         "use --balance smote or another classifier")
-    return makers[name]()
-
-
-def reducer_grid(reducer) -> dict:
-    """`--search`: PCA's K is searched too (half, as given, double) around each strength path."""
-    k = getattr(reducer, "n_components", None)
-    return {"reduce__n_components": sorted({max(1, k // 2), k, 2 * k})} if isinstance(k, int) else {}
-
-
-def build_pipeline(*, classifier: str = TRAIN.classifier, normalize: str = TRAIN.normalize,
-                   reduce: str = TRAIN.reduce, balance: str = TRAIN.balance, seed: int = TRAIN.seed, n_samples: int,
-                   n_features: int, smallest_class: int, tuned: bool = False):
-    steps = [("normalize", make_normalizer(normalize)),
-             ("reduce", make_reducer(reduce, n_samples=n_samples, n_features=n_features, seed=seed)),
-             ("classify", make_classifier(classifier, balance, seed, tuned))]
-    if balance == "smote":
-        from imblearn.over_sampling import SMOTE
-        from imblearn.pipeline import Pipeline as ImbPipeline
-
-        if smallest_class < 2:
-            raise InputError("--balance smote needs at least 2 images in every class")
-        smote = SMOTE(k_neighbors=max(1, min(5, smallest_class - 1)), random_state=seed)
-        return ImbPipeline(steps[:2] + [("smote", smote)] + steps[2:])  # SMOTE sees training folds only
-    from sklearn.pipeline import Pipeline
-
-    return Pipeline(steps)
-
-
-def make_estimator(*, classifier: str = TRAIN.classifier, normalize: str = TRAIN.normalize,
-                   reduce: str = TRAIN.reduce, balance: str = TRAIN.balance, seed: int = TRAIN.seed, n_samples: int,
-                   n_features: int, smallest_class: int, cv: int = TRAIN.cv, tune: bool = TRAIN.tune,
-                   search: bool = TRAIN.search, n_jobs: int | None = None):
-    """What `train_shallow` fits on `n_samples` training rows: the plain pipeline, or (`tune`) a
-    `TunedPipeline` choosing the classifier's strength by inner CV on those rows only. `featx probe`
-    scores its candidates with the same estimators, so its winner recipe reproduces its score."""
-    if classifier not in STRENGTHS:
-        raise InputError(f"unknown --classifier '{classifier}'; allowed: {', '.join(CLASSIFIERS)}")
-
-    def pipeline_for(n_rows: int):
-        return build_pipeline(classifier=classifier, normalize=normalize, reduce=reduce, balance=balance, seed=seed,
-                              n_samples=n_rows, n_features=n_features, smallest_class=smallest_class, tuned=tune)
-
-    if not tune:
-        return pipeline_for(n_samples)
-    strength = STRENGTHS[classifier]
-    inner = max(2, min(cv, smallest_class))
-    # the reducer is checked against an inner training fold of the (subsampled) tuning rows
-    tune_rows = min(n_samples, TUNE_MAX_ROWS) * (inner - 1) // inner
-    pipeline = pipeline_for(tune_rows)
-    extra = reducer_grid(pipeline.named_steps["reduce"]) if search else {}
-    return TunedPipeline(pipeline=pipeline, param=strength.param, grid=grid_for(strength, tune_rows),
-                         extra_grid=extra, warm_start=strength.warm_start, stop_early=strength.stop_early,
-                         walk_tol=strength.walk_tol, cv=cv, max_rows=TUNE_MAX_ROWS, seed=seed, n_jobs=n_jobs)
-
 
 # --- the model -----------------------------------------------------------------------------------
 
@@ -139,14 +60,16 @@ class LabelledFeatures:
     groups: np.ndarray | None = None
 
 
-def labelled_features(store: FeatureStore, layer: str) -> LabelledFeatures:
+def labelled_features(store: FeatureStore, layers: str | list[str]) -> LabelledFeatures:
+    """The labelled ok rows: the stored vectors of `layers` side by side (`model_input`)."""
+    layers = [layers] if isinstance(layers, str) else list(layers)
     meta = store.meta
     usable = store.ok & meta["label"].notna().to_numpy()
     if not usable.any():
         raise InputError(f"store '{store.path}' has no labelled images; labels come from class subfolders "
                          "or a 'label' column in a CSV/Parquet manifest")
-    X = np.asarray(store.features(layer)[usable], dtype=np.float32)
-    check_rows_finite(X, f"store '{store.path}' layer '{layer}'")
+    X = model_input({layer: store.features(layer)[usable] for layer in layers}, layers)
+    check_rows_finite(X, f"store '{store.path}' layer(s) {', '.join(layers)}")
     split = meta["split"].fillna("").to_numpy(dtype=object)[usable]
     return LabelledFeatures(X, meta["label"].to_numpy(dtype=object)[usable].astype(str), split,
                             _groups(meta, usable))
@@ -187,28 +110,32 @@ def _take(groups, mask):
 
 
 def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = TRAIN.layer,
-                  classifier: str = TRAIN.classifier, normalize: str = TRAIN.normalize, reduce: str = TRAIN.reduce,
-                  cv: int = TRAIN.cv, val: FeatureStore | str | Path | None = TRAIN.val, tune: bool = TRAIN.tune,
-                  search: bool = TRAIN.search, balance: str = TRAIN.balance, seed: int = TRAIN.seed,
+                  classifier: str | None = TRAIN.classifier, normalize: str = TRAIN.normalize,
+                  reduce: str = TRAIN.reduce, cv: int = TRAIN.cv, val: FeatureStore | str | Path | None = TRAIN.val,
+                  tune: bool = TRAIN.tune, search: bool = TRAIN.search, balance: str = TRAIN.balance,
+                  budget: float = TRAIN.budget, baseline: bool = TRAIN.baseline, seed: int = TRAIN.seed,
                   report_dir: str | Path | None = None, out: str | Path | None = None,
                   learning_curve: bool = True) -> ShallowModel:
     """Fit and honestly evaluate a shallow classifier on a store's features; save it to `out`.
 
-    With `tune` (the default) the classifier's main strength (C, k, leaf size, iterations; see
-    `featx.learn.tune.STRENGTHS`) is chosen by inner cross-validation on the training rows only,
-    inside every outer fold, so the reported score never saw the rows it is scored on. `search`
-    also searches PCA's K. `tune=False` keeps the fixed textbook values (C = 1, k = 5…)."""
+    With `tune` (the default) the representation (each stored layer, their concatenation, the raw
+    pixels) and the classifier (linear SVM, logistic regression, RBF SVM) are chosen unless given,
+    and the classifier's main strength (C, k, leaf size, iterations; see `featx.learn.tune.STRENGTHS`)
+    is tuned, all by inner cross-validation on the training rows only, inside every outer fold
+    (`featx.learn.select.AutoShallow`), so the reported score never saw the rows it is scored on.
+    `search` also searches PCA's K. `tune=False` keeps the store's first layer and the fixed textbook
+    values (C = 1, k = 5…). `baseline`: the raw-pixel baseline is scored with the same protocol."""
     store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
-    layer = store.check_layer(layer)
     if search and not tune:
         raise InputError("--search tunes more parameters and --no-tune turns tuning off; give one of them")
+    choice = choice_for(store, layer, classifier, tune)
     options = {"classifier": classifier, "normalize": normalize, "reduce": reduce, "cv": cv, "tune": tune,
-               "search": search, "balance": balance, "seed": seed, "store": str(Path(store.path).resolve()),
-               "layer": layer, "store_fingerprint": store.fingerprint}
+               "search": search, "balance": balance, "budget": budget, "seed": seed,
+               "store": str(Path(store.path).resolve()), "layer": layer, "store_fingerprint": store.fingerprint}
     if out is not None:  # refuse a bad output folder before the work, not after
         check_output(out, "model", inputs=[store.path])
-    rows = training_rows(store, layer, val)
-    training = Training(rows, where=str(store.path), **{k: options[k] for k in Training.OPTIONS})
+    rows = training_rows(store, choice.layers, val)
+    training = Training(rows, choice, where=str(store.path), **{k: options[k] for k in Training.OPTIONS})
     # every warning (non-convergence, a failed grid point…) goes into the report instead of being lost
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -217,22 +144,24 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = TRAIN
         spread, scheme = training.spread(result, rows.scheme)
         reduction = training.reduction(result.fitted, metrics["accuracy"])
         curve = training.learning_curve(result.fitted, metrics["accuracy"]) if learning_curve else []
+        pixels = pixel_baseline(store, val, training, result) if baseline else None
     final = final_pipeline(result.fitted)
+    chosen = training.chosen(result.fitted)
+    options |= {"classifier": chosen["classifier"], "layer": chosen["representation"], "layers": chosen["layers"]}
     report = {
         "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
         "macro_f1": metrics["macro_f1"], **spread, "n_train": int(len(rows.y_train)), "n_eval": int(len(result.truth)),
         "classes": training.classes, "evaluation": scheme, "per_class": metrics["per_class"],
         "confusion_matrix": metrics["confusion_matrix"], "learning_curve": curve, "reduction": reduction,
-        "tuning": tuning_summary(result.fitted, result.fold_estimators, STRENGTHS[classifier], tune),
-        "best_params": getattr(result.fitted, "best_params_", None),
+        "representation": chosen, "baseline": pixels,
+        "tuning": training.tuning(result), "best_params": getattr(result.fitted, "best_params_", None),
         "groups": None if rows.g_train is None else {"column": "group", "n_groups": int(len(np.unique(rows.g_train)))},
-        "warnings": summarise_warnings(caught),
-        "config": {"extractor": store.config, **options},
+        "warnings": summarise_warnings(caught), "config": {"extractor": store.config, **options},
     }
     for item in report["warnings"]:
         log.warning("%s (x%d)", item["message"], item["count"])
-    model = ShallowModel(final, [str(c) for c in final.classes_], layer, store.config, options, report)
-    report["_report_files"] = report_files(report, store, layer, classifier)
+    model = ShallowModel(final, [str(c) for c in final.classes_], chosen["layers"], store.config, options, report)
+    report["_report_files"] = report_files(report, store, chosen["representation"], chosen["classifier"])
     if report_dir is not None:
         folder = Path(report_dir)
         folder.mkdir(parents=True, exist_ok=True)
@@ -241,6 +170,63 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = TRAIN
     if out is not None:
         model.save(out)
     return model
+
+
+def pixel_baseline(store: FeatureStore, val, training: "Training", result: "Evaluation") -> dict:
+    """The raw pixels scored with the same protocol (rows, folds, choice of classifier, tuning) as
+    the features, and how the two compare."""
+    if PIXELS not in store.layers:
+        return {"available": False, "sentence": f"No raw-pixel baseline: store '{store.path}' has no '{PIXELS}' layer "
+                                                "(the default `featx extract` stores it; or add --layer pixels)."}
+    if training.choice.representations == [PIXELS]:
+        return {"available": False, "sentence": "The model reads the raw pixels: it is the baseline."}
+    rows = training_rows(store, [PIXELS], val)
+    grey = is_grey(rows.X_train)
+    choice = Choice([PIXELS], [rows.X_train.shape[1]], [PIXELS], training.choice.classifiers, grey)
+    base = Training(rows, choice, where=str(store.path), **{k: getattr(training, k) for k in Training.OPTIONS})
+    pixels = base.evaluate(training.reduce)
+    chosen = training.chosen(result.fitted)["representation"]
+    return baseline_comparison(result, pixels, training.classes, training.seed, chosen == PIXELS,
+                               f"{PIXEL_SIDE}×{PIXEL_SIDE}{' grey' if grey else ''} pixels")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a training run chooses among: the stored layers it loads (side by side), the
+    representations and classifiers it may pick (one of each: nothing to choose)."""
+
+    layers: list[str]
+    dims: list[int]
+    representations: list[str]
+    classifiers: list[str]
+    grey: bool
+
+    def only(self, representation: str) -> "Choice":
+        """The same choice restricted to one representation (the pixel baseline)."""
+        return Choice(self.layers, self.dims, [representation], self.classifiers, self.grey)
+
+
+def choice_for(store: FeatureStore, layer: str | None, classifier: str | None, tune: bool) -> Choice:
+    """The representations and classifiers to choose among: what was given, else (with `tune`)
+    every stored layer, their concatenation and the pixels, and the three classifiers that suit
+    frozen features; without `tune`, the store's first layer and the default classifier."""
+    network = [name for name in store.layers if name != PIXELS]
+    if layer == CONCAT:
+        if len(network) < 2:
+            raise InputError(f"--layer {CONCAT} puts several network layers side by side; store '{store.path}' has "
+                             f"{len(network)} ({', '.join(network) or 'none'}). Extract with the default layers")
+        representations = [CONCAT]
+    elif layer is not None or not tune:
+        representations = [store.check_layer(layer)]
+    else:
+        representations = network + ([CONCAT] if len(network) > 1 else []) + ([PIXELS] if PIXELS in store.layers
+                                                                                else [])
+    classifiers = [classifier] if classifier else list(AUTO_CLASSIFIERS) if tune else [DEFAULT_CLASSIFIER]
+    reads = set(network) if CONCAT in representations else set()
+    layers = [name for name in store.layers if name in reads or name in representations]
+    grey = PIXELS in layers and is_grey(store.features(PIXELS)[store.ok])
+    dims = [int(np.prod(store.layer_shape(name))) for name in layers]
+    return Choice(layers, dims, representations, classifiers, grey)
 
 
 @dataclass
@@ -255,13 +241,14 @@ class TrainingRows:
     scheme: str | None = None  # how the held-out score is made; None: cross-validation
 
 
-def training_rows(store: FeatureStore, layer: str, val: FeatureStore | str | Path | None) -> TrainingRows:
-    """A second store (--val), else the store's own train / val|test split, else every row (for CV)."""
-    data = labelled_features(store, layer)
+def training_rows(store: FeatureStore, layers: list[str], val: FeatureStore | str | Path | None) -> TrainingRows:
+    """The stored vectors of `layers` side by side, from a second store (--val), else the store's
+    own train / val|test split, else every row (for CV)."""
+    data = labelled_features(store, layers)
     if val is not None:
         val_store = val if isinstance(val, FeatureStore) else FeatureStore.open(val)
         require_same_config(store.config, val_store.config, f"validation store '{val_store.path}'")
-        val_data = labelled_features(val_store, val_store.check_layer(layer))
+        val_data = labelled_features(val_store, [val_store.check_layer(layer) for layer in layers])
         rows = TrainingRows(data.X, data.y, data.groups, val_data.X, val_data.y,
                             f"fit on '{store.path}', scored once on --val '{val_store.path}'")
     elif (split := _held_out(data)) is not None:
@@ -286,38 +273,56 @@ class Evaluation:
 
 
 class Training:
-    """One train-shallow run: its rows, classes and folds, and the options every fit shares."""
+    """One train-shallow run: its rows, classes and folds, what it chooses among, and the options
+    every fit shares."""
 
-    OPTIONS = ("classifier", "normalize", "reduce", "balance", "seed", "cv", "tune", "search")
+    OPTIONS = ("normalize", "reduce", "balance", "seed", "cv", "tune", "search", "budget")
 
-    def __init__(self, rows: TrainingRows, *, where: str, classifier: str, normalize: str, reduce: str, balance: str,
-                 seed: int, cv: int, tune: bool, search: bool):
-        self.rows = rows
-        self.classifier, self.normalize, self.reduce, self.balance = classifier, normalize, reduce, balance
-        self.seed, self.cv, self.tune, self.search = seed, cv, tune, search
+    def __init__(self, rows: TrainingRows, choice: Choice, *, where: str, normalize: str, reduce: str, balance: str,
+                 seed: int, cv: int, tune: bool, search: bool, budget: float):
+        self.rows, self.choice = rows, choice
+        self.normalize, self.reduce, self.balance = normalize, reduce, balance
+        self.seed, self.cv, self.tune, self.search, self.budget = seed, cv, tune, search, budget
         counts = _check_classes(rows.y_train, f"training data of '{where}'")
         self.classes, self.smallest = sorted(counts), min(counts.values())
-        if classifier not in STRENGTHS:
-            raise InputError(f"unknown --classifier '{classifier}'; allowed: {', '.join(CLASSIFIERS)}")
+        unknown = [c for c in choice.classifiers if c not in STRENGTHS]
+        if unknown:
+            raise InputError(f"unknown --classifier '{unknown[0]}'; allowed: {', '.join(CLASSIFIERS)}")
         self.folds = self.outer = None
         if rows.X_eval is None:  # _folds warns (to the caller) before the warnings are recorded
             self.outer, self.folds = cv_splitter(_folds(cv, self.smallest), rows.y_train, rows.g_train, seed)
 
+    def only(self, representation: str) -> "Training":
+        """The same run (rows, folds, options) restricted to one representation."""
+        other = copy.copy(self)
+        other.choice = self.choice.only(representation)
+        return other
+
+    def selector(self, n_jobs: int | None) -> AutoShallow:
+        choice = self.choice
+        return AutoShallow(layers=tuple(choice.layers), dims=tuple(choice.dims), grey=choice.grey,
+                           representations=tuple(choice.representations), classifiers=tuple(choice.classifiers),
+                           normalize=self.normalize, reduce=self.reduce, balance=self.balance, cv=self.cv,
+                           search=self.search, budget=self.budget, seed=self.seed, n_jobs=n_jobs)
+
     def pipeline(self, reduce: str, n_samples: int, smallest_class: int):
-        return build_pipeline(classifier=self.classifier, normalize=self.normalize, reduce=reduce,
-                              balance=self.balance, seed=self.seed, n_samples=n_samples,
-                              n_features=self.rows.X_train.shape[1], smallest_class=smallest_class, tuned=self.tune)
+        """The fixed pipeline (--no-tune): the representation, then normalise → reduce → classify."""
+        choice = self.choice
+        represent = Representation(tuple(choice.layers), tuple(choice.dims), choice.grey)
+        plain = build_pipeline(classifier=choice.classifiers[0], normalize=self.normalize, reduce=reduce,
+                               balance=self.balance, seed=self.seed, n_samples=n_samples,
+                               n_features=represent.transform(self.rows.X_train[:1]).shape[1],
+                               smallest_class=smallest_class, tuned=False)
+        return type(plain)([("represent", represent), *plain.steps])
 
     def fit(self, reduce: str, rows: np.ndarray | None, n_jobs: int | None):
         """The estimator fitted on these training rows (None: all of them)."""
         X, y, groups = self.rows.X_train, self.rows.y_train, self.rows.g_train
         if rows is not None:
             X, y, groups = X[rows], y[rows], _take(groups, rows)
-        estimator = make_estimator(classifier=self.classifier, normalize=self.normalize, reduce=reduce,
-                                   balance=self.balance, seed=self.seed, n_samples=len(y),
-                                   n_features=X.shape[1], smallest_class=int(pd.Series(y).value_counts().min()),
-                                   cv=self.cv, tune=self.tune, search=self.search, n_jobs=n_jobs)
-        return estimator.fit(X, y, groups=groups) if self.tune else estimator.fit(X, y)
+        if self.tune:
+            return self.selector(n_jobs).fit(X, y, groups=groups)
+        return self.pipeline(reduce, len(y), int(pd.Series(y).value_counts().min())).fit(X, y)
 
     def evaluate(self, reduce: str) -> Evaluation:
         rows = self.rows
@@ -340,35 +345,52 @@ class Training:
             fold_metrics.append(classification_metrics(rows.y_train[test], predicted[test], self.classes))
         return Evaluation(predicted.astype(str), rows.y_train, fold_metrics, fold_estimators, fitted)
 
+    def chosen(self, fitted) -> dict:
+        """The representation and classifier of the final model, and what was tried to choose them."""
+        if isinstance(fitted, AutoShallow):
+            return fitted.summary()
+        return {"representation": self.choice.representations[0], "classifier": self.choice.classifiers[0],
+                "layers": list(self.choice.layers), "tried": [], "metric": None}
+
+    def tuning(self, result: Evaluation) -> dict:
+        classifier = self.chosen(result.fitted)["classifier"]
+        if not self.tune:
+            return tuning_summary(None, [], STRENGTHS[classifier], False)
+        return tuning_summary(result.fitted.tuned_, [e.tuned_ for e in result.fold_estimators],
+                              STRENGTHS[classifier], True)
+
     def spread(self, result: Evaluation, held_out_scheme: str | None) -> tuple[dict, str]:
         """The scores' spread and the sentence that says how they were made."""
         if self.rows.X_eval is not None:
             return bootstrap_spread(result.truth, result.predicted, self.classes, self.seed), held_out_scheme
         scheme = (f"stratified {'group ' if self.rows.g_train is not None else ''}{self.folds}-fold cross-validation"
-                  + (" (nested: the strength is tuned inside each training fold)" if self.tune else ""))
+                  + (" (nested: the representation, classifier and strength are chosen inside each training fold)"
+                     if self.tune else ""))
         return fold_spread(result.fold_metrics, f"std over {self.folds} outer folds"), scheme
 
     def reduction(self, fitted, accuracy: float) -> dict | None:
         """What the reducer kept; for product quantization, the accuracy it costs (one more evaluation)."""
+        reducer = final_pipeline(fitted).named_steps["reduce"]
         if self.reduce.startswith("pq:"):
             baseline = self.evaluate("none")
             without = classification_metrics(baseline.truth, baseline.predicted, self.classes)["accuracy"]
-            pq = final_pipeline(fitted).named_steps["reduce"]
-            return {"kind": "product quantization", "m": pq.m, "bits": 8, "bytes_per_vector": pq.m,
+            return {"kind": "product quantization", "m": reducer.m, "bits": 8, "bytes_per_vector": reducer.m,
                     "float32_bytes_per_vector": self.rows.X_train.shape[1] * 4,
-                    "compression_ratio": pq.compression_ratio, "accuracy_without_reduction": without,
+                    "compression_ratio": reducer.compression_ratio, "accuracy_without_reduction": without,
                     "accuracy_change": accuracy - without}
-        if self.reduce.startswith("pca:"):
-            pca = final_pipeline(fitted).named_steps["reduce"]
-            return {"kind": type(pca).__name__, "components": int(pca.n_components_),
-                    "explained_variance": float(np.sum(pca.explained_variance_ratio_))}
+        if hasattr(reducer, "explained_variance_ratio_"):
+            return {"kind": type(reducer).__name__, "components": int(reducer.n_components_),
+                    "explained_variance": float(np.sum(reducer.explained_variance_ratio_))}
         return None
 
     def learning_curve(self, fitted, accuracy: float) -> list[dict]:
-        chosen = getattr(fitted, "best_params_", {})
         rows = self.rows
-        return learning_curve(lambda n, per_class: self.pipeline(self.reduce, n, per_class).set_params(**chosen),
-                              rows.X_train, rows.y_train, rows.g_train, rows.X_eval, rows.y_eval, self.seed,
+        if isinstance(fitted, AutoShallow):  # the chosen representation and classifier at the chosen strength
+            make, narrow = fitted.unfitted_pipeline, fitted.narrow
+        else:
+            make, narrow = (lambda n, per_class: self.pipeline(self.reduce, n, per_class)), (lambda X: X)
+        return learning_curve(make, narrow(rows.X_train), rows.y_train, rows.g_train,
+                              None if rows.X_eval is None else narrow(rows.X_eval), rows.y_eval, self.seed,
                               all_rows_accuracy=None if rows.X_eval is None else accuracy)
 
 

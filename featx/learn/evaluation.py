@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from featx.errors import InputError
-from featx.learn.metrics import plot_confusion, plot_learning_curve, write_report
+from featx.learn.metrics import classification_metrics, plot_confusion, plot_learning_curve, write_report
 from featx.learn.parallel import thread_map
 from featx.learn.tune import cv_splitter, plot_validation_curve
 from featx.store import FeatureStore
@@ -64,6 +64,42 @@ def tuning_summary(fitted, fold_estimators: list, strength, tuned: bool) -> dict
             "inner_cv_score": fitted.best_score_, "inner_folds": fitted.inner_folds_, "tune_rows": fitted.tune_rows_,
             "chosen_per_outer_fold": [e.best_value_ for e in fold_estimators] if len(fold_estimators) > 1 else None,
             "validation_curve": fitted.curve_, "failures": fitted.failures_}
+
+
+BASELINE_HINT = ("try an earlier layer (`--layer`, `featx layers MODEL`), `featx probe` to compare backbones, "
+                 "layers and poolings, or `--resize full` at extraction when the crop cuts off what matters")
+
+
+def baseline_comparison(features, pixels, classes: list[str], seed: int, chose_pixels: bool, name: str) -> dict:
+    """The features' evaluation against the raw pixels' on the same rows: the accuracy difference with
+    its spread (std of the per-fold differences, or of a paired bootstrap on held-out rows) and
+    the sentence, with a warning when the features do not beat the pixels."""
+    ours = classification_metrics(features.truth, features.predicted, classes)["accuracy"]
+    theirs = classification_metrics(pixels.truth, pixels.predicted, classes)["accuracy"]
+    if len(features.fold_metrics) > 1:
+        differences = [a["accuracy"] - b["accuracy"] for a, b in zip(features.fold_metrics, pixels.fold_metrics)]
+        spread, how = float(np.std(differences)), "std of the per-fold differences"
+    else:
+        right = np.asarray(features.predicted) == np.asarray(features.truth)
+        right_pixels = np.asarray(pixels.predicted) == np.asarray(pixels.truth)
+        draws = np.random.default_rng(seed).integers(0, len(right), (200, len(right)))
+        spread, how = float(np.std(right[draws].mean(1) - right_pixels[draws].mean(1))), "paired bootstrap std"
+    difference = ours - theirs
+    warning = None
+    if chose_pixels:
+        warning = (f"The raw pixels won the choice: this model reads {name}, not the CNN's features, which did not "
+                   f"beat them on the training rows. To get more from the CNN: {BASELINE_HINT}.")
+        sentence = f"The model reads the raw pixels ({name}); as a baseline they score {theirs:.3f}."
+    elif difference > 0:
+        sentence = (f"The CNN features beat the raw-pixel baseline ({name}, {theirs:.3f}) by {difference:+.3f} "
+                    f"± {spread:.3f} accuracy ({how}).")
+    else:
+        sentence = (f"The CNN features do not beat the raw-pixel baseline ({name}, {theirs:.3f}): "
+                    f"{difference:+.3f} ± {spread:.3f} accuracy ({how}).")
+        warning = f"Frozen CNN features do no better than raw pixels here: {BASELINE_HINT}."
+    return {"available": True, "pixels": name, "accuracy": theirs, "features_accuracy": ours,
+            "difference": difference, "difference_std": spread, "spread": how, "pixels_won": chose_pixels,
+            "sentence": sentence, "warning": warning}
 
 
 def summarise_warnings(caught) -> list[dict]:

@@ -81,6 +81,33 @@ def _with_spread(report: dict, key: str) -> str:
     return f"{report[key]:.4f} ± {std:.4f}" if std is not None else f"{report[key]:.4f}"
 
 
+def representation_lines(chosen: dict | None) -> list[str]:
+    """The choice of representation and classifier, and the table of what was tried."""
+    if not chosen or not chosen.get("tried"):
+        return []
+    lines = ["", "## Representation", "",
+             f"Chosen: **{chosen['representation']}** with **{chosen['classifier']}** (reads "
+             f"{', '.join(chosen['layers'])}), by {chosen['metric']}, in {chosen['seconds']:g} s. Each round scores "
+             "the candidates left on more rows; the winner is then tuned on every training row.", "",
+             "| round | rows | representation | classifier | inner CV score | seconds |", "|---|---|---|---|---|---|"]
+    for row in chosen["tried"]:
+        score = "failed" if row["score"] is None else f"{row['score']:.4f}" + (
+            f" ± {row['std']:.4f}" if row["std"] is not None else "")
+        lines.append(f"| {row['round']} | {row['rows']} | {row['representation']} | {row['classifier']} | {score} "
+                     f"| {row['seconds']:g} |")
+    return lines
+
+
+def baseline_lines(baseline: dict | None) -> list[str]:
+    """The raw-pixel baseline's sentence, and its warning when the features do not beat it."""
+    if not baseline:
+        return []
+    lines = ["", "## Raw-pixel baseline", "", baseline["sentence"]]
+    if baseline.get("warning"):
+        lines += ["", f"> **Warning:** {baseline['warning']}"]
+    return lines
+
+
 def write_report(report: dict, folder: Path, title: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -95,6 +122,7 @@ def write_report(report: dict, folder: Path, title: str) -> None:
     lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
     for name, row in report["per_class"].items():
         lines.append(f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |")
+    lines += representation_lines(report.get("representation")) + baseline_lines(report.get("baseline"))
     tuning = report.get("tuning") or {}
     if tuning.get("enabled"):
         lines += ["", "## Tuning", "",

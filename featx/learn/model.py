@@ -27,18 +27,19 @@ MODEL_FILE = "model.skops"
 MODEL_JSON = "model.json"
 BUNDLE_FORMAT = 1
 # what a saved pipeline may contain; anything else is refused before loading
-TRUSTED_TYPE_PREFIXES = ("sklearn.", "imblearn.", "numpy.", "scipy.", "featx.learn.reduce.", "builtins.",
+TRUSTED_TYPE_PREFIXES = ("sklearn.", "imblearn.", "numpy.", "scipy.", "featx.learn.reduce.",
+                         "featx.learn.representation.", "builtins.",
                          "collections.")
 
 
 @dataclass
 class ShallowModel:
-    """A fitted pipeline with what it needs to be applied safely: the extractor config and layer
-    its features came from, and its classes."""
+    """A fitted pipeline with what it needs to be applied safely: the extractor config and the
+    stored layers it reads (side by side, `featx.learn.representation.model_input`), and its classes."""
 
     pipeline: object
     classes: list[str]
-    layer: str
+    layers: list[str]
     extractor_config: dict
     options: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
@@ -73,11 +74,13 @@ class ShallowModel:
     def score(self, X, y) -> float:
         return float(self.pipeline.score(X, y))
 
-    def check_features(self, config: dict, layer: str) -> None:
+    def check_features(self, config: dict, layers: list[str]) -> None:
         require_same_config(self.extractor_config, config, "this model")
-        if layer != self.layer:
-            raise ConfigMismatchError(f"this model was trained on layer '{self.layer}', not '{layer}'; "
-                                      f"extract features with --layer {self.layer}")
+        missing = [layer for layer in self.layers if layer not in layers]
+        if missing:
+            raise ConfigMismatchError(f"this model reads layer(s) {self.layers}; {missing} are not among "
+                                      f"{list(layers)}: extract features with "
+                                      + " ".join(f"--layer {layer}" for layer in self.layers))
 
     def check_source(self, store: FeatureStore) -> None:
         """Refuse a store whose rows, contents, labels or splits changed since this model was trained."""
@@ -96,7 +99,7 @@ class ShallowModel:
         check_output(folder, "model", inputs=[self.options.get("store")])
         with atomic.atomic_directory(folder) as tmp:
             skops.io.dump(self.pipeline, tmp / MODEL_FILE)
-            info = {"format": BUNDLE_FORMAT, "extractor": self.extractor_config, "layer": self.layer,
+            info = {"format": BUNDLE_FORMAT, "extractor": self.extractor_config, "layers": self.layers,
                     "classes": self.classes, "options": self.options, "versions": library_versions(),
                     "metrics": {k: self.report.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1",
                                                                 "n_train", "n_eval", "evaluation")},
@@ -127,5 +130,6 @@ class ShallowModel:
             raise IntegrityError(f"model file '{model_file}' contains types featx does not trust: {refused}; "
                                  "it was not made by featx. Refusing to load it")
         pipeline = skops.io.load(model_file, trusted=untrusted)
-        return cls(pipeline, info["classes"], info["layer"], info["extractor"], info.get("options", {}),
+        layers = info["layers"] if "layers" in info else [info["layer"]]  # bundles before several layers
+        return cls(pipeline, info["classes"], layers, info["extractor"], info.get("options", {}),
                    info.get("metrics", {}))

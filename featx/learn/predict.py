@@ -12,6 +12,7 @@ from featx.errors import InputError
 from featx.extract.extractor import extractor_from_config
 from featx.io.sources import scan_inputs
 from featx.learn.model import ShallowModel
+from featx.learn.representation import model_input
 from featx.options import PREDICT
 
 
@@ -28,13 +29,13 @@ def predict(model: ShallowModel | str | Path, images: str | Path | Sequence[str 
     if per_view and recorded_tta != 1:
         raise InputError(f"this model was trained on features averaged over {recorded_tta} views; predict with "
                          f"--tta {recorded_tta} (or leave --tta out)")
-    config = dict(model.extractor_config, layers=[model.layer])
+    config = dict(model.extractor_config, layers=list(model.layers))
     extractor = extractor_from_config(config, tta=int(tta) if per_view else recorded_tta, per_view=per_view,
                                       device=device, batch_size=batch_size, workers=workers)
-    model.check_features(extractor.config | {"weights_source": config.get("weights_source")}, model.layer)
+    model.check_features(extractor.config | {"weights_source": config.get("weights_source")}, extractor.layers)
     paths = [r.path for r in scan_inputs(images, missing_ok=True)]
     features, meta = extractor.features_of(paths, progress=progress)
-    X = features[model.layer]
+    X = model_input(features, model.layers)
     ok = (meta["status"] == "ok").to_numpy()
     classes = list(model.classes)
     scores = np.full((len(meta), len(classes)), np.nan)

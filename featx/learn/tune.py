@@ -120,7 +120,7 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
 
     def __init__(self, *, pipeline, param: str, grid, extra_grid=None, warm_start: bool = False,
                  stop_early: bool = False, walk_tol: float | None = None, cv: int = TRAIN.cv, max_rows: int = 2000,
-                 patience: int = 2, seed: int = TRAIN.seed, n_jobs: int | None = 1):
+                 patience: int = 2, seed: int = TRAIN.seed, n_jobs: int | None = 1, refit: bool = True):
         self.pipeline = pipeline
         self.param = param
         self.grid = grid
@@ -133,6 +133,7 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
         self.patience = patience
         self.seed = seed
         self.n_jobs = n_jobs  # threads for the inner folds (None: the usable cores)
+        self.refit = refit  # False: only score the grid (best_score_, best_value_), fit nothing on every row
 
     def fit(self, X, y, groups=None):
         X = np.asarray(X)
@@ -160,6 +161,10 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
         if best is None:
             raise InputError(f"every point of the tuning grid failed: {self.failures_[:3]}")
         combo, top, self.curve_ = best
+        if not self.refit:
+            self.best_value_, self.best_score_ = top["value"], top["cv_mean"]
+            self.best_params_ = {**combo, self.param: top["value"]}
+            return self
         self.refit_rejected_ = []
         # the refit on every row must behave like the inner fits did: a model that fell to a
         # constant answer (e.g. logistic regression at a tiny C, where the intercept outweighs

@@ -138,3 +138,17 @@ def normalise(batch: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     mean = torch.tensor(pre.mean, device=batch.device).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(pre.std, device=batch.device).view(1, 3, 1, 1) * 255.0
     return (batch.float() - mean) / std
+
+
+# --- the raw-pixel baseline ----------------------------------------------------------------------
+
+PIXELS = "pixels"  # the stored pseudo-layer of downscaled pixels (a baseline for the CNN's features)
+PIXEL_SIDE = 32
+
+
+def pixel_vectors(views: torch.Tensor, side: int = PIXEL_SIDE) -> torch.Tensor:
+    """(N, 3 * side * side) float pixels in [0, 1] of (N, 3, crop, crop) uint8 views: the network's own
+    input, area-downscaled. They are what a classifier on raw pixels sees, for the baseline that says
+    whether the CNN's features help at all."""
+    small = torch.nn.functional.interpolate(views.float() / 255.0, size=(side, side), mode="area")
+    return small.flatten(1)

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from featx.errors import InputError
 from featx.options import EmbedRequest, PlaceRequest, PredictRequest, SearchRequest
 from featx.serve.errors import NotFound
+from featx.serve.registry import reads
 from featx.serve.requests import (
     features_of,
     images_of,
@@ -103,7 +104,7 @@ async def predict_answer(request: Request, state: ServerState) -> dict:
             state.metrics.observe_stage("classify", time.perf_counter() - started)
             return scores
 
-        X, names, scores = await query_vectors(state, registry, loaded.name, body, uploads, store, model.layer,
+        X, names, scores = await query_vectors(state, registry, loaded.name, body, uploads, store, reads(model),
                                                 "classify", then=classify)
         classes = list(model.classes)
         results = []
@@ -116,7 +117,7 @@ async def predict_answer(request: Request, state: ServerState) -> dict:
                 "score_kind": "probability" if model.has_proba else "decision", "results": results}
 
 
-async def query_vectors(state: ServerState, registry, artifact: str, body, uploads, store, layer: str,
+async def query_vectors(state: ServerState, registry, artifact: str, body, uploads, store, layer: str | tuple,
                          what: str, then=None) -> tuple[np.ndarray, list[str], Any]:
     """The query vectors of a request, with a name each, and `then(vectors)` (None without `then`):
     stored rows of `store`, or uploaded / `paths` images through `artifact`'s network."""

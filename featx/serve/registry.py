@@ -125,7 +125,7 @@ class Registry:
     def engine_of(self, name: str | None) -> tuple[Engine, str]:
         """The engine and layer of a model, index or projection (`None`: the only model or index loaded)."""
         if name is None:  # fine when every loaded artifact uses the same network and layer
-            pairs = {(m.engine, m.model.layer) for m in self.models.values()} | {
+            pairs = {(m.engine, reads(m.model)) for m in self.models.values()} | {
                 (i.engine, i.index.info["layer"]) for i in self.indexes.values()}
             if len(pairs) != 1:
                 names = list(self.models) + list(self.indexes)
@@ -134,7 +134,7 @@ class Registry:
             return self.engines[key], layer
         if name in self.models:
             loaded = self.models[name]
-            return self.engines[loaded.engine], loaded.model.layer
+            return self.engines[loaded.engine], reads(loaded.model)
         if name in self.indexes:
             loaded = self.indexes[name]
             return self.engines[loaded.engine], loaded.index.info["layer"]
@@ -148,7 +148,7 @@ class Registry:
         return {
             "generation": self.generation,
             "loaded_at": self.loaded_at,
-            "models": {n: {"folder": str(m.folder), "classes": list(m.model.classes), "layer": m.model.layer,
+            "models": {n: {"folder": str(m.folder), "classes": list(m.model.classes), "layers": list(m.model.layers),
                            "options": {k: v for k, v in m.model.options.items() if k != "store"},
                            "extractor": m.model.extractor_config, "engine": m.engine} for n, m in self.models.items()},
             "indexes": {n: {"folder": str(i.folder), "store": i.store, "kind": i.index.info["kind"],
@@ -202,7 +202,7 @@ def load_registry(options: ServeOptions, previous: Registry | None = None) -> Re
     models = {name: (Path(folder), ShallowModel.load(folder)) for name, folder in options.models.items()}
     indexes = {name: (Path(folder), Index.load(folder)) for name, folder in options.indexes.items()}
     projections = {name: _open_projection(name, folder) for name, folder in options.projections.items()}
-    wanted = [(model.extractor_config, model.layer) for _, model in models.values()]
+    wanted = [(model.extractor_config, reads(model)) for _, model in models.values()]
     wanted += [(index.info["extractor"], index.info["layer"]) for _, index in indexes.values()]
     wanted += [(store.config, projection.layer) for _, projection, store in projections.values()]
     engines = _engines(wanted, options, previous)
@@ -211,7 +211,7 @@ def load_registry(options: ServeOptions, previous: Registry | None = None) -> Re
     for name, (folder, model) in models.items():
         key = engine_key(model.extractor_config)
         source = {"weights_source": model.extractor_config.get("weights_source")}
-        model.check_features(engines[key].extractor.config | source, model.layer)
+        model.check_features(engines[key].extractor.config | source, engines[key].extractor.layers)
         loaded_models[name] = LoadedModel(name, folder, model, key)
     shared = _SharedStores(stores)
     loaded_indexes = {}
@@ -228,15 +228,20 @@ def load_registry(options: ServeOptions, previous: Registry | None = None) -> Re
     return Registry(loaded_models, loaded_indexes, stores, engines, generation, projections=loaded_projections)
 
 
+def reads(model) -> str | tuple[str, ...]:
+    """What a model reads from its network: a layer, or several layers side by side."""
+    return model.layers[0] if len(model.layers) == 1 else tuple(model.layers)
+
+
 def _engines(wanted: list[tuple[dict, str]], options: ServeOptions, previous: Registry | None) -> dict[str, "Engine"]:
     """One network per extractor config, with every layer the artifacts on it need; an engine of
     `previous` with the same config and layers is reused."""
     from featx.extract.extractor import extractor_from_config
 
     grouped: dict[str, dict] = {}
-    for config, layer in wanted:
+    for config, layer in wanted:  # a layer, or the layers a model reads side by side
         entry = grouped.setdefault(engine_key(config), {"config": dict(config), "layers": set()})
-        entry["layers"].add(layer)
+        entry["layers"].update(layer if isinstance(layer, tuple) else (layer,))
     engines: dict[str, Engine] = {}
     for key, entry in grouped.items():
         layers = tuple(sorted(entry["layers"]))

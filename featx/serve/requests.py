@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 
 from featx.errors import ConfigMismatchError, FeatxError, InputError, IntegrityError, StoreError
 from featx.io.decode import DecodeError
+from featx.learn.representation import model_input
 from featx.serve.batching import QueueFull
 from featx.serve.errors import Forbidden, NotFound, UnsupportedMedia
 from featx.serve.registry import Registry, UnknownArtifact
@@ -166,7 +167,7 @@ async def features_of(state: ServerState, registry: Registry, artifact: str | No
     started = time.perf_counter()
     if len(uploads) == 1 and state.active <= 1 and engine.batcher.idle:  # the only request in the server
         def finish(outputs):
-            X = outputs[layer]
+            X = layer_vectors(outputs, layer)
             return X, (then(X) if then is not None else None)
 
         (X, done), decode_seconds, forward_seconds = await engine.batcher.run_alone(
@@ -184,11 +185,16 @@ async def features_of(state: ServerState, registry: Registry, artifact: str | No
     state.metrics.observe_stage("decode_hop", decoded - started - max(decode_s))
     # the forward thread concatenates them (a parallel torch op, kept off the event loop)
     outputs = await engine.batcher.submit(views, len(uploads))
-    X = outputs[layer]
+    X = layer_vectors(outputs, layer)
     return X, (await run_in_threadpool(then, X) if then is not None else None)
 
 
-def store_rows(store, rows: list[int], layer: str) -> np.ndarray:
+def layer_vectors(outputs: dict, layer: str | tuple) -> np.ndarray:
+    """The vectors of a layer, or of the layers a model reads side by side (`model_input`)."""
+    return model_input(outputs, list(layer) if isinstance(layer, tuple) else [layer])
+
+
+def store_rows(store, rows: list[int], layer: str | tuple) -> np.ndarray:
     n = len(store)
     bad = [r for r in rows if not 0 <= r < n]
     if bad:
@@ -196,7 +202,12 @@ def store_rows(store, rows: list[int], layer: str) -> np.ndarray:
     failed = [r for r in rows if store.meta["status"].iat[r] != "ok"]
     if failed:
         raise InputError(f"rows {failed[:5]} of store '{store.path}' failed extraction and have no features")
-    return store.gather(layer, np.asarray(rows, dtype=np.int64))
+    index = np.asarray(rows, dtype=np.int64)
+    return model_input({name: store.gather(name, index) for name in _names(layer)}, _names(layer))
+
+
+def _names(layer: str | tuple) -> list[str]:
+    return list(layer) if isinstance(layer, tuple) else [layer]
 
 
 def json_or_multipart(model: type[BaseModel]) -> dict:

@@ -1,0 +1,218 @@
+"""`train-shallow`'s default: choose the representation (a stored layer, the concatenation of the
+layers, or the raw pixels) and the classifier (linear SVM, logistic regression, RBF SVM) with
+their strength, by cross-validation on the rows given to `fit` only.
+
+`AutoShallow` is an ordinary scikit-learn classifier: `train_shallow` fits one inside every outer
+fold, so the score it reports never saw the rows it is scored on, selection included. The choice
+is made by successive halving, so that it costs a few tuned fits rather than one per candidate:
+every candidate is tuned and scored on a small stratified subsample, the best few again on more
+rows, and the winner is tuned on every row. The RBF SVM reads PCA-reduced features (at most
+`RBF_COMPONENTS`): it is the slow classifier, and on wide features it does no better without."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from featx.errors import InputError
+from featx.learn.estimators import make_estimator
+from featx.learn.representation import CONCAT, Representation
+from featx.learn.tune import stratified_subsample
+from featx.options import TRAIN
+from featx.preprocess.views import PIXELS
+
+log = logging.getLogger(__name__)
+
+AUTO_CLASSIFIERS = ("linear-svm", "logreg", "rbf-svm")
+SCREEN_CLASSIFIERS = ("linear-svm", "rbf-svm")  # logistic regression ranks like the linear SVM: it joins later
+RBF_COMPONENTS = 256
+PCA_FROM_ROWS = 2000  # the RBF SVM reads PCA-reduced vectors from this many training rows on
+ROUNDS = (300, 1500)  # rows per round of successive halving; the winner is then tuned on every row
+KEEP = 3  # candidates kept after the screening round
+
+
+@dataclass(frozen=True)
+class Candidate:
+    representation: str  # a stored layer, `concat` or `pixels`
+    classifier: str
+
+    def reduce(self, width: int, rows: int, given: str) -> str:
+        """The reducer: the one the user gave, else, for the RBF SVM on many rows of wide vectors, PCA
+        to `RBF_COMPONENTS` (its kernel costs rows² × width; on few rows PCA costs more than it saves).
+        Not whitened: whitening gives every kept direction, noise included, the same weight in the
+        kernel's distances (on the digits demo, 0.60-0.71 instead of 0.80-0.98 inner-CV accuracy)."""
+        if given != "none" or self.classifier != "rbf-svm" or rows <= PCA_FROM_ROWS or width <= RBF_COMPONENTS:
+            return given
+        return f"pca:{RBF_COMPONENTS}"
+
+
+class AutoShallow(ClassifierMixin, BaseEstimator):
+    """Chooses a representation and a classifier by inner CV, then fits the winner on every row.
+
+    `X` holds the stored vectors of `layers` (widths `dims`) side by side (`model_input`).
+    `representations`: the names to choose from (stored layers, `concat`, `pixels`);
+    `classifiers`: the classifiers to choose from. After fit: `choice_` (a Candidate),
+    `layers_` (the stored layers the winner reads), `pipeline_` (the fitted plain Pipeline, reading
+    the vectors of `layers_` side by side), `tuned_` (the winner's TunedPipeline), `table_`
+    (every candidate scored: round, rows, inner-CV balanced accuracy and its std, seconds)."""
+
+    def __init__(self, *, layers: tuple = (), dims: tuple = (), grey: bool = False, representations: tuple = (),
+                 classifiers: tuple = AUTO_CLASSIFIERS, normalize: str = TRAIN.normalize, reduce: str = TRAIN.reduce,
+                 balance: str = TRAIN.balance, cv: int = TRAIN.cv, search: bool = TRAIN.search,
+                 budget: float = TRAIN.budget, seed: int = TRAIN.seed, n_jobs: int | None = None):
+        self.layers, self.dims, self.grey = layers, dims, grey
+        self.representations, self.classifiers = representations, classifiers
+        self.normalize, self.reduce, self.balance = normalize, reduce, balance
+        self.cv, self.search, self.budget, self.seed, self.n_jobs = cv, search, budget, seed, n_jobs
+
+    def fit(self, X, y, groups=None):
+        X, y = np.asarray(X, dtype=np.float32), np.asarray(y)
+        started = time.perf_counter()
+        survivors = self._candidates()
+        self.table_, self._near = [], {}
+        for number, rows in enumerate(ROUNDS, start=1):
+            if len(survivors) == 1 or (number > 1 and time.perf_counter() - started > self.budget):
+                break
+            index = stratified_subsample(y, rows, self.seed, groups)
+            scores = {c: self._score(c, X[index], y[index], None if groups is None else np.asarray(groups)[index],
+                                     number) for c in survivors}
+            ranked = sorted(survivors, key=lambda c: -scores[c])
+            survivors = ranked[:KEEP] + self._linear_twins(ranked[:KEEP], number)
+            if len(index) == len(y):  # every row was used: more rows cannot change the ranking
+                survivors = ranked[:1]
+        best = max(survivors, key=lambda c: self._best_score(c))
+        self.choice_ = best
+        self.tuned_ = self._estimator(best, X, y, groups, len(y)).fit(self._view(best, X), y, **self._groups(groups))
+        self.pipeline_ = self._with_representation(best, self.tuned_)
+        self.classes_ = self.pipeline_.classes_
+        self.seconds_ = time.perf_counter() - started
+        return self
+
+    # --- the candidates ---------------------------------------------------------------------------
+
+    def _candidates(self) -> list[Candidate]:
+        names = list(self.representations)
+        if not names:
+            raise InputError("no representation to choose from: the store has no usable layer")
+        screen = [c for c in self.classifiers if c in SCREEN_CLASSIFIERS] or list(self.classifiers)
+        return [Candidate(name, classifier) for name in names for classifier in screen]
+
+    def _linear_twins(self, kept: list[Candidate], number: int) -> list[Candidate]:
+        """After the screening, logistic regression joins on the representation of the best linear SVM."""
+        if number != 1 or "logreg" not in self.classifiers:
+            return []
+        linear = next((c for c in kept if c.classifier == "linear-svm"), None)
+        if linear is None:
+            return []
+        twin = Candidate(linear.representation, "logreg")
+        # the two losses want about the same C: the twin walks one decade either side (lbfgs is slow)
+        self._near[twin] = next(r["value"] for r in reversed(self.table_) if r["candidate"] == linear)
+        return [twin]
+
+    def _best_score(self, candidate: Candidate) -> float:
+        scored = [row for row in self.table_ if row["candidate"] == candidate and row["score"] is not None]
+        return scored[-1]["score"] if scored else -np.inf  # the score from the most rows
+
+    # --- scoring ----------------------------------------------------------------------------------
+
+    def _score(self, candidate: Candidate, X, y, groups, number: int) -> float:
+        began = time.perf_counter()
+        try:
+            tuned = self._estimator(candidate, X, y, groups, len(y)).set_params(refit=False).fit(
+                self._view(candidate, X), y, **self._groups(groups))
+            score = float(tuned.best_score_)
+            spread = next((p["cv_std"] for p in tuned.curve_ if p["value"] == tuned.best_value_), None)
+        except (ValueError, InputError) as exc:  # e.g. too few rows of a class for this classifier
+            log.info("candidate %s / %s failed: %s", candidate.representation, candidate.classifier, exc)
+            score, spread = None, None
+        self.table_.append({"candidate": candidate, "round": number, "rows": len(y), "score": score,
+                            "std": spread, "value": None if score is None else tuned.best_value_,
+                            "seconds": time.perf_counter() - began})
+        return -np.inf if score is None else score
+
+    def _estimator(self, candidate: Candidate, X, y, groups, n_rows: int):
+        width = self._view(candidate, X[:1]).shape[1]
+        counts = np.unique(y, return_counts=True)[1]
+        estimator = make_estimator(classifier=candidate.classifier, normalize=self.normalize,
+                              reduce=candidate.reduce(width, n_rows, self.reduce), balance=self.balance,
+                              seed=self.seed, n_samples=n_rows, n_features=width, smallest_class=int(counts.min()),
+                              cv=self.cv, tune=True, search=self.search, n_jobs=self.n_jobs)
+        near = self._near.get(candidate)
+        if near is not None:
+            estimator.set_params(grid=tuple(v for v in estimator.grid if near / 10.5 <= v <= near * 10.5))
+        return estimator
+
+    @staticmethod
+    def _groups(groups) -> dict:
+        return {} if groups is None else {"groups": groups}
+
+    # --- the representations ----------------------------------------------------------------------
+
+    def reads(self, candidate: Candidate) -> list[str]:
+        """The stored layers a candidate reads."""
+        if candidate.representation == CONCAT:
+            return [layer for layer in self.layers if layer != PIXELS]
+        return [candidate.representation]
+
+    def _representation(self, candidate: Candidate) -> Representation:
+        layers = self.reads(candidate)
+        widths = dict(zip(self.layers, self.dims))
+        return Representation(tuple(layers), tuple(widths[layer] for layer in layers), self.grey)
+
+    def _columns(self, candidate: Candidate) -> np.ndarray:
+        starts = dict(zip(self.layers, np.cumsum((0, *self.dims))[:-1]))
+        widths = dict(zip(self.layers, self.dims))
+        return np.concatenate([np.arange(starts[layer], starts[layer] + widths[layer])
+                               for layer in self.reads(candidate)])
+
+    def _view(self, candidate: Candidate, X) -> np.ndarray:
+        return self._representation(candidate).transform(X[:, self._columns(candidate)])
+
+    def _with_representation(self, candidate: Candidate, tuned):
+        """The winner's fitted pipeline with the representation as its first step: it reads the
+        stored vectors of `layers_` side by side, as `featx predict` and `featx serve` give them."""
+        self.layers_ = self.reads(candidate)
+        fitted = tuned.pipeline_  # an imblearn Pipeline with SMOTE: its type is kept
+        return type(fitted)([("represent", self._representation(candidate)), *fitted.steps])
+
+    def narrow(self, X) -> np.ndarray:
+        """The columns of `X` (every candidate's layers) that the chosen model reads."""
+        return np.asarray(X, dtype=np.float32)[:, self._columns(self.choice_)]
+
+    def unfitted_pipeline(self, n_samples: int, smallest_class: int):
+        """A fresh pipeline of the choice at its chosen strength, for `n_samples` rows of `narrow(X)`
+        (the learning curve refits it on fewer rows)."""
+        from featx.learn.estimators import build_pipeline
+
+        represent = self._representation(self.choice_)
+        width = represent.transform(np.zeros((1, sum(represent.dims)), np.float32)).shape[1]
+        plain = build_pipeline(classifier=self.choice_.classifier, normalize=self.normalize,
+                               reduce=self.choice_.reduce(width, n_samples, self.reduce), balance=self.balance,
+                               seed=self.seed, n_samples=n_samples, n_features=width, smallest_class=smallest_class,
+                               tuned=True)
+        return type(plain)([("represent", represent), *plain.steps]).set_params(**self.tuned_.best_params_)
+
+    # --- prediction -------------------------------------------------------------------------------
+
+    def predict(self, X):
+        return self.pipeline_.predict(self.narrow(X))
+
+    def decision_function(self, X):
+        return self.pipeline_.decision_function(self.narrow(X))
+
+    @property
+    def best_params_(self) -> dict:
+        return self.tuned_.best_params_
+
+    def summary(self) -> dict:
+        """The choice and the table of what was tried, for the report."""
+        rows = [{"representation": r["candidate"].representation, "classifier": r["candidate"].classifier,
+                 "round": r["round"], "rows": r["rows"], "score": r["score"], "std": r["std"],
+                 "seconds": round(r["seconds"], 2)} for r in self.table_]
+        return {"representation": self.choice_.representation, "classifier": self.choice_.classifier,
+                "layers": list(self.layers_), "tried": rows, "seconds": round(self.seconds_, 1),
+                "metric": "inner cross-validation balanced accuracy on the training rows only"}
