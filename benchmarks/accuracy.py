@@ -1,7 +1,10 @@
 """How close do featx's default classifiers come to the best answer the features hold?
 
 Compares, on the same stored features (efficientnet_lite0, the default extractor):
-  * featx defaults: `featx.train_shallow(store)` with nothing set (tuned, honest evaluation);
+  * the old default: the final layer alone with a tuned linear SVM;
+  * featx defaults: `featx.train_shallow(store)` with nothing set (the representation, classifier and
+    strength chosen by inner CV on the training rows; honest evaluation), and the raw-pixel baseline its
+    report scores with the same protocol;
   * a CV-tuned reference written here with plain scikit-learn, independent of featx's tuning code:
     z-score + logistic regression (C over 1e-6…1e2) or linear SVM (C over 1e-6…1e-1), chosen by
     5-fold CV on the training rows, scored once on the held-out rows;
@@ -9,6 +12,7 @@ Compares, on the same stored features (efficientnet_lite0, the default extractor
   * on Fashion-MNIST, the issue's floor: an RBF SVM on the same images' raw pixels.
 
 Data sets:
+  * the digits demo (data/digits-demo, `make demo` builds it), 1,000 images, 5-fold cross-validation;
   * hymenoptera (../shared/datasets/hymenoptera, train/ → val/), 398 photos;
   * Fashion-MNIST from Debian's `dataset-fashion-mnist` (MIT; installed with apt-get when missing):
     N per class from the train split for training (default 1,000), the standard 10,000-image test
@@ -113,10 +117,22 @@ def pixel_rbf_score(train_per_class: int, test_per_class: int | None) -> tuple[f
 def featx_score(store, **options) -> tuple[float, str]:
     import featx
 
-    model = featx.train_shallow(store, **options)
+    model = featx.train_shallow(store, learning_curve=False, **options)
     report = model.report
-    return report["accuracy"], (f"{report['config']['classifier']} {report['tuning']['label']}="
+    chosen = report["representation"]
+    baseline = report.get("baseline") or {}
+    if baseline.get("available"):
+        PIXEL_SCORES[store.path] = (baseline["accuracy"], f"{baseline['pixels']}, same protocol and tuning")
+    return report["accuracy"], (f"{chosen['representation']} / {chosen['classifier']} {report['tuning']['label']}="
                                 f"{report['tuning'].get('chosen', report['tuning'].get('fixed'))}")
+
+
+PIXEL_SCORES: dict = {}  # the new default's report scores the raw-pixel baseline on the same rows
+
+
+def old_default_score(store) -> tuple[float, str]:
+    """The default before several depths: the final layer (the store's first), a tuned linear SVM."""
+    return featx_score(store, layer=store.layers[0], classifier="linear-svm", baseline=False)
 
 
 # >>> the probe's winner plugs in here: a function taking a data set and returning (accuracy, what).
@@ -139,13 +155,16 @@ def main() -> None:
     parser.add_argument("--fmnist-per-class", type=int, default=1000, help="training images per class (train split)")
     parser.add_argument("--fmnist-test-per-class", type=int, default=None,
                         help="test images per class (default: the whole 10,000-image test split)")
-    parser.add_argument("--only", default="hymenoptera,fmnist")
+    parser.add_argument("--only", default="digits,hymenoptera,fmnist")
     parser.add_argument("--also", default="", help="other featx classifiers to score, e.g. linear-svm,logreg")
-    parser.add_argument("--contenders", default="defaults,reference,probe,pixels",
-                        help="which of featx defaults, the sklearn reference, the probe winner and (Fashion-MNIST "
-                             "only) a raw-pixel RBF SVM to score")
+    parser.add_argument("--contenders", default="old,defaults,reference,probe,pixels",
+                        help="which of the old default (final layer), featx defaults (with their raw-pixel baseline), "
+                             "the sklearn reference, the probe winner and (Fashion-MNIST only) sklearn's raw-pixel RBF "
+                             "SVM to score")
     args = parser.parse_args()
     datasets = {}
+    if "digits" in args.only:
+        datasets["digits demo (5-fold CV)"] = (REPO / "data" / "digits-demo", args.cache / "digits")
     if "hymenoptera" in args.only:
         datasets["hymenoptera (train → val)"] = (HYMENOPTERA, args.cache / "hymenoptera")
     if "fmnist" in args.only:
@@ -159,10 +178,13 @@ def main() -> None:
     for name, (images, folder) in datasets.items():
         store = cached_store(images, folder / "store")
         wanted = set(args.contenders.split(","))
-        contenders = [("featx defaults", lambda s: featx_score(s))] if "defaults" in wanted else []
+        contenders = [("old default (final layer, linear SVM)", old_default_score)] if "old" in wanted else []
+        contenders += [("featx defaults", lambda s: featx_score(s))] if "defaults" in wanted else []
+        if "defaults" in wanted:
+            contenders.append(("raw-pixel baseline (featx, same protocol)", lambda s: PIXEL_SCORES.get(s.path)))
         contenders += [(f"featx --classifier {c}", lambda s, c=c: featx_score(s, classifier=c))
                        for c in args.also.split(",") if c]
-        if "reference" in wanted:
+        if "reference" in wanted and not name.startswith("digits"):  # the reference needs a held-out split
             contenders.append(("CV-tuned reference (sklearn)", reference_score))
         if "probe" in wanted:
             contenders.append(("featx probe winner", lambda s, images=images, folder=folder: probe_score(s, images, folder / "probe")))

@@ -108,7 +108,11 @@ def test_option_models_are_the_library_defaults_and_choices():
         for name, field in model.model_fields.items():
             if name != "color":  # the map's colour is a write_projection option
                 assert signature[name].default == field.get_default(), (model.__name__, name)
-    assert TrainShallowOptions.model_fields["classifier"].default == DEFAULT_CLASSIFIER
+    # no classifier given: train-shallow chooses among AUTO_CLASSIFIERS (DEFAULT_CLASSIFIER with --no-tune)
+    from featx.learn.select import AUTO_CLASSIFIERS
+
+    assert TrainShallowOptions.model_fields["classifier"].default is None
+    assert DEFAULT_CLASSIFIER in CLASSIFIERS and set(AUTO_CLASSIFIERS) <= set(CLASSIFIERS)
     fields = {m: m.model_fields for m in (TrainShallowOptions, AuditOptions, IndexOptions, ProjectOptions)}
     pairs = [(fields[TrainShallowOptions]["classifier"], CLASSIFIERS), (fields[TrainShallowOptions]["balance"],
                                                                         BALANCES),

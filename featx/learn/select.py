@@ -33,6 +33,8 @@ RBF_COMPONENTS = 256
 PCA_FROM_ROWS = 2000  # the RBF SVM reads PCA-reduced vectors from this many training rows on
 ROUNDS = (300, 1500)  # rows per round of successive halving; the winner is then tuned on every row
 KEEP = 3  # candidates kept after the screening round
+LINEAR = ("linear-svm", "logreg")  # screened in the first round by the ridge classifier's leave-one-out score
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 8))
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,18 @@ class Candidate:
         if given != "none" or self.classifier != "rbf-svm" or rows <= PCA_FROM_ROWS or width <= RBF_COMPONENTS:
             return given
         return f"pca:{RBF_COMPONENTS}"
+
+
+def ridge_screen(X: np.ndarray, y: np.ndarray) -> float:
+    """How linearly separable the classes are in `X`: the leave-one-out balanced accuracy of a
+    z-scored ridge classifier at its best strength, from one decomposition for every strength and
+    every left-out row (`RidgeClassifierCV`), 50-100× cheaper than tuning a linear SVM by CV. The
+    screen only ranks the representations; the linear SVM and logistic regression are tuned later."""
+    from sklearn.linear_model import RidgeClassifierCV
+    from sklearn.preprocessing import StandardScaler
+
+    ridge = RidgeClassifierCV(alphas=RIDGE_ALPHAS, scoring="balanced_accuracy")
+    return float(ridge.fit(StandardScaler().fit_transform(X), y).best_score_)
 
 
 class AutoShallow(ClassifierMixin, BaseEstimator):
@@ -121,6 +135,12 @@ class AutoShallow(ClassifierMixin, BaseEstimator):
 
     def _score(self, candidate: Candidate, X, y, groups, number: int) -> float:
         began = time.perf_counter()
+        if number == 1 and candidate.classifier in LINEAR and groups is None:
+            score = ridge_screen(self._view(candidate, X), y)
+            self.table_.append({"candidate": candidate, "round": number, "rows": len(y), "score": score, "std": None,
+                                "value": None, "screen": "ridge, leave-one-out",
+                                "seconds": time.perf_counter() - began})
+            return score
         try:
             tuned = self._estimator(candidate, X, y, groups, len(y)).set_params(refit=False).fit(
                 self._view(candidate, X), y, **self._groups(groups))
@@ -210,7 +230,8 @@ class AutoShallow(ClassifierMixin, BaseEstimator):
 
     def summary(self) -> dict:
         """The choice and the table of what was tried, for the report."""
-        rows = [{"representation": r["candidate"].representation, "classifier": r["candidate"].classifier,
+        rows = [{"representation": r["candidate"].representation,
+                 "classifier": r["candidate"].classifier + (f" (screen: {r['screen']})" if r.get("screen") else ""),
                  "round": r["round"], "rows": r["rows"], "score": r["score"], "std": r["std"],
                  "seconds": round(r["seconds"], 2)} for r in self.table_]
         return {"representation": self.choice_.representation, "classifier": self.choice_.classifier,
