@@ -95,7 +95,7 @@ def test_winner_recipe_round_trips_through_featx_run(probed):
     assert store.config["pool"] == frame["pool"][0] and store.layers == [frame["layer"][0]]
     assert store.config["backbone"] == "resnet18" and len(store) == 16
     model = json.loads((produced["model"] / "model.json").read_text())
-    assert model["layer"] == frame["layer"][0]
+    assert model["layers"] == [frame["layer"][0]]
     assert model["metrics"]["accuracy"] >= 0.9  # the separable synthetic classes stay separable
     # train-shallow fits what the probe scored: same options, same tuning, same folds, same score
     winner = frame.iloc[0]
@@ -115,6 +115,33 @@ def test_held_out_split_is_used_when_present(tmp_path):
     frame = probe(images, tmp_path / "out", layers=["layer4"], pools="avg", **PROBE_TINY)
     assert frame.attrs["protocol"]["kind"] == "held-out"
     assert frame["n_images"][0] == 24
+    # ranked by CV on the 12 'train' rows; the winner scored once on the 12 'val' rows, reported apart
+    once = frame.attrs["held_out"]["winner"]
+    assert (once["layer"], once["classifier"]) == (frame["layer"][0], frame["classifier"][0])
+    assert 0 <= once["balanced_accuracy"] <= 1 and once["balanced_accuracy_std"] is not None
+    recipe = (tmp_path / "out" / "winner.yaml").read_text()
+    assert "cross-validation on the 'train' rows only" in recipe and "Held-out score, measured once" in recipe
+    assert "held-out balanced accuracy" in (tmp_path / "out" / "probe.html").read_text()
+
+
+def test_held_out_labels_never_rank_a_candidate():
+    """Changing only the held-out rows' labels changes no candidate's ranking score, so the winner
+    is chosen without them."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(90, 12)).astype(np.float32)
+    y = np.where(X[:, 0] > 0, "a", "b").astype(object)
+    splits = np.array(["train"] * 60 + ["val"] * 30, dtype=object)
+    protocol = probe_score.choose_protocol(y, splits)
+    assert protocol.kind == "held-out" and "'train' rows only" in protocol.description
+    flipped = y.copy()
+    flipped[60:] = np.where(y[60:] == "a", "b", "a")
+    first = probe_score.score_features(X, y, splits, protocol, classifiers=("linear-svm",))
+    second = probe_score.score_features(X, flipped, splits, protocol, classifiers=("linear-svm",))
+    assert first["linear-svm"]["balanced_accuracy"] == second["linear-svm"]["balanced_accuracy"] > 0.8
+    # the held-out figure does see them: the flipped labels make it collapse
+    right = probe_score.score_held_out(X, y, splits, "linear-svm")["balanced_accuracy"]
+    wrong = probe_score.score_held_out(X, flipped, splits, "linear-svm")["balanced_accuracy"]
+    assert right > 0.8 > 0.2 > wrong
 
 
 @pytest.mark.parametrize("text,expected", [("10m", (600.0, None)), ("90s", (90.0, None)), ("1.5h", (5400.0, None)),

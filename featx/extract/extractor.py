@@ -171,7 +171,6 @@ class Extractor:
         self.backbone.preprocess = self.backbone.preprocess.with_resize(resize)
         addressable = addressable_layers(self.backbone.model)
         self.layers = self._requested_layers(layers, model, addressable, pool)
-        self.network_layers = [layer for layer in self.layers if layer != PIXELS]
         self.pool_name = pool
         identity = f"{self.backbone.weights_id}|{self.backbone.weights_sha256}"
         self.tap = LayerTap(self.backbone.model, self.network_layers, model, addressable,
@@ -211,6 +210,11 @@ class Extractor:
             check_pooling(self.pool_name, layer, tuple(outputs[layer].shape[1:]))
             dims[layer] = int(pool(outputs[layer], self.pool_name, self.layer_formats[layer]).shape[-1])
         return {layer: dims[layer] for layer in self.layers}
+
+    @property
+    def network_layers(self) -> list[str]:
+        """The stored layers the network computes (all but the pixels)."""
+        return [layer for layer in self.layers if layer != PIXELS]
 
     @property
     def config(self) -> dict:

@@ -20,4 +20,5 @@ def render_probe_page(out: str | Path) -> str:
                        n_images=report["n_images"], classes=report["classes"], protocol=report["protocol"],
                        candidates=report["candidates"], skipped=report["skipped"], seconds=report["seconds"],
                        winner=report["winner"], recipe_path=report["recipe"], recipe_text=(out / RECIPE).read_text(),
-                       domain_shift=report["domain_shift"], plots=plots, classifier_names=report["classifiers"])
+                       domain_shift=report["domain_shift"], plots=plots, classifier_names=report["classifiers"],
+                       held_out=report.get("held_out"))

@@ -35,7 +35,7 @@ from featx.probe.scoring import PROBE_CLASSIFIERS, RBF_MAX_ROWS, choose_protocol
 log = logging.getLogger(__name__)
 
 ALLOWED_POOLINGS = ("avg", "max", "avgmax", "gem")
-SCORE_VERSION = 2  # bump when the scoring changes: cached scores are then recomputed
+SCORE_VERSION = 3  # bump when the scoring changes: cached scores are then recomputed
 RECIPE = "winner.yaml"
 
 
@@ -135,14 +135,16 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = PROBE.model
                         "device": device, "shift_images": shift_images, "seed": seed, "progress": progress})
     candidates, shifts = _score_candidates(run, plans, total)
     frame = _rank(candidates)
+    held_out = _held_out_figures(frame, run)
     seconds = time.perf_counter() - started
     given = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     recipe_inputs = [str(i) if is_glob(i) else str(Path(i).resolve()) for i in given]
     paths = _write_outputs(frame, out, inputs=recipe_inputs, protocol=protocol, shifts=shifts, skipped=skipped,
                            classifiers=list(classifiers), weights=weights, image_size=image_size, cv=cv, seed=seed,
                            seconds=seconds, n_images=len(labelled), classes=sorted({r.label for r in labelled}),
-                           workers=workers)
+                           workers=workers, held_out=held_out)
     frame.attrs.update({"protocol": protocol.to_dict(), "domain_shift": shifts, "skipped": skipped,
+                        "held_out": held_out,
                         "seconds": seconds, **{k: str(v) for k, v in paths.items()}})
     return frame
 
@@ -330,6 +332,38 @@ def _candidate(model, layer, how, context, plan, protocol, current_paths, classi
             "shift": shift, "n_images": scores["n"], "store": str(store.path), "classifiers": scores["classifiers"]}
 
 
+def _held_out_figures(frame: pd.DataFrame, run: _Run) -> dict | None:
+    """With a held-out split: the winner, and the default (the default backbone's final layer, avg
+    pooling, linear SVM) when it was a candidate, each fitted on the 'train' rows and scored once on
+    the held-out rows, after the ranking that never saw them."""
+    if run.protocol.kind != "held-out" or frame.empty:
+        return None
+    winner = frame.iloc[0]
+    figures = {"winner": _score_once(winner, winner["classifier"], run)}
+    default = frame[(frame["backbone"] == DEFAULT_BACKBONE) & (frame["pool"] == "avg")]
+    if len(default) and "linear-svm" in run.classifiers:  # its deepest layer: the final one
+        figures["default"] = _score_once(default.loc[default["depth"].idxmax()], "linear-svm", run)
+    return figures
+
+
+def _score_once(candidate, classifier: str, run: _Run) -> dict:
+    from featx.probe.scoring import score_held_out
+    from featx.store import FeatureStore
+
+    store = FeatureStore.open(candidate["store"])
+    meta = store.meta
+    current = {r.path for r in run.records}
+    rows = store.ok & meta["label"].notna().to_numpy() & meta["path"].isin(current).to_numpy()
+    X = np.asarray(store.features(candidate["layer"])[rows], dtype=np.float32)
+    y = meta["label"].to_numpy(dtype=object)[rows].astype(str)
+    splits = meta["split"].fillna("").to_numpy(dtype=object)[rows]
+    scores = score_held_out(X, y, splits, classifier, cv=run.cv, seed=run.seed)
+    return {"backbone": candidate["backbone"], "layer": candidate["layer"], "pool": candidate["pool"],
+            "classifier": classifier, "cv_on_train_balanced_accuracy": float(candidate["balanced_accuracy"])
+            if classifier == candidate["classifier"] else None,
+            **{k: v for k, v in scores.items() if k not in ("C", "train_options")}}
+
+
 def score_key(store, layer: str, rows: np.ndarray, protocol, cv: int, seed: int) -> str:
     """What a candidate's cached scores depend on: the features, the rows, the protocol and the seed."""
     return _digest(SCORE_VERSION, store.config_hash, layer, store.manifest.get("meta", {}).get("sha256"),
@@ -363,7 +397,8 @@ def winner_recipe(winner: dict, inputs: list[str], *, weights: str, image_size: 
 
 
 def _write_outputs(frame: pd.DataFrame, out: Path, *, inputs, protocol, shifts, skipped, classifiers, weights,
-                   image_size, cv, seed, seconds, n_images, classes, workers=None) -> dict[str, Path]:
+                   image_size, cv, seed, seconds, n_images, classes, workers=None,
+                   held_out: dict | None = None) -> dict[str, Path]:
     import yaml
 
     from featx.probe.plots import score_vs_cost, score_vs_depth
@@ -372,9 +407,14 @@ def _write_outputs(frame: pd.DataFrame, out: Path, *, inputs, protocol, shifts, 
     records = json.loads(frame.to_json(orient="records"))
     winner = records[0]
     recipe = winner_recipe(winner, inputs, weights=weights, image_size=image_size, cv=cv, seed=seed, workers=workers)
-    header = (f"# Written by `featx probe`: the best of {len(records)} candidates "
-              f"(balanced accuracy {winner['balanced_accuracy']:.4f} ± {winner['balanced_accuracy_std']:.4f}, "
-              f"{protocol.description}).\n# Run it with: featx run {out / RECIPE}\n")
+    header = (f"# Written by `featx probe`: the best of {len(records)} candidates, ranked by balanced accuracy "
+              f"{winner['balanced_accuracy']:.4f} ± {winner['balanced_accuracy_std']:.4f} ({protocol.description}).\n")
+    if held_out:
+        once = held_out["winner"]
+        header += (f"# Held-out score, measured once after the choice (report this one): balanced accuracy "
+                   f"{once['balanced_accuracy']:.4f} ± {once['balanced_accuracy_std']:.4f}, accuracy "
+                   f"{once['accuracy']:.4f} ± {once['accuracy_std']:.4f}.\n")
+    header += f"# Run it with: featx run {out / RECIPE}\n"
     recipe_text = header + yaml.safe_dump(recipe, sort_keys=False)
     atomic.write_bytes(out / RECIPE, recipe_text.encode())
     plots = {"score_vs_depth.png": score_vs_depth(frame), "score_vs_cost.png": score_vs_cost(frame)}
@@ -382,6 +422,6 @@ def _write_outputs(frame: pd.DataFrame, out: Path, *, inputs, protocol, shifts, 
         atomic.write_bytes(out / name, data)
     report = {"protocol": protocol.to_dict(), "seconds": seconds, "n_images": n_images, "classes": classes,
               "classifiers": classifiers, "candidates": records, "winner": winner, "recipe": str(out / RECIPE),
-              "domain_shift": shifts, "skipped": skipped}
+              "domain_shift": shifts, "skipped": skipped, "held_out": held_out}
     atomic.write_json(out / "probe.json", report)
     return {"json": out / "probe.json", "recipe": out / RECIPE}

@@ -1,7 +1,9 @@
-"""Scoring one probe candidate (features of one backbone × layer × pooling) with the honest
-protocol of `train-shallow`: fit on the 'train' rows and score once on the held-out 'val'/'test'
-rows when the inputs have them, else stratified k-fold cross-validation. Every classifier tunes
-its regularisation by inner cross-validation on the training rows only, so the score stays honest.
+"""Scoring one probe candidate (features of one backbone × layer × pooling) by stratified k-fold
+cross-validation on the training rows only: the 'train' rows when the inputs have a held-out
+'val'/'test' split, else every row. The held-out rows never rank a candidate: only the winner (and
+the default) are scored on them, once, after the choice (`score_held_out`), so that figure is not
+the best of many. Every classifier tunes its regularisation by inner cross-validation on the rows it
+is fit on, exactly as `train-shallow` does.
 
 Spread: the standard deviation over the outer folds, or, for one held-out split, the bootstrap
 standard deviation over the held-out rows."""
@@ -61,7 +63,9 @@ def choose_protocol(labels: np.ndarray, splits: np.ndarray, cv: int = PROBE.cv) 
     if train.any() and held.any():
         train_counts = pd.Series(labels[train]).value_counts()
         if len(train_counts) >= 2 and train_counts.min() >= 2:
-            return Protocol("held-out", 1, "fit on split 'train', scored once on the held-out 'val'/'test' rows")
+            folds = int(min(max(2, cv), train_counts.min()))
+            return Protocol("held-out", folds, f"ranked by stratified {folds}-fold cross-validation on the 'train' "
+                                               "rows only; the winner scored once on the held-out 'val'/'test' rows")
     if cv < 2:
         raise InputError(f"--cv {cv} must be at least 2")
     folds = int(min(cv, counts.min()))
@@ -106,12 +110,25 @@ def score_features(X: np.ndarray, y: np.ndarray, splits: np.ndarray, protocol: P
                    classifiers=tuple(PROBE_CLASSIFIERS), cv: int = PROBE.cv, seed: int = PROBE.seed) -> dict[str, dict]:
     """{classifier: {metric: mean, metric_std: spread, "C": chosen strengths}} for one candidate."""
     classes = sorted(set(y))
-    if protocol.kind == "held-out":
-        train = splits == "train"
-        held = np.isin(splits, ["val", "test"])
-        folds = [(np.flatnonzero(train), np.flatnonzero(held))]
+    if protocol.kind == "held-out":  # the held-out rows never rank a candidate
+        train = np.flatnonzero(splits == "train")
+        folds = [(train[a], train[b]) for a, b in StratifiedKFold(protocol.folds, shuffle=True, random_state=seed)
+                 .split(X[train], y[train])]
     else:
         folds = list(StratifiedKFold(protocol.folds, shuffle=True, random_state=seed).split(X, y))
+    return _score_folds(X, y, folds, classes, protocol, classifiers, cv, seed)
+
+
+def score_held_out(X: np.ndarray, y: np.ndarray, splits: np.ndarray, classifier: str, *, cv: int = PROBE.cv,
+                   seed: int = PROBE.seed) -> dict:
+    """One classifier fitted on the 'train' rows and scored once on the held-out 'val'/'test' rows,
+    with the bootstrap spread: the figure to report for a winner chosen without those rows."""
+    folds = [(np.flatnonzero(splits == "train"), np.flatnonzero(np.isin(splits, ["val", "test"])))]
+    once = Protocol("once", 1, "fit on split 'train', scored once on the held-out 'val'/'test' rows")
+    return _score_folds(X, y, folds, sorted(set(y)), once, [classifier], cv, seed)[classifier]
+
+
+def _score_folds(X, y, folds, classes, protocol: Protocol, classifiers, cv: int, seed: int) -> dict[str, dict]:
     results = {}
     # a candidate's score is what counts; the tuning's own notes (e.g. a refit that fell back to the
     # next best C) go to the log, which `featx -v probe` shows, instead of raw warnings per candidate
@@ -142,7 +159,7 @@ def score_features(X: np.ndarray, y: np.ndarray, splits: np.ndarray, protocol: P
 
 
 def _summarise(per_fold, classes, protocol: Protocol, seed: int) -> dict:
-    if protocol.kind == "cv":
+    if len(per_fold) > 1:
         scores = [_metrics(t, p, classes) for t, p in per_fold]
         return {k: float(np.mean([s[k] for s in scores])) for k in METRICS} | \
                {f"{k}_std": float(np.std([s[k] for s in scores])) for k in METRICS}
