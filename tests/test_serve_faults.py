@@ -128,3 +128,78 @@ def test_a_client_that_disconnects_logs_one_line_not_a_traceback(artifacts, capl
     assert len(lines) == 5
     assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()
                 or "Exception in ASGI" in r.getMessage()]
+
+
+def test_a_link_loop_in_a_job_input_is_a_4xx(artifacts, tmp_path):
+    loop = artifacts.images / "cats" / "loop"
+    os.symlink("loop", loop)
+    try:
+        app = create_app(options(artifacts, state_dir=str(tmp_path / "st")))
+        with TestClient(app, raise_server_exceptions=False) as c:
+            for inputs in (["cats/loop"], ["cats/loop/*.png"], ["a" * 5000], ["cats/\x00"], ["x" * 300 + "/*.png"]):
+                response = c.post("/v1/jobs/extract", json={"inputs": inputs, "store": "s"})
+                assert response.status_code in (403, 404, 422), (inputs[0][:20], response.text)
+                assert_featx_error(response, response.status_code)
+    finally:
+        loop.unlink()
+
+
+def test_slow_sockets_are_closed_and_a_normal_client_keeps_getting_answers(artifacts):
+    import httpx
+
+    opts = options(artifacts, max_connections=32, read_timeout_s=1.5)
+    with running_server(create_app(opts), options=opts) as base:
+        host, port = base.removeprefix("http://").split(":")
+        slow = []
+        try:
+            for _ in range(200):  # each sends part of a request line and then nothing
+                sock = socket.create_connection((host, int(port)), timeout=10)
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                slow.append(sock)
+            answers = []
+            for _ in range(5):
+                with httpx.Client(timeout=5) as c:
+                    answers.append(c.get(f"{base}/healthz").status_code)
+            assert answers == [200] * 5
+            time.sleep(2.5)  # past --read-timeout: every slow socket was closed, most with a 408
+            closed, timed_out = 0, 0
+            for sock in slow:
+                sock.settimeout(2)
+                data = sock.recv(4096)
+                closed += 1 if data == b"" or data.startswith(b"HTTP/1.1 408") else 0
+                timed_out += data.startswith(b"HTTP/1.1 408")
+            assert closed == 200 and timed_out >= 150
+        finally:
+            for sock in slow:
+                sock.close()
+
+
+def test_every_connection_busy_answers_503_in_featx_shape():
+    from featx.serve.connections import guarded_protocol
+
+    class Busy:  # a connection whose request the app is working on
+        transport = type("T", (), {"is_closing": lambda self: False})()
+        _reading_since = 0.0
+
+        def _reading(self):
+            return False
+
+    written = []
+
+    class Transport:
+        def write(self, data):
+            written.append(data)
+
+        def close(self):
+            written.append(b"<closed>")
+
+        def is_closing(self):
+            return bool(written)
+
+    protocol_class = guarded_protocol(1, 30.0)
+    protocol = protocol_class.__new__(protocol_class)
+    protocol.connections, protocol.transport, protocol.cycle = {Busy()}, Transport(), None
+    protocol.connections.add(protocol)
+    protocol._make_room()
+    assert written[0].startswith(b"HTTP/1.1 503") and b'"code": "unavailable"' in written[0]
+    assert written[-1] == b"<closed>"
