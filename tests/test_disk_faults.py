@@ -78,6 +78,7 @@ def test_a_full_disk_at_the_first_write_is_exit_2_and_the_store_resumes_without_
         failed = cli("extract", images, "-o", out, *TINY_ARGS)
         assert failed.exit_code == 2 and "no space left on the device" in failed.output
         assert str(out) in failed.output and "needs" in failed.output
+        assert "rows still to extract need about" in " ".join(failed.output.split())
         again = cli("extract", images, "-o", out, *TINY_ARGS)  # still full: the same clear error, not "not a store"
         assert again.exit_code == 2 and "not a featx store" not in again.output
         remount(disk, "size=4m")
