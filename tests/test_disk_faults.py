@@ -120,6 +120,18 @@ def test_a_disk_full_mid_run_loses_no_row_and_info_counts_pending_not_failed(ima
 
 
 @needs_mount
+def test_index_and_train_on_a_full_disk_are_exit_2(images, tmp_path):
+    from featx.extract.job import extract
+
+    store = extract(images, tmp_path / "store", **TINY)
+    with tmpfs(tmp_path / "disk", "16k") as disk:
+        indexed = cli("index", store.path, "-o", disk / "index")  # faiss reports ENOSPC in its own RuntimeError
+        assert indexed.exit_code == 2 and "no space left" in indexed.output and "index.faiss" in indexed.output
+        trained = cli("train-shallow", store.path, "-o", disk / "model", "--classifier", "logreg", "--cv", "2")
+        assert trained.exit_code == 2 and "no space left" in trained.output
+
+
+@needs_mount
 def test_read_only_filesystems_are_exit_2_and_unchanged_work_needs_no_write(images, tmp_path):
     import shutil
 

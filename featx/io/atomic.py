@@ -78,6 +78,17 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def _as_os_error(exc: BaseException) -> BaseException:
+    """A library's error whose message carries the text of a disk errno, as that OSError."""
+    if isinstance(exc, OSError):
+        return exc
+    text = str(exc)
+    for number in DISK_ERRNOS:
+        if os.strerror(number) in text:
+            return OSError(number, text)
+    return exc
+
+
 def disk_error(exc: OSError, path: str | Path, needed: int | None = None):
     """featx's DiskError for a full disk, a quota, a too-large file or a read-only filesystem met
     while writing `path` (`needed`: the bytes that write takes, when known); None for other errors."""
@@ -119,8 +130,8 @@ def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a store is meant to be shared
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except OSError as exc:
-        error = disk_error(exc, path, size)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a library's own write (faiss) reports ENOSPC so
+        error = disk_error(_as_os_error(exc), path, size)
         if error is None:
             raise
         raise error from None
@@ -196,8 +207,8 @@ def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]
         else:
             os.replace(tmp, path)
         fsync_dir(path.parent)
-    except OSError as exc:
-        error = disk_error(exc, path, _tree_size(tmp) or None)
+    except (OSError, RuntimeError) as exc:
+        error = disk_error(_as_os_error(exc), path, _tree_size(tmp) or None)
         if error is None:
             raise
         raise error from None
