@@ -48,6 +48,7 @@ def create_app(options: ServeOptions | None = None, *, registry: Registry | None
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_quiet_accept_errors)
         try:
             new = registry if registry is not None else await in_own_thread(load_registry, options)
         except FeatxError as exc:
@@ -164,6 +165,22 @@ def _disconnected(exc: BaseException, kind) -> bool:
     if isinstance(group, (list, tuple)) and group:
         return all(_disconnected(e, kind) for e in group)
     return False
+
+
+_ACCEPT_WARNED = {"at": 0.0}
+
+
+def _quiet_accept_errors(loop, context: dict) -> None:
+    """The descriptor limit reached while accepting is one warning line (at most one a second),
+    not a traceback per try: the connections wait in the kernel's queue meanwhile."""
+    if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+        now = time.monotonic()
+        if now - _ACCEPT_WARNED["at"] > 1:
+            _ACCEPT_WARNED["at"] = now
+            log.warning("cannot accept connections: %s (lower --max-connections or raise `ulimit -n`)",
+                        context.get("exception"))
+        return
+    loop.default_exception_handler(context)
 
 
 def _public(path: str) -> bool:

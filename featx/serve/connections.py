@@ -24,15 +24,17 @@ log = logging.getLogger(__name__)
 DESCRIPTORS_KEPT = 64  # file descriptors left for everything but connections (stores, models, logs, jobs)
 
 
-def connection_cap(wanted: int) -> int:
-    """`wanted`, lowered to fit the process's file-descriptor limit."""
+def connection_cap(wanted: int, backlog: int = 0) -> int:
+    """`wanted`, lowered to fit the process's file-descriptor limit (less `backlog` connections
+    accepted at once before any can be closed)."""
     try:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (OSError, ValueError):
         return wanted
-    if soft == resource.RLIM_INFINITY or soft - DESCRIPTORS_KEPT >= wanted:
+    room = soft - DESCRIPTORS_KEPT - backlog
+    if soft == resource.RLIM_INFINITY or room >= wanted:
         return wanted
-    cap = max(1, soft - DESCRIPTORS_KEPT)
+    cap = max(1, room)
     log.warning("--max-connections %d lowered to %d: the process may open %d files", wanted, cap, soft)
     return cap
 
@@ -105,9 +107,9 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
-def guarded_protocol(max_connections: int, read_timeout_s: float) -> type[H11Protocol]:
+def guarded_protocol(max_connections: int, read_timeout_s: float, backlog: int = 0) -> type[H11Protocol]:
     """The protocol class for uvicorn (`http=`), with this server's cap and deadline."""
-    cap = connection_cap(max_connections)
+    cap = connection_cap(max_connections, backlog)
     busy = _raw_response("503 Service Unavailable", "unavailable",
                          f"the server has its {cap} connections (--max-connections) busy; retry shortly", retry=True)
     slow = _raw_response("408 Request Timeout", "request_timeout",

@@ -12,6 +12,9 @@ log = logging.getLogger(__name__)
 
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this many seconds
 MAX_HEADER_BYTES = 64 * 1024  # request line and headers; larger: 400
+# connections taken from the kernel's queue per wake-up: the loop makes them transports only after
+# the whole batch, so a bigger batch could pass the descriptor limit before the cap closes any
+ACCEPT_BACKLOG = 128
 
 
 def named_folders(items: list[str] | None, option: str) -> dict[str, str]:
@@ -56,5 +59,6 @@ def uvicorn_config(app, options: ServeOptions, *, log_level: str = "info", port:
 
     return uvicorn.Config(app, host=options.host, port=options.port if port is None else port, log_level=log_level,
                           server_header=False, timeout_graceful_shutdown=int(options.timeout_s) + 1,
-                          http=guarded_protocol(options.max_connections, options.read_timeout_s),
+                          http=guarded_protocol(options.max_connections, options.read_timeout_s, ACCEPT_BACKLOG),
+                          backlog=ACCEPT_BACKLOG,
                           timeout_keep_alive=KEEP_ALIVE_S, h11_max_incomplete_event_size=MAX_HEADER_BYTES)
