@@ -47,3 +47,7 @@ class OutputFolderError(InputError):
 
 class InputsChangedError(InputError):
     """`--frozen`: the inputs differ from what the store holds."""
+
+
+class DiskError(FeatxError):
+    """No space left (ENOSPC, EDQUOT), a file too large, or a read-only filesystem (EROFS) where featx writes."""

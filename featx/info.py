@@ -55,7 +55,8 @@ def store_summary(path: str | Path) -> dict:
     if counts is None:  # a store finalized before summaries were recorded: count from the table
         counts = _table_counts(path / manifest["meta"]["path"])
     return {"path": str(path), "rows": counts["rows"], "ok": counts["ok"], "failed": counts["failed"],
-            "complete": bool(manifest.get("complete")), "backbone": config.get("backbone"),
+            "pending": counts.get("pending", 0), "complete": bool(manifest.get("complete")),
+            "backbone": config.get("backbone"),
             "weights": config.get("weights_id"), "layers": {k: v["shape"] for k, v in manifest["layers"].items()},
             "pool": config.get("pool"), "fingerprint": manifest.get("fingerprint"),
             "last_changes": (manifest.get("last_run") or {}).get("line"),

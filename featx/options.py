@@ -232,6 +232,8 @@ class ExtractJobRequest(_Strict):
     store: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
                        description="name of the store to write (in the server's --state-dir)")
     options: ExtractOptions = Field(default_factory=ExtractOptions)
+    existing: Literal["refuse", "append"] = Field("refuse", description=(
+        "When the store exists: refuse (409), or append these inputs to it (the CLI's --append; its rows stay)."))
 
 
 class PredictRequest(_Strict):
@@ -299,6 +301,19 @@ class ServeOptions(_Strict):
     timeout_s: float = Field(30.0, gt=0, description="Per-request time limit in seconds (504 beyond it).")
     cors_origins: list[str] = Field(default_factory=list, description=(
         "Allow this CORS origin (repeatable); default: CORS off."))
+    weights_root: Optional[str] = Field(None, description=(
+        "Folder of weight files extract jobs may name (by file name); default: jobs take 'default' or 'random'."))
+    job_memory_gb: Optional[float] = Field(None, gt=0, description=(
+        "Memory limit of one extract job in GiB (its estimate is checked before it starts, and its process "
+        "runs under it); default: half of this machine's memory."))
+    job_max_image_size: int = Field(512, ge=8, le=4096, description="Largest image_size an extract job may ask for.")
+    job_max_batch: int = Field(64, ge=1, le=4096, description="Largest batch_size an extract job may ask for.")
+    job_max_workers: int = Field(2, ge=0, le=64, description="Most decoding workers an extract job may ask for.")
+    max_connections: int = Field(512, ge=1, description=(
+        "Open connections at most; beyond it the oldest connection still sending its request is closed, "
+        "or, when every connection is busy, the new one gets 503."))
+    read_timeout_s: float = Field(30.0, gt=0, description=(
+        "Seconds a client has to send a whole request (headers and body); slower connections are closed."))
 
 
 # --- recipes: each step of a recipe is validated by its model ---------------------------------

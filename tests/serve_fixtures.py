@@ -50,12 +50,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app, port: int | None = None):
-    """A real uvicorn on 127.0.0.1 in a thread; yields its base URL."""
+def running_server(app, port: int | None = None, options=None):
+    """A real uvicorn on 127.0.0.1 in a thread (with `options`: configured as `featx serve` does); yields its
+    base URL."""
     import uvicorn
 
+    from featx.serve.server import uvicorn_config
+
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = (uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning") if options is None
+              else uvicorn_config(app, options, log_level="warning", port=port))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 60

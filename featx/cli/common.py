@@ -30,6 +30,14 @@ def friendly(fn):
         except FeatxError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except OSError as exc:  # a full disk or read-only filesystem met outside featx's own writers
+            from featx.io.atomic import disk_error
+
+            error = disk_error(exc, exc.filename or Path.cwd())
+            if error is None:
+                raise
+            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 

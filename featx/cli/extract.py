@@ -103,8 +103,9 @@ def extract_cmd(
 
 
 def _print_summary(summary: dict, brief: bool = False) -> None:
+    pending = f", {summary['pending']} pending" if summary.get("pending") else ""
     console.print(f"[bold]{summary['path']}[/]: {summary['rows']} images, [green]{summary['ok']} ok[/], "
-                  f"[red]{summary['failed']} failed[/]; backbone {summary['backbone']}, layers "
+                  f"[red]{summary['failed']} failed[/]{pending}; backbone {summary['backbone']}, layers "
                   + ", ".join(f"{k} {'×'.join(map(str, v))}" for k, v in summary["layers"].items()), highlight=False)
     if not brief:
         console.print(f"weights: {summary['weights']}; pool: {summary['pool']}; complete: {summary['complete']}")
@@ -112,6 +113,9 @@ def _print_summary(summary: dict, brief: bool = False) -> None:
         console.print("per split: " + ", ".join(f"{k} {v}" for k, v in summary["per_split"].items()))
     for error in summary["errors"][: 20 if brief else None]:
         console.print(f"  [red]{error['status']}[/] {error['path']}: {error['error']}", highlight=False)
+    if summary.get("pending"):
+        console.print(f"{summary['pending']} rows are not extracted yet (an unfinished run): run the same "
+                      "`featx extract` again to finish them", highlight=False)
     if brief and len(summary["errors"]) > 20:
         console.print(f"  … {len(summary['errors']) - 20} more; see `featx info {summary['path']}`")
 

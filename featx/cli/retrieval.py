@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from featx.cli.common import command, console, emit_frame, err_console, option
-from featx.errors import FeatxError
+from featx.errors import DiskError, FeatxError
+from featx.io import atomic
 from featx.options import Device, ExtractEngine, IndexKind, IndexOptions, Metric, OutputFormat, SearchOptions
 
 # --- retrieval ---------------------------------------------------------------------------------
@@ -38,8 +39,10 @@ def index_cmd(
 
     if update is not None:
         index = Index.load(update, allow_stale=True)
+        before = json.dumps(index.info, sort_keys=True, default=str)
         result = index.update()
-        index.save(update)
+        if json.dumps(index.info, sort_keys=True, default=str) != before:  # nothing to write when nothing changed
+            index.save(update)
         what = {"unchanged": "the store is unchanged", "added": f"added {result['rows']} rows",
                 "rebuilt": "rebuilt (rows of the store were removed, moved or re-extracted)"}[result["mode"]]
         console.print(f"{what}; {update} now holds {index.info['ntotal']} vectors")
@@ -81,7 +84,10 @@ def search_cmd(
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
         console.print(table)
         target = evaluate_json or index_dir / "evaluation.json"
-        target.write_text(json.dumps(metrics, indent=2) + "\n")
+        try:
+            atomic.write_json(target, metrics)
+        except DiskError as exc:  # the metrics are printed above; say where else they can go
+            raise DiskError(f"{exc}. The metrics are printed above; pass --json FILE to write them elsewhere") from None
         console.print(f"written: {target}")
         return
     row_ids = [int(r) for r in rows.split(",")] if rows else None

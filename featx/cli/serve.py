@@ -34,6 +34,13 @@ def serve_cmd(
     max_pixels: int = option(ServeOptions, "max_pixels"),
     timeout_s: float = option(ServeOptions, "timeout_s", "--timeout"),
     cors_origins: Optional[List[str]] = option(ServeOptions, "cors_origins", "--cors-origin"),
+    weights_root: Optional[Path] = option(ServeOptions, "weights_root"),
+    job_memory_gb: Optional[float] = option(ServeOptions, "job_memory_gb", "--job-memory"),
+    job_max_image_size: int = option(ServeOptions, "job_max_image_size"),
+    job_max_batch: int = option(ServeOptions, "job_max_batch"),
+    job_max_workers: int = option(ServeOptions, "job_max_workers"),
+    max_connections: int = option(ServeOptions, "max_connections"),
+    read_timeout_s: float = option(ServeOptions, "read_timeout_s", "--read-timeout"),
 ):
     """Serve models, indexes and stores over HTTP, with a web page at / (SIGHUP reloads them)."""
     from featx.runtime import restart_with_one_malloc_arena
@@ -43,6 +50,7 @@ def serve_cmd(
     for field, flag in FOLDER_FLAGS.items():
         given[field] = named_folders(given[field], flag)
     options = validated(ServeOptions, given, flags={**FOLDER_FLAGS, "timeout_s": "--timeout",
-                                                    "cors_origins": "--cors-origin"})
+                                                    "cors_origins": "--cors-origin", "job_memory_gb": "--job-memory",
+                                                    "read_timeout_s": "--read-timeout"})
     restart_with_one_malloc_arena()  # returns only when no restart is needed (featx.runtime says why)
     serve(options)

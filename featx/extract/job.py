@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from featx.errors import InputError
+from featx.errors import DiskError, InputError
 from featx.extract.engines import ENGINES, make_engine  # noqa: F401 (ENGINES: re-exported)
 from featx.extract.extractor import Extractor
 from featx.io.sources import scan_inputs
@@ -63,13 +63,21 @@ def extract(inputs, out: str | Path, *, model: str = EXTRACT.model, weights: str
     remember_preprocess(model, image_size, resize, extractor.backbone.preprocess.to_dict())  # the next head start's
     config = extractor.config | {"weights_source": weights_source(weights)}
     rows_per_shard = shard_rows(int(shard_size), extractor)
-    with runner.session(), StoreWriter(out, config, overwrite=overwrite, append=append, frozen=frozen,
-                                       rows_per_shard=rows_per_shard) as writer:
-        work = writer.prepare(records, files=runner.file_checker())
-        shards = _missing_shards(work, rows_per_shard, out)
-        ready = _take_head_start(head_start, extractor, shards, runner.name)  # stopped in every case
-        runner.run(writer, work.plan, shards, extractor, ready)
-        store = writer.finalize()
+    writer = StoreWriter(out, config, overwrite=overwrite, append=append, frozen=frozen, rows_per_shard=rows_per_shard)
+    try:
+        with runner.session(), writer:
+            work = writer.prepare(records, files=runner.file_checker())
+            shards = _missing_shards(work, rows_per_shard, out)
+            ready = _take_head_start(head_start, extractor, shards, runner.name)  # stopped in every case
+            runner.run(writer, work.plan, shards, extractor, ready)
+            store = writer.finalize()
+    except DiskError as exc:  # say what the whole run still needs, not only the write that failed
+        from featx.io.atomic import human_bytes
+
+        left = sum(b - a for a, b in writer.missing_ranges()) if writer.manifest else len(records)
+        row = sum(extractor.pooled_dims.values()) * np.dtype(extractor.dtype).itemsize
+        raise DiskError(f"{exc}. The rows still to extract need about {human_bytes(left * row)} of features "
+                        f"({left} rows × {human_bytes(row)})") from None
     summary = store.summary()
     log.info("store %s: %d images, %d ok, %d failed", out, summary["rows"], summary["ok"], summary["failed"])
     return store

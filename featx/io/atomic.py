@@ -3,6 +3,7 @@ fsynced and renamed, so readers see the old file or the new one, never half of o
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 TMP_PREFIX = ".tmp-"
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 def _read_umask() -> int:
@@ -68,27 +70,81 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is fsynced and renamed to `path`."""
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _as_os_error(exc: BaseException) -> BaseException:
+    """A library's error whose message carries the text of a disk errno, as that OSError."""
+    if isinstance(exc, OSError):
+        return exc
+    text = str(exc)
+    for number in DISK_ERRNOS:
+        if os.strerror(number) in text:
+            return OSError(number, text)
+    return exc
+
+
+def disk_error(exc: OSError, path: str | Path, needed: int | None = None):
+    """featx's DiskError for a full disk, a quota, a too-large file or a read-only filesystem met
+    while writing `path` (`needed`: the bytes that write takes, when known); None for other errors."""
+    from featx.errors import DiskError
+
+    if not isinstance(exc, OSError) or exc.errno not in DISK_ERRNOS:
+        return None
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    folder = path if path.is_dir() else path.parent
+    if exc.errno == errno.EROFS:
+        return DiskError(f"cannot write '{path.name}' in '{folder}': the filesystem is read-only; choose an output "
+                         "folder on a writable filesystem (or remount it read-write) and run the command again")
     try:
+        free = shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free
+    except (OSError, StopIteration):
+        free = None
+    what = {errno.EDQUOT: "the disk quota is used up", errno.EFBIG: "the file is larger than this filesystem or "
+            "this process allows"}.get(exc.errno, "no space left on the device")
+    space = f"{human_bytes(free)} free" if free is not None else "free space unknown"
+    need = f", which needs {human_bytes(needed)}" if needed else ""
+    return DiskError(f"{what} holding '{folder}' ({space}) while writing '{path.name}'{need}. Free space there (or "
+                     "choose another output folder) and run the same command again: work already committed is kept")
+
+
+@contextmanager
+def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed to `path`. A full
+    disk or a read-only filesystem raises featx's DiskError (`size`: the bytes being written)."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a store is meant to be shared
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a library's own write (faiss) reports ENOSPC so
+        error = disk_error(_as_os_error(exc), path, size)
+        if error is None:
+            raise
+        raise error from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # a read-only filesystem: nothing was created there anyway
+                pass
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size=len(data)) as tmp:
         tmp.write_bytes(data)
 
 
@@ -125,8 +181,14 @@ def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]
     """Build a folder under a temporary name, then swap it in: nothing appears at `path`
     unless the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent))
+    except OSError as exc:
+        error = disk_error(exc, path)
+        if error is None:
+            raise
+        raise error from None
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; artifacts are meant to be shared
     try:
         yield tmp
@@ -145,5 +207,17 @@ def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]
         else:
             os.replace(tmp, path)
         fsync_dir(path.parent)
+    except (OSError, RuntimeError) as exc:
+        error = disk_error(_as_os_error(exc), path, _tree_size(tmp) or None)
+        if error is None:
+            raise
+        raise error from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _tree_size(folder: Path) -> int:
+    try:
+        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    except OSError:
+        return 0

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 # stable error codes recorded in meta.parquet `status` (README: "Error codes")
 ERROR_CODES = ("missing", "empty", "truncated", "not_image", "bomb", "unsupported", "decode_error",
-               "not_a_file", "broken_link", "symlink_loop", "unreadable", "too_large", "timeout")
+               "not_a_file", "broken_link", "symlink_loop", "unreadable", "too_large", "timeout", "outside_root")
 # each file's read and decode must finish within this many seconds (a stuck network mount, a
 # decoder caught by a hostile file): the file becomes a `timeout` error row and the run goes on
 FILE_TIME_LIMIT_S = float(os.environ.get("FEATX_FILE_TIME_LIMIT", "60"))
@@ -38,6 +38,17 @@ class DecodeError(Exception):
 
 
 
+_confined_to: str | None = None  # a process that may read only under one folder (a service's extract job)
+
+
+def confine_reads(root: str | None) -> None:
+    """From now on this process reads images only under `root` (checked on each file as it is
+    opened, so a symbolic link swapped in after the job was accepted becomes an `outside_root`
+    error row). Process-wide: for a process that exists to run one job."""
+    global _confined_to
+    _confined_to = None if root is None else os.path.realpath(root)
+
+
 def read_bytes(path: str) -> tuple[bytes, str]:
     """The file's bytes and their sha256. Only regular files are read, each within
     FILE_TIME_LIMIT_S; anything else is a DecodeError with its code (never a hang)."""
@@ -47,6 +58,13 @@ def read_bytes(path: str) -> tuple[bytes, str]:
     except OSError as exc:
         raise _open_error(path, exc) from None
     try:
+        if _confined_to is not None:
+            from featx.io.confine import PathRefused, check_opened
+
+            try:
+                check_opened(fd, path, _confined_to)
+            except PathRefused as exc:
+                raise DecodeError("outside_root", str(exc)) from None
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (FIFO, socket or device)"

@@ -12,7 +12,7 @@ from featx.options import ExtractJobRequest
 from featx.serve.errors import Forbidden, NotFound
 from featx.serve.requests import error_response
 from featx.serve.state import ServerState, featx_version
-from featx.serve.swap import reload_artifacts
+from featx.serve.swap import in_own_thread, reload_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,15 @@ def admin_router(state: ServerState) -> APIRouter:
             raise Forbidden("this server runs no jobs; start it with --state-dir DIR (and --data-root DIR)")
         if not state.options.data_root:
             raise Forbidden("extract jobs read only from --data-root; start the server with --data-root DIR")
-        record = await run_in_threadpool(state.jobs.submit, job)
+
+        record = await in_own_thread(state.jobs.submit, job)  # its memory estimate runs the network once
+        return JSONResponse(record, status_code=202, headers={"Location": f"/v1/jobs/{record['id']}"})
+
+    @router.post("/v1/jobs/{job_id}/resume", status_code=202, summary="Run a failed extract job again")
+    async def resume_job(job_id: str):
+        if state.jobs is None:
+            raise NotFound("this server runs no jobs (no --state-dir)")
+        record = await run_in_threadpool(state.jobs.resume_job, job_id)
         return JSONResponse(record, status_code=202, headers={"Location": f"/v1/jobs/{record['id']}"})
 
     @router.get("/v1/jobs/{job_id}", summary="An extract job's progress")

@@ -48,6 +48,7 @@ def create_app(options: ServeOptions | None = None, *, registry: Registry | None
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_quiet_accept_errors)
         try:
             new = registry if registry is not None else await in_own_thread(load_registry, options)
         except FeatxError as exc:
@@ -112,7 +113,7 @@ class _Guard:
 
         async def tracking_send(message):
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status["code"], status["started"] = message["status"], True
             await send(message)
 
         self.state.active += 1
@@ -125,9 +126,61 @@ class _Guard:
                                             status_code=401, headers={"WWW-Authenticate": "Bearer"})
                     return await response(scope, receive, tracking_send)
             await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: one shape, one log line
+            await _failed(exc, scope, send, status)
         finally:
             self.state.active -= 1
             self.state.metrics.observe_request(route, status["code"], time.perf_counter() - started)
+
+
+async def _failed(exc: BaseException, scope, send, status: dict) -> None:
+    """A client that went away is one log line; anything else is logged once and answers a 500 in
+    featx's error shape (when no answer has started yet)."""
+    from starlette.requests import ClientDisconnect
+
+    where = f"{scope['method']} {scope['path'][:200]}"
+    if _disconnected(exc, ClientDisconnect):
+        log.info("client disconnected before the answer to %s was sent", where)
+        status["code"] = 499
+        return
+    log.error("internal error answering %s", where, exc_info=exc)
+    if status.get("started"):
+        return
+    response = JSONResponse({"error": {"code": "internal", "message": "the server failed to answer this request; "
+                                       "it is logged on the server"}}, status_code=500)
+    try:
+        await response(scope, _no_body, send)
+    except Exception:  # noqa: BLE001 - the client is gone as well
+        log.info("client disconnected before the answer to %s was sent", where)
+
+
+async def _no_body():
+    return {"type": "http.disconnect"}
+
+
+def _disconnected(exc: BaseException, kind) -> bool:
+    if isinstance(exc, (kind, ConnectionError)) or type(exc).__name__ in ("ClosedResourceError", "EndOfStream"):
+        return True
+    group = getattr(exc, "exceptions", None)  # an ExceptionGroup from a task group
+    if isinstance(group, (list, tuple)) and group:
+        return all(_disconnected(e, kind) for e in group)
+    return False
+
+
+_ACCEPT_WARNED = {"at": 0.0}
+
+
+def _quiet_accept_errors(loop, context: dict) -> None:
+    """The descriptor limit reached while accepting is one warning line (at most one a second),
+    not a traceback per try: the connections wait in the kernel's queue meanwhile."""
+    if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+        now = time.monotonic()
+        if now - _ACCEPT_WARNED["at"] > 1:
+            _ACCEPT_WARNED["at"] = now
+            log.warning("cannot accept connections: %s (lower --max-connections or raise `ulimit -n`)",
+                        context.get("exception"))
+        return
+    loop.default_exception_handler(context)
 
 
 def _public(path: str) -> bool:

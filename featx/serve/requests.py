@@ -37,7 +37,27 @@ def error_response(status: int, code: str, message: str, **extra) -> JSONRespons
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status, headers=headers)
 
 
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 406: "not_acceptable", 408: "request_timeout", 409: "conflict",
+               413: "too_large", 415: "unsupported_media", 422: "invalid_body", 429: "too_many_requests",
+               503: "unavailable"}
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """Every error, the framework's included (400, 404, 405, 413, …), answers `{"error": {code, message, …}}`."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request, exc: HTTPException):
+        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request, exc: RequestValidationError):
+        return invalid_body([{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()])
+
     @app.exception_handler(DecodeError)
     async def decode_error(_request, exc: DecodeError):
         status = 415 if exc.code == "not_image" else 422
@@ -56,13 +76,18 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(status, type(exc).__name__, str(exc))
 
     @app.exception_handler(ValidationError)
-    async def invalid_body(_request, exc: ValidationError):
-        return error_response(422, "invalid_body", "the request body does not match its schema",
-                      details=exc.errors(include_url=False, include_context=False, include_input=False))
+    async def invalid_model(_request, exc: ValidationError):
+        return invalid_body(exc.errors(include_url=False, include_context=False, include_input=False))
 
     @app.exception_handler(TimeoutError)
     async def timed_out(_request, exc: TimeoutError):
         return error_response(504, "timeout", str(exc) or "the request took longer than the server's time limit")
+
+
+def invalid_body(details: list[dict]) -> JSONResponse:
+    if any(e.get("type") == "json_invalid" for e in details):
+        return error_response(400, "invalid_json", "the request body is not valid JSON", details=details)
+    return error_response(422, "invalid_body", "the request body does not match its schema", details=details)
 
 
 async def limited(state: ServerState, work):
@@ -85,7 +110,8 @@ class Upload:
 async def parse_request(request: Request, state: ServerState, model: type[BaseModel]) -> tuple[BaseModel, list[Upload]]:
     """multipart (files in `files`, options as form fields) or a JSON body."""
     content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
+    media_type = content_type.split(";", 1)[0].strip().lower()  # 'application/jsonx' is not JSON
+    if media_type == "multipart/form-data":
         form = await request.form(max_files=state.options.max_files, max_fields=32)
         uploads, fields = [], {}
         for key, value in form.multi_items():
@@ -100,40 +126,65 @@ async def parse_request(request: Request, state: ServerState, model: type[BaseMo
         if not uploads:
             raise InputError("the multipart request holds no files; send images in the 'files' field")
         return model.model_validate(fields), uploads
-    if content_type.startswith("application/json"):
+    if media_type == "application/json":
         return model.model_validate_json(await request.body()), []
-    raise UnsupportedMedia(f"Content-Type '{content_type or '(none)'}' is not accepted; send multipart/form-data "
+    raise UnsupportedMedia(f"Content-Type '{content_type[:100] or '(none)'}' is not accepted; send multipart/form-data "
                            "with image files, or application/json")
 
 
 def under_root(state: ServerState, path: str) -> Path:
     """A request path, symlinks resolved, that must stay inside --data-root."""
+    from featx.io.confine import PathRefused, resolve_under
+
     if not state.options.data_root:
         raise Forbidden("this server takes no file paths (it was started without --data-root); upload the "
                         "images instead")
-    root = Path(state.options.data_root).resolve()
     try:
-        candidate = Path(path)
-        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
-    except (ValueError, OSError) as exc:  # e.g. an embedded NUL byte, a symlink loop
-        raise Forbidden(f"path {path!r} cannot be resolved under the server's --data-root ({exc})") from None
-    if not resolved.is_relative_to(root):
-        raise Forbidden(f"path '{path}' is outside the server's --data-root; only files under it can be named")
-    if not resolved.is_file():
-        raise NotFound(f"no file '{path}' under the server's --data-root")
+        resolved = resolve_under(state.options.data_root, path)
+        is_file = resolved.is_file()
+    except PathRefused as exc:
+        raise Forbidden(str(exc)) from None
+    except OSError as exc:  # e.g. a name longer than the filesystem allows
+        raise Forbidden(f"path {path[:120]!r} cannot be resolved under the server's --data-root "
+                        f"({exc.strerror})") from None
+    if not is_file:
+        raise NotFound(f"no file {path[:120]!r} under the server's --data-root")
     return resolved
+
+
+def read_paths(state: ServerState, paths: list[str]) -> list[Upload]:
+    """The files of `paths` (under --data-root): count and total size checked before any byte is
+    read, and each file checked again as it is opened (a symlink swapped in meanwhile is refused)."""
+    from featx.io.confine import PathRefused, read_under
+
+    if len(paths) > state.options.max_files:
+        raise InputError(f"{len(paths)} paths in one request; the limit is {state.options.max_files} (--max-files)")
+    resolved = [under_root(state, p) for p in paths]
+    limit = int(state.options.max_body_mb * 2**20)
+    sizes = [_size(p) for p in resolved]
+    if sum(sizes) > limit:
+        raise InputError(f"the {len(paths)} files named hold {sum(sizes):,} bytes; a request may read at most "
+                         f"{limit:,} (--max-body-mb)")
+    try:
+        return [Upload(name, read_under(state.options.data_root, p, limit)) for name, p in zip(paths, resolved)]
+    except PathRefused as exc:
+        raise Forbidden(str(exc)) from None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 async def images_of(state: ServerState, uploads: list[Upload], paths: list[str] | None) -> list[Upload]:
     if uploads and paths:
         raise InputError("send either files or paths, not both")
-    if paths:
-        resolved = [under_root(state, p) for p in paths]
-        loop = asyncio.get_running_loop()
-        blobs = await asyncio.gather(*(loop.run_in_executor(state.decode_pool, p.read_bytes) for p in resolved))
-        uploads = [Upload(p, b) for p, b in zip(paths, blobs)]
     if len(uploads) > state.options.max_files:
         raise InputError(f"{len(uploads)} images in one request; the limit is {state.options.max_files}")
+    if paths:
+        uploads = await asyncio.get_running_loop().run_in_executor(state.decode_pool, read_paths, state, paths)
     return uploads
 
 
@@ -191,10 +242,12 @@ async def features_of(state: ServerState, registry: Registry, artifact: str | No
 
 def layer_vectors(outputs: dict, layer: str | tuple) -> np.ndarray:
     """The vectors of a layer, or of the layers a model reads side by side (`model_input`)."""
-    return model_input(outputs, list(layer) if isinstance(layer, tuple) else [layer])
+    return model_input(outputs, _names(layer))
 
 
 def store_rows(store, rows: list[int], layer: str | tuple) -> np.ndarray:
+    if not rows:
+        raise InputError("'rows' is empty; send at least one row id (or files, or 'paths')")
     n = len(store)
     bad = [r for r in rows if not 0 <= r < n]
     if bad:

@@ -10,6 +10,12 @@ from featx.options import ServeOptions
 
 log = logging.getLogger(__name__)
 
+KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this many seconds
+MAX_HEADER_BYTES = 64 * 1024  # request line and headers; larger: 400
+# connections taken from the kernel's queue per wake-up: the loop makes them transports only after
+# the whole batch, so a bigger batch could pass the descriptor limit before the cap closes any
+ACCEPT_BACKLOG = 128
+
 
 def named_folders(items: list[str] | None, option: str) -> dict[str, str]:
     """`--model ants=runs/model` (repeatable) -> {"ants": "runs/model"}; a bare folder is named after itself."""
@@ -41,5 +47,18 @@ def serve(options: ServeOptions, *, log_level: str = "info") -> None:
         raise InputError("nothing to serve: give --model NAME=MODEL_DIR, --index NAME=INDEX_DIR, "
                          "--store NAME=STORE_DIR or --projection NAME=PROJECTION_DIR (each repeatable)")
     app = create_app(options, handle_sighup=True)
-    uvicorn.run(app, host=options.host, port=options.port, log_level=log_level, server_header=False,
-                timeout_graceful_shutdown=int(options.timeout_s) + 1)
+    uvicorn.Server(uvicorn_config(app, options, log_level=log_level)).run()
+
+
+def uvicorn_config(app, options: ServeOptions, *, log_level: str = "info", port: int | None = None):
+    """uvicorn's settings for `app`: featx's connection handling (a deadline to send each request, a
+    cap on open connections: featx.serve.connections), short keep-alive, no server header."""
+    import uvicorn
+
+    from featx.serve.connections import guarded_protocol
+
+    return uvicorn.Config(app, host=options.host, port=options.port if port is None else port, log_level=log_level,
+                          server_header=False, timeout_graceful_shutdown=int(options.timeout_s) + 1,
+                          http=guarded_protocol(options.max_connections, options.read_timeout_s, ACCEPT_BACKLOG),
+                          backlog=ACCEPT_BACKLOG,
+                          timeout_keep_alive=KEEP_ALIVE_S, h11_max_incomplete_event_size=MAX_HEADER_BYTES)

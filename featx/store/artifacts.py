@@ -11,13 +11,37 @@ import json
 from pathlib import Path
 
 from featx.errors import IntegrityError, OutputFolderError, StoreError
-from featx.io.atomic import SEAL, canonical_json, seal  # noqa: F401 (seal: re-exported)
+from featx.io.atomic import SEAL, TMP_PREFIX, canonical_json, seal  # noqa: F401 (seal: re-exported)
 
 RECORD_FILES = {"store": "manifest.json", "model": "model.json", "index": "index.json",
                 "projection": "projection.json", "audit": "audit.json", "probe": "probe.json"}
 SCHEMA_VERSION = 2  # of a store's manifest.json
 # files featx itself leaves in folders that are otherwise empty
 BOOKKEEPING = (".featx-lock",)
+# what a store's writer makes before its first manifest, by folder: the files' suffixes
+STORE_FIRST_WRITES = {"plan": (".parquet",), "features": (".npy",), "meta": (".parquet",)}
+
+
+def unfinished_store(folder: str | Path) -> bool:
+    """A store whose first write failed (a full disk, a kill): no manifest, and nothing but the lock
+    and the plan, feature and metadata files a store's writer names. Nothing in it was committed,
+    so a new run starts it again."""
+    folder = Path(folder)
+    if (folder / RECORD_FILES["store"]).exists() or not folder.is_dir():
+        return False
+    found = False
+    for entry in folder.iterdir():
+        if entry.name in BOOKKEEPING or entry.name.startswith(TMP_PREFIX):
+            continue
+        suffixes = STORE_FIRST_WRITES.get(entry.name)
+        if suffixes is None or entry.is_symlink() or not entry.is_dir():
+            return False
+        for file in entry.rglob("*"):
+            if file.is_symlink() or not (file.is_dir() or file.name.endswith(suffixes)
+                                         or file.name.startswith(TMP_PREFIX)):
+                return False
+        found = True
+    return found
 
 
 def read_record(folder: str | Path, name: str, what: str, fix: str) -> dict:
@@ -70,7 +94,7 @@ def check_output(folder: str | Path, kind: str, *, inputs: tuple | list = ()) ->
     if found == kind:
         return True
     entries = sorted(p.name for p in folder.iterdir() if p.name not in BOOKKEEPING)
-    if not entries:
+    if not entries or (kind == "store" and unfinished_store(folder)):
         return False
     what = (f"a featx {found} ({RECORD_FILES[found]})" if found else
             f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: " + ", ".join(entries[:5])

@@ -13,6 +13,7 @@ lines after it cannot come from a crash and is refused as tampering."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import os
 from pathlib import Path
 
 from featx.errors import IntegrityError
-from featx.io.atomic import fsync_dir
+from featx.io.atomic import disk_error, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +95,22 @@ class CommitLog:
         digest = _digest(self.base, self._prev, shard)
         line = json.dumps({"base": self.base, "prev": self._prev, "shard": shard, "sha256": digest},
                           ensure_ascii=True) + "\n"
-        if self._fd is None:
-            # a new log starts empty: whatever an earlier writer left here was folded or is garbage
-            self._fd = os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o666)
-            os.fsync(self._fd)
-            fsync_dir(self.file.parent)  # the file's name must survive a crash too
         data = line.encode()
-        written = os.write(self._fd, data)
-        if written != len(data):  # a regular file takes a small write whole unless the disk is full
-            raise OSError(f"short write to {self.file} ({written} of {len(data)} bytes): is the disk full?")
-        os.fdatasync(self._fd)
+        try:
+            if self._fd is None:
+                # a new log starts empty: whatever an earlier writer left here was folded or is garbage
+                self._fd = os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o666)
+                os.fsync(self._fd)
+                fsync_dir(self.file.parent)  # the file's name must survive a crash too
+            written = os.write(self._fd, data)
+            if written != len(data):  # a regular file takes a small write whole unless the disk is full
+                raise OSError(errno.ENOSPC, f"short write to {self.file} ({written} of {len(data)} bytes)")
+            os.fdatasync(self._fd)
+        except OSError as exc:  # the torn line, if any, is ignored on reading: that shard is not committed
+            error = disk_error(exc, self.file, len(data))
+            if error is None:
+                raise
+            raise error from None
         self._prev = digest
 
     def close(self) -> None:

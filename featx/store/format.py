@@ -150,12 +150,16 @@ def open_manifest(path: Path) -> dict:
 SUMMARY_ERRORS_MAX = 1000  # failed rows listed in a sealed summary; with more, `featx info` reads the table
 
 
+PENDING = "pending"  # the status of a planned row an unfinished run has not extracted yet
+
+
 def meta_counts(meta: pd.DataFrame) -> dict:
     """The row counts of a store's summary: rows, ok, failed, per class and split, the failed rows."""
     if "active" in meta:
         meta = meta[meta["active"].astype(bool)]
-    failed = meta[meta["status"] != "ok"]
+    failed = meta[~meta["status"].isin(("ok", PENDING))]  # a pending row (an unfinished run) has not failed
     return {"rows": len(meta), "ok": int((meta["status"] == "ok").sum()), "failed": len(failed),
+            "pending": int((meta["status"] == PENDING).sum()),
             "per_class": {str(k): int(v) for k, v in
                           meta["label"].fillna("(none)").value_counts().sort_index().items()},
             "per_split": {str(k): int(v) for k, v in

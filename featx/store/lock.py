@@ -33,8 +33,16 @@ class StoreLock:
     def acquire(self) -> "StoreLock":
         if self._fd is not None:
             return self
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            from featx.io.atomic import disk_error
+
+            error = disk_error(exc, self.file)
+            if error is None:
+                raise
+            raise error from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -12,6 +12,7 @@ import pandas as pd
 from featx.errors import IntegrityError, StoreError
 from featx.io.atomic import file_sha256
 from featx.store.format import (
+    PENDING,
     REOPEN_FIX,
     RESULT_COLUMNS,
     checked_file,
@@ -102,7 +103,7 @@ class FeatureStore:
                 meta = read_parquet_checked(self.path / entry["path"], entry["sha256"])
             else:  # an unfinished run: the plan with the results committed so far
                 meta = self.plan.merge(self.results()[RESULT_COLUMNS[:4]], on="row_id", how="left")
-                meta["status"] = meta["status"].fillna("pending")
+                meta["status"] = meta["status"].fillna(PENDING)
             if "active" not in meta:
                 meta["active"] = True
             self._meta = meta.reset_index(drop=True)
@@ -241,6 +242,7 @@ class FeatureStore:
             "rows": counts["rows"],
             "ok": counts["ok"],
             "failed": counts["failed"],
+            "pending": counts["pending"],
             "complete": self.complete,
             "backbone": self.config.get("backbone"),
             "weights": self.config.get("weights_id"),

@@ -24,7 +24,7 @@ from featx.io import atomic
 from featx.io.atomic import SEAL, seal
 from featx.options import EXTRACT
 from featx.store import commit_log
-from featx.store.artifacts import SCHEMA_VERSION, check_output
+from featx.store.artifacts import SCHEMA_VERSION, check_output, unfinished_store
 from featx.store.commit_log import CommitLog
 from featx.store.format import (
     MANIFEST,
@@ -101,7 +101,7 @@ class StoreWriter:
         is_store = check_output(self.path, "store")
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
-        if is_store and self.overwrite:
+        if (is_store and self.overwrite) or unfinished_store(self.path):  # a failed first write: start again
             _clear_folder(self.path)
         atomic.remove_stale_temporaries(self.path)
         if not (self.path / MANIFEST).exists():
