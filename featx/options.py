@@ -229,7 +229,7 @@ class AnomalyFitOptions(_Strict):
         "PatchCore patch level, with heatmaps; needs a store of maps: --pool flatten on one or two mid-depth layers."))
     k: int = Field(2, ge=1, le=MAX_K, description="Image level: the score is the mean distance to the K nearest.")
     metric: AnomalyMetric = Field("cosine", description="Image level: distance between pooled vectors.")
-    coreset: float = Field(0.05, gt=0, le=1, description=(
+    coreset: float = Field(0.01, gt=0, le=1, description=(
         "Patch level: fraction of the normal patches kept in memory (greedy k-center; 0.01-0.1)."))
     fpr: float = Field(0.01, gt=0, lt=1, description="Target false-positive rate of the threshold on held-out normals.")
     cv: int = Field(5, ge=2, description="Folds of the normal rows that calibrate the threshold when no split holds "

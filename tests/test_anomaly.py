@@ -170,3 +170,5 @@ def test_cli_fit_and_score(patch_model, tmp_path):
     result = runner.invoke(app, ["anomaly", "score", str(tmp_path / "model"), str(root / "images" / "val"),
                                  "--heatmaps", str(tmp_path / "heat")])
     assert result.exit_code == 2 and "--heatmaps needs a patch-level model" in result.output
+    result = runner.invoke(app, ["info", str(tmp_path / "model")])
+    assert result.exit_code == 0 and "mode: image" in result.output and "store_now: unchanged" in result.output

@@ -30,7 +30,7 @@ def check_patch_store(config: dict, layers: list[str], store_path) -> None:
     """Patch mode needs un-pooled maps: a store extracted with --pool flatten on one or two layers."""
     fix = (f"extract the maps of one or two mid-depth layers with `featx extract IMAGES -o STORE --pool flatten "
            f"--layer L1 --layer L2` (for {config.get('backbone')}: see `featx layers {config.get('backbone')}`, "
-           "e.g. blocks.2 and blocks.4 of efficientnet_lite0)")
+           "e.g. blocks.2.1.add and blocks.4.2.add of efficientnet_lite0)")
     if config.get("pool") != "flatten":
         raise InputError(f"--patch needs the stored maps, but store '{store_path}' holds pooled vectors "
                          f"(--pool {config.get('pool')}); {fix}")
