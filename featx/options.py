@@ -288,6 +288,16 @@ class PlaceRequest(_Strict):
     paths: Optional[list[str]] = Field(None, max_length=MAX_ROWS_PER_REQUEST)
 
 
+class AnomalyRequest(_Strict):
+    """POST /v1/anomaly as JSON: files under --data-root scored by a loaded anomaly model."""
+
+    anomaly: Optional[str] = Field(None, description="loaded anomaly model name; default: the only one loaded")
+    paths: Optional[list[str]] = Field(None, max_length=MAX_ROWS_PER_REQUEST,
+                                       description="image files under --data-root")
+    heatmap: bool = Field(False, description="also return each image's heatmap overlay as a PNG data URI "
+                                             "(patch-level models)")
+
+
 class EmbedRequest(_Strict):
     """POST /v1/embed as JSON: feature vectors of files under --data-root, or of store rows."""
 
@@ -306,6 +316,8 @@ class ServeOptions(_Strict):
     stores: dict[str, str] = Field(default_factory=dict, description="NAME=STORE_DIR (repeatable).")
     projections: dict[str, str] = Field(default_factory=dict, description=(
         "NAME=PROJECTION_DIR from `featx project` (repeatable): the page draws the map and places each query on it."))
+    anomalies: dict[str, str] = Field(default_factory=dict, description=(
+        "NAME=ANOMALY_DIR from `featx anomaly fit` (repeatable): POST /v1/anomaly; the page shows the heatmap."))
     data_root: Optional[str] = Field(None, description="The only folder request paths and extract jobs may read.")
     state_dir: Optional[str] = Field(None, description="Where extract jobs keep their records and stores.")
     host: str = Field("127.0.0.1", description="Any other address needs --token-file.")

@@ -172,3 +172,37 @@ def test_cli_fit_and_score(patch_model, tmp_path):
     assert result.exit_code == 2 and "--heatmaps needs a patch-level model" in result.output
     result = runner.invoke(app, ["info", str(tmp_path / "model")])
     assert result.exit_code == 0 and "mode: image" in result.output and "store_now: unchanged" in result.output
+
+
+def test_served_scores_equal_offline_scores_with_heatmaps_and_limits(patch_model):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from featx.options import ServeOptions
+    from featx.serve.app import create_app
+    from featx.serve.responses import AnomalyAnswer
+
+    root, model = patch_model
+    paths = sorted((root / "images" / "val").rglob("*.png"))
+    offline = model.held_out.set_index("path")["score"]
+    options = ServeOptions(anomalies={"parts": str(root / "model")}, data_root=str(root / "images"), device="cpu",
+                           max_files=4)
+    with TestClient(create_app(options)) as client:
+        files = [("files", (p.name, p.read_bytes(), "image/png")) for p in paths[:3]]
+        response = client.post("/v1/anomaly", files=files, data={"heatmap": "true"})
+        assert response.status_code == 200, response.text
+        answer = AnomalyAnswer.model_validate(response.json())
+        assert [r.input for r in answer.results] == [p.name for p in paths[:3]]
+        for path, result in zip(paths, answer.results):
+            assert result.score == pytest.approx(offline[str(path)], rel=1e-4)
+            assert result.anomalous == (result.score > model.threshold)
+            assert result.heatmap.startswith("data:image/png;base64,")
+        alone = client.post("/v1/anomaly", json={"paths": [str(paths[-1].relative_to(root / "images"))]})
+        assert alone.status_code == 200 and alone.json()["results"][0]["heatmap"] is None
+        assert alone.json()["results"][0]["score"] == pytest.approx(offline[str(paths[-1])], rel=1e-4)
+        too_many = client.post("/v1/anomaly", files=[("files", (p.name, p.read_bytes(), "image/png"))
+                                                     for p in paths[:5]])
+        assert too_many.status_code == 400 and "Maximum number of files is 4" in too_many.text
+        outside = client.post("/v1/anomaly", json={"paths": ["/etc/passwd"]})
+        assert outside.status_code == 403
+        assert client.get("/v1/info").json()["anomalies"]["parts"]["mode"] == "patch"

@@ -78,29 +78,33 @@ def patch_features(flat: dict[str, np.ndarray], shapes: dict[str, list[int]]) ->
 
 def greedy_coreset(patches: np.ndarray, fraction: float, seed: int, progress: bool = False) -> np.ndarray:
     """Indices of a greedy k-center coreset (the paper's Algorithm 1): each step adds the patch
-    farthest from those chosen, distances measured on a random projection to PROJECTION_DIM."""
-    import torch
-
+    farthest from those chosen, distances measured on a random projection to PROJECTION_DIM.
+    Each step is one matrix-vector product over all patches, done in place in float32 (NumPy: on a
+    small shared CPU its single-threaded BLAS call beats torch's threaded one by 2-3x)."""
     n = len(patches)
     keep = max(1, min(n, int(round(fraction * n))))
     if keep >= n:
         return np.arange(n)
-    generator = torch.Generator().manual_seed(seed)
-    X = torch.from_numpy(patches)
+    rng = np.random.default_rng(seed)
+    X = np.ascontiguousarray(patches, dtype=np.float32)
     if X.shape[1] > PROJECTION_DIM:
-        projection = torch.randn(X.shape[1], PROJECTION_DIM, generator=generator) / PROJECTION_DIM ** 0.5
+        projection = rng.standard_normal((X.shape[1], PROJECTION_DIM), dtype=np.float32) / np.sqrt(PROJECTION_DIM)
         X = X @ projection
-    squared = (X * X).sum(1)
+    squared = np.einsum("ij,ij->i", X, X)
     chosen = np.empty(keep, dtype=np.int64)
-    chosen[0] = int(torch.randint(n, (1,), generator=generator))
-    nearest = torch.full((n,), float("inf"))
+    chosen[0] = int(rng.integers(n))
+    nearest = np.full(n, np.inf, dtype=np.float32)
+    distance = np.empty(n, dtype=np.float32)
     from tqdm.auto import tqdm
 
     for step in tqdm(range(1, keep), desc="coreset", unit="patch", disable=not progress, dynamic_ncols=True):
-        centre = X[chosen[step - 1]]
-        distance = squared - 2 * (X @ centre) + squared[chosen[step - 1]]
-        torch.minimum(nearest, distance, out=nearest)
-        chosen[step] = int(torch.argmax(nearest))
+        last = chosen[step - 1]
+        np.matmul(X, X[last], out=distance)
+        distance *= -2
+        distance += squared
+        distance += squared[last]
+        np.minimum(nearest, distance, out=nearest)
+        chosen[step] = int(np.argmax(nearest))
     return chosen
 
 

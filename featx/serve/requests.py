@@ -166,7 +166,7 @@ async def features_of(state: ServerState, registry: Registry, artifact: str | No
     started = time.perf_counter()
     if len(uploads) == 1 and state.active <= 1 and engine.batcher.idle:  # the only request in the server
         def finish(outputs):
-            X = outputs[layer]
+            X = layer_outputs(outputs, layer)
             return X, (then(X) if then is not None else None)
 
         (X, done), decode_seconds, forward_seconds = await engine.batcher.run_alone(
@@ -184,8 +184,13 @@ async def features_of(state: ServerState, registry: Registry, artifact: str | No
     state.metrics.observe_stage("decode_hop", decoded - started - max(decode_s))
     # the forward thread concatenates them (a parallel torch op, kept off the event loop)
     outputs = await engine.batcher.submit(views, len(uploads))
-    X = outputs[layer]
+    X = layer_outputs(outputs, layer)
     return X, (await run_in_threadpool(then, X) if then is not None else None)
+
+
+def layer_outputs(outputs: dict[str, np.ndarray], layer: str | tuple[str, ...]):
+    """One layer's features, or {layer: features} of an artifact that reads several (anomaly models)."""
+    return outputs[layer] if isinstance(layer, str) else {name: outputs[name] for name in layer}
 
 
 def store_rows(store, rows: list[int], layer: str) -> np.ndarray:
