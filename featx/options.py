@@ -359,7 +359,7 @@ class ReportStep(_Strict):
 
 
 RECIPE_STEPS = {"extract": ExtractStep, "train_shallow": TrainShallowOptions, "audit": AuditOptions,
-                "index": IndexStep, "project": ProjectOptions, "report": ReportStep}
+                "anomaly": AnomalyFitOptions, "index": IndexStep, "project": ProjectOptions, "report": ReportStep}
 
 
 # --- the defaults, for the Python functions' signatures ----------------------------------------

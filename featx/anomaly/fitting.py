@@ -160,6 +160,8 @@ def fit_anomaly(store: FeatureStore | str | Path, *, normal: Sequence[str] | Non
         "options": options, "normal": {"rule": rows.rule, "rows": int(len(rows.fit))},
         "memory": _memory_summary(memory, len(rows.fit), shapes),
         "threshold": {**threshold, "calibration": calibration}, "evaluation": evaluation,
+        # the overlay's colour scale: the typical normal patch is its bottom, the top 1% of normal images' peaks its top
+        "heat_floor": float(np.median(normal_grids)) if normal_grids is not None else None,
         "heat_scale": float(np.quantile(normal_grids.max((1, 2)), 0.99)) if normal_grids is not None else None,
         "versions": library_versions(),
     }

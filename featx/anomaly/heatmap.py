@@ -22,11 +22,12 @@ def mask_in_view(data: bytes, preprocess) -> np.ndarray:
     return network_view(data, preprocess)[..., 0] > 127
 
 
-def overlay_rgb(view: np.ndarray, heat: np.ndarray, scale: float) -> np.ndarray:
-    """The view blended with the heatmap in the 'jet' colours; `scale` maps to the top colour."""
+def overlay_rgb(view: np.ndarray, heat: np.ndarray, scale: float, floor: float = 0.0) -> np.ndarray:
+    """The view blended with the heatmap in the 'jet' colours, from `floor` (the bottom colour) to
+    `scale` (the top one)."""
     from matplotlib import colormaps
 
-    level = np.clip(np.asarray(heat, np.float64) / max(float(scale), 1e-12), 0, 1)
+    level = np.clip((np.asarray(heat, np.float64) - floor) / max(float(scale) - float(floor), 1e-12), 0, 1)
     colour = colormaps["jet"](level)[..., :3] * 255
     alpha = OPACITY * (0.3 + 0.7 * level)[..., None]  # low scores leave the picture readable
     return np.clip(view * (1 - alpha) + colour * alpha, 0, 255).astype(np.uint8)
@@ -40,5 +41,7 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def overlay_png(data: bytes, heat: np.ndarray, scale: float, preprocess, decoder: str = "pil") -> bytes:
-    return png_bytes(overlay_rgb(network_view(data, preprocess, decoder), heat, scale))
+def overlay_png(data: bytes, heat: np.ndarray, record: dict, preprocess, decoder: str = "pil") -> bytes:
+    """The overlay of one image, coloured on the scale its model recorded (`heat_floor`, `heat_scale`)."""
+    return png_bytes(overlay_rgb(network_view(data, preprocess, decoder), heat, record["heat_scale"],
+                                 record.get("heat_floor") or 0.0))

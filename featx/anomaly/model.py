@@ -155,7 +155,7 @@ class AnomalyModel:
             while name in taken:
                 name = f"{Path(name).stem}_{len(taken)}.png"
             taken.add(name)
-            data = overlay_png(Path(path).read_bytes(), heat, self.record["heat_scale"], extractor.backbone.preprocess,
+            data = overlay_png(Path(path).read_bytes(), heat, self.record, extractor.backbone.preprocess,
                                extractor.decode)
             atomic.write_bytes(folder / name, data)
             written[path] = str(folder / name)

@@ -77,8 +77,8 @@ def _pictures(model, positions: list[int]) -> list[dict]:
                 with open(row["path"], "rb") as f:
                     data = f.read()
                 heat = model.heatmaps_of(model.grids[i:i + 1])[0]
-                picture = png_uri(overlay[1](data, heat, model.record["heat_scale"],
-                                             overlay[0].backbone.preprocess, overlay[0].decode))
+                picture = png_uri(overlay[1](data, heat, model.record, overlay[0].backbone.preprocess,
+                                             overlay[0].decode))
             except (OSError, ValueError):
                 picture = None
         out.append({"uri": picture or thumbnail_uri(row["path"], 160), "path": row["path"], "score": row["score"],

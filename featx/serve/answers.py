@@ -262,6 +262,5 @@ def heatmap_uris(model, engine, uploads, grids) -> list[str]:
     from featx.anomaly.heatmap import overlay_png
     from featx.io.thumbnails import png_uri
 
-    return [png_uri(overlay_png(upload.data, heat, model.record["heat_scale"], engine.preprocess,
-                                engine.extractor.decode))
+    return [png_uri(overlay_png(upload.data, heat, model.record, engine.preprocess, engine.extractor.decode))
             for upload, heat in zip(uploads, model.heatmaps_of(grids))]
