@@ -123,14 +123,7 @@ def fit_anomaly(store: FeatureStore | str | Path, *, normal: Sequence[str] | Non
     _check_options(options)
     if masks is not None and not patch:
         raise InputError("--masks gives pixel AUROC of heatmaps, which need a patch-level model; add --patch")
-    layers, shapes, extractor = [store.check_layer(layer)], None, None
-    if patch:
-        layers = store.layers
-        check_patch_store(store.config, layers, store.path)
-        from featx.extract.extractor import extractor_from_config
-
-        extractor = extractor_from_config({**store.config, "layers": layers}, device="cpu")
-        shapes = map_shapes(extractor, layers)
+    layers, shapes, extractor = _patch_setup(store) if patch else ([store.check_layer(layer)], None, None)
     rows = select_rows(store, normal)
     memory_options = {"patch": bool(patch), "k": int(k), "metric": metric, "coreset": float(coreset),
                       "progress": progress}
@@ -170,6 +163,16 @@ def fit_anomaly(store: FeatureStore | str | Path, *, normal: Sequence[str] | Non
         record["evaluation"] = {**(evaluation or {}),
                                 "pixel": _pixel_evaluation(model, masks, extractor.backbone.preprocess)}
     return model
+
+
+def _patch_setup(store: FeatureStore) -> tuple[list[str], dict, object]:
+    """The store's map layers, their (C, H, W) shapes and the extractor that made them."""
+    from featx.extract.extractor import extractor_from_config
+
+    layers = store.layers
+    check_patch_store(store.config, layers, store.path)
+    extractor = extractor_from_config({**store.config, "layers": layers}, device="cpu")
+    return layers, map_shapes(extractor, layers), extractor
 
 
 def _check_options(options: dict) -> None:
