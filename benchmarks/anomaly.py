@@ -176,15 +176,17 @@ def localisation_manifest(cache: Path) -> Path:
     return manifest
 
 
-def localisation(cache: Path, coreset: float | None = None) -> dict:
+def localisation(cache: Path, coreset: float | None = None, image_size: int | None = None) -> dict:
     import featx
     from featx.options import ANOMALY_FIT
 
     manifest = localisation_manifest(cache)
-    store = cached_store(manifest, cache / "localisation" / "store", pool="flatten", layers=PATCH_LAYERS)
+    size = f"-{image_size}" if image_size else ""
+    store = cached_store(manifest, cache / "localisation" / f"store{size}", pool="flatten", layers=PATCH_LAYERS,
+                         image_size=image_size)
     coreset = coreset or ANOMALY_FIT.coreset
     start = time.perf_counter()
-    model = featx.fit_anomaly(store, cache / "localisation" / f"model-{coreset}", normal=["good"], patch=True,
+    model = featx.fit_anomaly(store, cache / "localisation" / f"model-{coreset}{size}", normal=["good"], patch=True,
                               coreset=coreset, masks=manifest, progress=True)
     seconds = time.perf_counter() - start
     evaluation = model.record["evaluation"]
@@ -200,9 +202,9 @@ def localisation(cache: Path, coreset: float | None = None) -> dict:
     result = {"image_auroc": evaluation["auroc"], "image_auroc_std": evaluation["auroc_std"],
               "pixel_auroc": evaluation["pixel"]["auroc"], "image_auroc_by_kind": by_kind,
               "defect_above_its_clean_copy": paired, "heatmap_peak_in_mask": peak,
-              "coreset": coreset, "memory": model.record["memory"], "fit_seconds": seconds,
+              "coreset": coreset, "image_size": image_size, "memory": model.record["memory"], "fit_seconds": seconds,
               "normal_images": model.record["normal"]["rows"]}
-    print(f"localisation (coreset {coreset}): image AUROC {evaluation['auroc']:.4f} ± {evaluation['auroc_std']:.4f} "
+    print(f"localisation (coreset {coreset}, image size {image_size or 'default'}): image AUROC {evaluation['auroc']:.4f} ± {evaluation['auroc_std']:.4f} "
           f"(target ≥ 0.95), pixel AUROC {evaluation['pixel']['auroc']:.4f} (target ≥ 0.90); by kind "
           + ", ".join(f"{k} {v:.3f}" for k, v in by_kind.items())
           + f"; defect scored above its own clean copy {paired:.2f}, heatmap peak inside the mask {peak:.2f}; "
@@ -301,10 +303,11 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "anomaly")
     parser.add_argument("--only", default="fmnist,digits,localisation,cost")
     parser.add_argument("--coreset", type=float, default=None, help="localisation: coreset fraction (default: featx's)")
+    parser.add_argument("--image-size", type=int, default=None, help="localisation: input size (default: the weights')")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     sections = {"fmnist": one_class_fmnist, "digits": one_class_digits,
-                "localisation": lambda cache: localisation(cache, args.coreset), "cost": cost}
+                "localisation": lambda cache: localisation(cache, args.coreset, args.image_size), "cost": cost}
     results = {}
     for name in args.only.split(","):
         if name in ("localisation", "cost") and not HYMENOPTERA.is_dir():
