@@ -52,7 +52,8 @@ def print_fit_summary(record: dict) -> None:
         console.print(f"held-out: {evaluation['normal']} normal, {evaluation['anomalous']} anomalous; image AUROC "
                       f"{evaluation['auroc']:.4f} ± {evaluation['auroc_std']:.4f}, AUPRC {evaluation['auprc']:.4f} ± "
                       f"{evaluation['auprc_std']:.4f}; at the threshold {c['true_positive']} caught, "
-                      f"{c['false_negative']} missed, {c['false_positive']} false alarms", highlight=False)
+                      f"{c['false_negative']} missed, {c['false_positive']} false "
+                      f"alarm{'' if c['false_positive'] == 1 else 's'}", highlight=False)
     if "pixel" in evaluation:
         console.print(f"pixel AUROC {maybe(evaluation['pixel']['auroc'], '{:.4f}')} on "
                       f"{evaluation['pixel']['images']} images", highlight=False)
