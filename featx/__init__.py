@@ -25,6 +25,7 @@ _EXPORTS = {
     "project": "featx.maps.project", "plot_projection": "featx.maps.project", "write_projection": "featx.api",
     "fit_projection": "featx.maps.project", "load_projection": "featx.maps.placement",
     "audit": "featx.api", "probe": "featx.api",
+    "fit_anomaly": "featx.api", "AnomalyModel": "featx.anomaly.model", "score_anomaly": "featx.anomaly.model",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -46,7 +47,8 @@ sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports, never run
-    from featx.api import audit, probe, write_projection
+    from featx.anomaly.model import AnomalyModel, score_anomaly
+    from featx.api import audit, fit_anomaly, probe, write_projection
     from featx.backbones import list_backbones, load_backbone
     from featx.backbones.layers import describe_layers
     from featx.errors import FeatxError

@@ -1,7 +1,7 @@
 """The Python API's front door for the steps that show their results as web pages: each function runs
 the computation (which never imports `featx.pages`), writes its data files, then its page.
 
-`featx.audit`, `featx.probe` and `featx.write_projection` are these functions; the CLI, recipes and
+`featx.audit`, `featx.probe`, `featx.write_projection` and `featx.fit_anomaly` are these functions; the CLI, recipes and
 the service call them too. The other public names live where they are computed (`featx/__init__.py`
 lists them all)."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from featx.io import atomic
-from featx.options import AUDIT, PROBE, PROJECT
+from featx.options import ANOMALY_FIT, AUDIT, PROBE, PROJECT
 
 
 def audit(store, *, out: str | Path | None = None, write_manifest: bool = AUDIT.write_manifest,
@@ -88,3 +88,40 @@ def write_projection(coords, out: str | Path, *, color: str = PROJECT.color, pla
     files["html"] = Path(out) / "projection.html"
     atomic.write_bytes(files["html"], render_projection_page(coords, color=color_column(color)).encode())
     return files
+
+
+def fit_anomaly(store, out: str | Path | None = None, *, normal: Sequence[str] | None = ANOMALY_FIT.normal,
+                layer: str | None = ANOMALY_FIT.layer, patch: bool = ANOMALY_FIT.patch, k: int = ANOMALY_FIT.k,
+                metric: str = ANOMALY_FIT.metric, coreset: float = ANOMALY_FIT.coreset, fpr: float = ANOMALY_FIT.fpr,
+                cv: int = ANOMALY_FIT.cv, masks: str | Path | None = ANOMALY_FIT.masks, seed: int = ANOMALY_FIT.seed,
+                progress: bool = False):
+    """Learn what normal images look like from a store and return the `AnomalyModel`; with `out`,
+    write ANOMALY_DIR (anomaly.json, the memory, the held-out scores and anomaly.html).
+
+    - normal: labels of the normal images (default: every row); a store with a train split learns
+      from its train rows, and its val/test rows are held out.
+    - layer, k, metric: the image-level model scores the mean distance to the k nearest normal
+      vectors of a stored pooled layer.
+    - patch, coreset: PatchCore on a store of maps (`featx extract --pool flatten` on one or two
+      mid-depth layers), keeping a `coreset` fraction of the normal patches; gives heatmaps.
+    - fpr, cv: the threshold lets through a fraction `fpr` of held-out normal images (the held-out
+      split's, else out-of-fold over `cv` folds of the normal rows).
+    - masks: a manifest with `path` and `mask` columns for the pixel AUROC of the heatmaps.
+    Held-out rows with other labels than `normal` are the anomalies of the evaluation (AUROC and
+    AUPRC with their spread, the confusion at the threshold)."""
+    from featx.anomaly.fitting import fit_anomaly as fit
+
+    if out is not None:  # before the work: featx only writes into its own anomaly folders
+        from featx.store.artifacts import check_output
+
+        check_output(out, "anomaly", inputs=[getattr(store, "path", store)])
+    model = fit(store, normal=normal, layer=layer, patch=patch, k=k, metric=metric, coreset=coreset, fpr=fpr, cv=cv,
+                masks=masks, seed=seed, progress=progress)
+    if out is not None:
+        from featx.pages.anomaly import render_anomaly_page
+
+        model.save(out)
+        html = Path(out) / "anomaly.html"
+        atomic.write_bytes(html, render_anomaly_page(model).encode())
+        model.html = str(html)
+    return model

@@ -100,15 +100,22 @@ def describe_artifact(folder: str | Path) -> dict:
     kind = artifact_kind(folder)
     if kind == "store":
         return {"kind": "store", **store_summary(folder)}
-    if kind not in ("model", "index"):
-        raise StoreError(f"'{folder}' is not a featx store, model or index (none of "
-                         f"{', '.join(RECORD_FILES[k] for k in ('store', 'model', 'index'))} found); "
-                         "pass a folder made by `featx extract`, `featx train-shallow` or `featx index`")
+    if kind not in ("model", "index", "anomaly"):
+        raise StoreError(f"'{folder}' is not a featx store, model, index or anomaly model (none of "
+                         f"{', '.join(RECORD_FILES[k] for k in ('store', 'model', 'index', 'anomaly'))} found); "
+                         "pass a folder made by `featx extract`, `featx train-shallow`, `featx index` or "
+                         "`featx anomaly fit`")
     record = read_record(folder, RECORD_FILES[kind], f"a featx {kind}", "rebuild it")
     if kind == "model":
         source = record.get("source") or {}
         store_path, built_on = source.get("store"), source.get("fingerprint")
         extra = {"classes": record.get("classes"), "layer": record.get("layer"), "metrics": record.get("metrics")}
+    elif kind == "anomaly":
+        store_path, built_on = record.get("store"), record.get("store_fingerprint")
+        extra = {"mode": record.get("mode"), "layers": record.get("layers"),
+                 "threshold": (record.get("threshold") or {}).get("threshold"),
+                 "vectors": (record.get("memory") or {}).get("vectors"),
+                 **{key: value for key, value in (record.get("evaluation") or {}).items() if key in ("auroc", "auprc")}}
     else:
         store_path, built_on = record.get("store"), record.get("store_fingerprint")
         extra = {"index": record.get("kind"), "metric": record.get("metric"), "vectors": record.get("ntotal"),
@@ -119,6 +126,7 @@ def describe_artifact(folder: str | Path) -> dict:
         current = store_fingerprint(store_path) if store_path else None
         summary["store_now"] = ("unchanged" if current == built_on else
                                 f"changed (fingerprint now {current}): re-train the model" if kind == "model" else
+                                f"changed (fingerprint now {current}): fit it again" if kind == "anomaly" else
                                 f"changed (fingerprint now {current}): run `featx index --update {folder}`")
     except StoreError as exc:
         summary["store_now"] = f"not available ({exc})"

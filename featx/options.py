@@ -31,6 +31,7 @@ IndexKind = Literal["auto", "flat", "hnsw", "ivf", "ivfpq", "opq-ivfpq", "ivf-sq
 Metric = Literal["cosine", "l2", "ip"]
 MapMethod = Literal["umap", "tsne", "pca"]
 MapColor = Literal["label", "split", "error"]
+AnomalyMetric = Literal["cosine", "l2"]
 
 OutputFormat = Literal["table", "csv", "json"]
 
@@ -225,6 +226,37 @@ class ProbeOptions(_Strict):
     shift_images: int = Field(64, ge=0, description="Images the domain-shift diagnostic looks at (0: off).")
 
 
+class AnomalyFitOptions(_Strict):
+    """`featx anomaly fit` (Python: `featx.fit_anomaly`), minus the store and the output folder."""
+
+    normal: Optional[list[str]] = Field(None, description=(
+        "Label of the normal images (repeat); default: every row. Rows of the train split learn when the store has "
+        "one; held-out normals set the threshold."))
+    layer: Optional[str] = Field(None, description="Stored layer of the image-level model; default: the store's first.")
+    patch: bool = Field(False, description=(
+        "PatchCore patch level, with heatmaps; needs a store of maps: --pool flatten on one or two mid-depth layers."))
+    k: int = Field(2, ge=1, le=MAX_K, description="Image level: the score is the mean distance to the K nearest.")
+    metric: AnomalyMetric = Field("cosine", description="Image level: distance between pooled vectors.")
+    coreset: float = Field(0.01, gt=0, le=1, description=(
+        "Patch level: fraction of the normal patches kept in memory (greedy k-center; 0.01-0.1)."))
+    fpr: float = Field(0.01, gt=0, lt=1, description="Target false-positive rate of the threshold on held-out normals.")
+    cv: int = Field(5, ge=2, description="Folds of the normal rows that calibrate the threshold when no split holds "
+                                         "held-out normals.")
+    masks: Optional[str] = Field(None, description=(
+        "Manifest (CSV or Parquet) with path and mask columns: pixel AUROC of the held-out images."))
+    seed: int = 0
+
+
+class AnomalyScoreOptions(_Strict):
+    """`featx anomaly score` (Python: `AnomalyModel.score`), minus the model and the images."""
+
+    heatmaps: Optional[str] = Field(None, description="Folder for heatmap overlays as PNG (patch-level models).")
+    device: Device = Field("auto", description="auto picks CUDA, then MPS, then the CPU.")
+    batch_size: int = Field(BATCH_SIZE, ge=1, le=4096, description="Images per forward pass.")
+    workers: Optional[int] = Field(None, ge=0, le=64, description="Decoding worker processes; default: by device.")
+    format: OutputFormat = Field("table", description="How the results are printed.")
+
+
 class ExtractJobRequest(_Strict):
     """POST /v1/jobs/extract: inputs (under the server's --data-root) into a named store."""
 
@@ -266,6 +298,16 @@ class PlaceRequest(_Strict):
     paths: Optional[list[str]] = Field(None, max_length=MAX_ROWS_PER_REQUEST)
 
 
+class AnomalyRequest(_Strict):
+    """POST /v1/anomaly as JSON: files under --data-root scored by a loaded anomaly model."""
+
+    anomaly: Optional[str] = Field(None, description="loaded anomaly model name; default: the only one loaded")
+    paths: Optional[list[str]] = Field(None, max_length=MAX_ROWS_PER_REQUEST,
+                                       description="image files under --data-root")
+    heatmap: bool = Field(False, description="also return each image's heatmap overlay as a PNG data URI "
+                                             "(patch-level models)")
+
+
 class EmbedRequest(_Strict):
     """POST /v1/embed as JSON: feature vectors of files under --data-root, or of store rows."""
 
@@ -284,6 +326,8 @@ class ServeOptions(_Strict):
     stores: dict[str, str] = Field(default_factory=dict, description="NAME=STORE_DIR (repeatable).")
     projections: dict[str, str] = Field(default_factory=dict, description=(
         "NAME=PROJECTION_DIR from `featx project` (repeatable): the page draws the map and places each query on it."))
+    anomalies: dict[str, str] = Field(default_factory=dict, description=(
+        "NAME=ANOMALY_DIR from `featx anomaly fit` (repeatable): POST /v1/anomaly; the page shows the heatmap."))
     data_root: Optional[str] = Field(None, description="The only folder request paths and extract jobs may read.")
     state_dir: Optional[str] = Field(None, description="Where extract jobs keep their records and stores.")
     host: str = Field("127.0.0.1", description="Any other address needs --token-file.")
@@ -338,7 +382,7 @@ class ReportStep(_Strict):
 
 
 RECIPE_STEPS = {"extract": ExtractStep, "train_shallow": TrainShallowOptions, "audit": AuditOptions,
-                "index": IndexStep, "project": ProjectOptions, "report": ReportStep}
+                "anomaly": AnomalyFitOptions, "index": IndexStep, "project": ProjectOptions, "report": ReportStep}
 
 
 # --- the defaults, for the Python functions' signatures ----------------------------------------
@@ -358,3 +402,5 @@ PREDICT = defaults(PredictOptions)
 PROBE = defaults(ProbeOptions)
 LAYERS = defaults(LayersOptions)
 SERVE = defaults(ServeOptions)
+ANOMALY_FIT = defaults(AnomalyFitOptions)
+ANOMALY_SCORE = defaults(AnomalyScoreOptions)

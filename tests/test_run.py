@@ -113,3 +113,19 @@ def test_recipe_extract_values_fail_before_extraction(tmp_path, extract, match, 
     with pytest.raises(InputError, match=match):
         run_recipe(path, say=lambda m: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_anomaly_step_writes_its_model_and_its_report_section(tmp_path):
+    make_class_folder(tmp_path / "images", classes=("good", "bad"), per_class=8)
+    path = write_recipe(tmp_path, "name: t\noutput: out\nextract:\n  inputs: [images]\n" + TINY_EXTRACT +
+                        "anomaly:\n  normal: [good]\n  cv: 4\n  fpr: 0.25\nreport: {}\n")
+    messages = []
+    produced = run_recipe(path, say=messages.append)
+    record = json.loads((produced["anomaly"].parent / "anomaly.json").read_text())
+    assert record["normal"]["rows"] == 8 and record["evaluation"]["anomalous"] == 8
+    assert any(m.startswith("[anomaly] threshold") for m in messages)
+    page = produced["report"].read_text()
+    assert "Anomaly detection" in page and "anomaly/anomaly.html" in page and "image AUROC" in page
+    messages.clear()
+    run_recipe(path, ["anomaly.fpr=0.1"], say=messages.append)
+    assert [m.split("]")[0][1:] for m in messages if m.endswith("running")] == ["anomaly", "report"]

@@ -106,3 +106,37 @@ def assert_marked(browser, point, n_points):
         return n;""", canvas)
     assert coloured > 5 * n_points  # the labelled points are drawn (coloured pixels, not only the marker)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#map-key span")) == 3
+
+
+def test_an_uploaded_image_shows_its_anomaly_score_and_heatmap(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    import featx
+    from featx.options import ServeOptions
+    from featx.serve.app import create_app
+    from tests.test_anomaly import PATCH_TINY, textured_images
+
+    textured_images(tmp_path / "images" / "train" / "good", 12, seed=0)
+    textured_images(tmp_path / "images" / "val" / "good", 6, seed=1)
+    textured_images(tmp_path / "images" / "val" / "bad", 4, seed=2, defect=True)
+    store = featx.extract(tmp_path / "images", tmp_path / "store", **PATCH_TINY)
+    model = featx.fit_anomaly(store, tmp_path / "model", normal=["good"], patch=True, coreset=0.1, fpr=0.2)
+    app = create_app(ServeOptions(anomalies={"parts": str(tmp_path / "model")}, device="cpu"))
+    wait = WebDriverWait(browser, 60)
+    query = tmp_path / "images" / "val" / "bad" / "img_00.png"
+    with running_server(app) as base:
+        browser.get(base + "/")
+        wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "ready")
+        assert browser.find_element(By.ID, "anomaly-box").get_attribute("hidden") is None
+        browser.find_element(By.ID, "file-input").send_keys(str(query))
+        wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-state") in ("done", "error"))
+        assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None, \
+            browser.find_element(By.ID, "error").text
+        offline = model.held_out.set_index("path")["score"][str(query)]
+        expected = "above the threshold" if offline > model.threshold else "normal"
+        assert browser.find_element(By.ID, "anomaly-verdict").text == expected
+        wait.until(lambda d: d.execute_script(
+            "const i = document.getElementById('anomaly-heatmap');"
+            "return !i.hidden && i.complete && i.naturalWidth > 0"))
+        assert browser.execute_script("return document.getElementById('anomaly-heatmap').naturalWidth") == 96

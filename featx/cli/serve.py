@@ -8,7 +8,8 @@ from typing import List, Optional
 from featx.cli.common import command, option, validated
 from featx.options import Device, ServeOptions
 
-FOLDER_FLAGS = {"models": "--model", "indexes": "--index", "stores": "--store", "projections": "--projection"}
+FOLDER_FLAGS = {"models": "--model", "indexes": "--index", "stores": "--store", "projections": "--projection",
+                "anomalies": "--anomaly"}
 
 
 # --- service -----------------------------------------------------------------------------------
@@ -19,6 +20,7 @@ def serve_cmd(
     indexes: Optional[List[str]] = option(ServeOptions, "indexes", "--index", "-i"),
     stores: Optional[List[str]] = option(ServeOptions, "stores", "--store", "-s"),
     projections: Optional[List[str]] = option(ServeOptions, "projections", "--projection", "-p"),
+    anomalies: Optional[List[str]] = option(ServeOptions, "anomalies", "--anomaly"),
     data_root: Optional[Path] = option(ServeOptions, "data_root"),
     state_dir: Optional[Path] = option(ServeOptions, "state_dir"),
     host: str = option(ServeOptions, "host"),

@@ -59,7 +59,7 @@ def _tuning_html(tuning: dict, warnings: list[dict]) -> str:
 
 def render_report(title: str, store: FeatureStore, model_dir: Path | None, index_dir: Path | None,
                   search_results: pd.DataFrame | None, projection_dir: Path | None,
-                  audit_dir: Path | None = None) -> str:
+                  audit_dir: Path | None = None, anomaly_dir: Path | None = None) -> str:
     summary = store.summary()
     config = store.config
     parts = [f"<h1>{escape(title)}</h1><p class='muted'>featx run report — store {escape(summary['path'])}</p>"]
@@ -108,8 +108,9 @@ def render_report(title: str, store: FeatureStore, model_dir: Path | None, index
                      + _img(model_dir / "report" / "learning_curve.png")
                      + _img(model_dir / "report" / "validation_curve.png") + "</div>")
 
-    if audit_dir is not None and (audit_dir / "audit.json").is_file():
-        parts.append(audit_section(audit_dir))
+    parts += [section(folder) for section, folder, record in ((audit_section, audit_dir, "audit.json"),
+                                                              (anomaly_section, anomaly_dir, "anomaly.json"))
+              if folder is not None and (folder / record).is_file()]
 
     # retrieval
     if index_dir is not None and (index_dir / "evaluation.json").is_file():
@@ -161,3 +162,27 @@ def audit_section(audit_dir: Path) -> str:
             + f"<p><b>Enough data?</b> {escape(summary['enough_data']['sentence'])}</p>"
             + ("<table><tr><th></th><th>issue</th><th>path</th><th>score</th><th>given</th><th>suggested</th></tr>"
                f"{rows}</table>" if top else ""))
+
+
+def anomaly_section(anomaly_dir: Path) -> str:
+    """The anomaly model: what it learnt from, its threshold and, when anomalies were held out, its
+    evaluation; the full page is anomaly/anomaly.html."""
+    record = json.loads((anomaly_dir / "anomaly.json").read_text())
+    threshold, evaluation = record["threshold"], record.get("evaluation") or {}
+    rows = [("model", f"{record['mode']} level, layers {', '.join(record['layers'])}"),
+            ("normal images", f"{record['normal']['rows']} ({record['normal']['rule']})"),
+            ("memory", f"{record['memory']['vectors']} vectors"),
+            ("threshold", f"{threshold['threshold']:.6g}: false-positive rate {threshold['fpr_held_out']:.3g} "
+                          f"(target {threshold['fpr_target']:.3g}) on {threshold['normals']} held-out normal images, "
+                          f"{threshold['calibration']}")]
+    if "auroc" in evaluation:
+        c = evaluation["confusion"]
+        rows += [("image AUROC", f"{evaluation['auroc']:.4f} ± {evaluation['auroc_std']:.4f}"),
+                 ("image AUPRC", f"{evaluation['auprc']:.4f} ± {evaluation['auprc_std']:.4f}"),
+                 ("at the threshold", f"{c['true_positive']} of {evaluation['anomalous']} anomalies caught, "
+                                      f"{c['false_positive']} of {evaluation['normal']} normal images flagged")]
+    if (evaluation.get("pixel") or {}).get("auroc") is not None:
+        rows.append(("pixel AUROC", f"{evaluation['pixel']['auroc']:.4f}"))
+    return ("<h2>Anomaly detection</h2>" + _table(rows)
+            + "<p>Histograms, ROC curve and the most and least anomalous images: "
+              "<a href='anomaly/anomaly.html'>anomaly/anomaly.html</a></p>")

@@ -1,4 +1,4 @@
-"""Recipes: YAML files that chain extract → train_shallow → audit → index → project → report, validated
+"""Recipes: YAML files that chain extract → train_shallow → audit → anomaly → index → project → report, validated
 completely before any work starts."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import yaml
 from featx.errors import FeatxError, InputError
 from featx.io.sources import is_glob
 
-STEPS = ("extract", "train_shallow", "audit", "index", "project", "report")
+STEPS = ("extract", "train_shallow", "audit", "anomaly", "index", "project", "report")
 TOP_LEVEL = {"name": (str,), "output": (str,), **{step: (dict, type(None)) for step in STEPS}}
 
 
@@ -86,6 +86,8 @@ def load_recipe(file: str | Path, overrides: list[str] | None = None) -> Recipe:
     if steps.get("train_shallow", {}).get("val"):
         steps["train_shallow"]["val"] = _resolve_input(steps["train_shallow"]["val"], base, file,
                                                        key="train_shallow.val")
+    if steps.get("anomaly", {}).get("masks"):
+        steps["anomaly"]["masks"] = _resolve_input(steps["anomaly"]["masks"], base, file, key="anomaly.masks")
     name = data.get("name") or file.stem
     output = Path(data.get("output") or f"runs/{name}")
     return Recipe(file, name, output if output.is_absolute() else (base / output).resolve(), steps)

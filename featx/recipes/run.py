@@ -51,7 +51,7 @@ class Runner:
         self.state_file = self.out / STATE_FILE
         self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() and not force else {}
         self.paths = {"store": self.out / "store", "model": self.out / "model", "audit": self.out / "audit",
-                      "index": self.out / "index",
+                      "anomaly": self.out / "anomaly", "index": self.out / "index",
                       "projection": self.out / "projection", "search": self.out / "search.html",
                       "report": self.out / "report.html"}
 
@@ -88,6 +88,10 @@ class Runner:
                        self.state.get("train_shallow") if "train_shallow" in steps else None)
             self._step("audit", key, (self.paths["audit"] / "audit.json").is_file(), self._audit)
             produced["audit"] = self.paths["audit"] / "audit.html"
+        if "anomaly" in steps:
+            key = _key(steps["anomaly"], manifest_hash)
+            self._step("anomaly", key, (self.paths["anomaly"] / "anomaly.json").is_file(), self._anomaly)
+            produced["anomaly"] = self.paths["anomaly"] / "anomaly.html"
         if "index" in steps:
             key = _key(steps["index"], manifest_hash)
             self._step("index", key,
@@ -129,6 +133,14 @@ class Runner:
         suspects = audit(self.paths["store"], out=self.paths["audit"], model=model, **self.recipe.steps["audit"])
         summary = suspects.attrs["summary"]
         self.say("[audit] " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in summary["counts"].items()))
+
+    def _anomaly(self) -> None:
+        from featx.api import fit_anomaly
+
+        model = fit_anomaly(self.paths["store"], self.paths["anomaly"], **self.recipe.steps["anomaly"])
+        evaluation = model.record.get("evaluation") or {}
+        self.say(f"[anomaly] threshold {model.threshold:.6g}"
+                 + (f", held-out image AUROC {evaluation['auroc']:.4f}" if "auroc" in evaluation else ""))
 
     def _index(self) -> None:
         from featx.pages.search import render_search_page
@@ -178,7 +190,8 @@ class Runner:
                              self.paths["index"] if "index" in self.recipe.steps else None,
                              pd.read_parquet(sample) if sample.is_file() else None,
                              self.paths["projection"] if "project" in self.recipe.steps else None,
-                             self.paths["audit"] if "audit" in self.recipe.steps else None)
+                             self.paths["audit"] if "audit" in self.recipe.steps else None,
+                             self.paths["anomaly"] if "anomaly" in self.recipe.steps else None)
         atomic.write_bytes(self.paths["report"], html.encode())
 
 

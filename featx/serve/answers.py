@@ -1,4 +1,4 @@
-"""The inference resources: predict, search, place, embed, a map's points and thumbnails."""
+"""The inference resources: predict, search, place, embed, anomaly, a map's points and thumbnails."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from featx.errors import InputError
-from featx.options import EmbedRequest, PlaceRequest, PredictRequest, SearchRequest
+from featx.options import AnomalyRequest, EmbedRequest, PlaceRequest, PredictRequest, SearchRequest
 from featx.serve.errors import NotFound
 from featx.serve.registry import reads
 from featx.serve.requests import (
@@ -25,7 +25,7 @@ from featx.serve.requests import (
     parse_request,
     store_rows,
 )
-from featx.serve.responses import EmbedAnswer, MapPoints, PlaceAnswer, PredictAnswer, SearchAnswer
+from featx.serve.responses import AnomalyAnswer, EmbedAnswer, MapPoints, PlaceAnswer, PredictAnswer, SearchAnswer
 from featx.serve.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,10 @@ MAP_POINTS, MAP_POINTS_MAX = 20_000, 200_000  # points of a map sent to the page
 
 
 def inference_router(state: ServerState) -> APIRouter:
-    """Predict, search, place, embed, map points and thumbnails."""
+    """Predict, search, place, embed, anomaly, map points and thumbnails."""
     router = APIRouter()
 
-    # the four image resources: JSON or multipart in, their answer model out, under the time limit
+    # the image resources: JSON or multipart in, their answer model out, under the time limit
     for path, summary, request_model, answer, responses in (
             ("/v1/predict", "Classify images (multipart files) or store rows / paths (JSON)", PredictRequest,
              predict_answer, {200: {"model": PredictAnswer}}),
@@ -46,7 +46,9 @@ def inference_router(state: ServerState) -> APIRouter:
             ("/v1/place", "Where images (multipart) or store rows / paths (JSON) land on a loaded map", PlaceRequest,
              place_answer, {200: {"model": PlaceAnswer}}),
             ("/v1/embed", "Feature vectors, as JSON or .npy", EmbedRequest, embed_answer,
-             {200: {"model": EmbedAnswer, "content": {"application/x-npy": {}}}})):
+             {200: {"model": EmbedAnswer, "content": {"application/x-npy": {}}}}),
+            ("/v1/anomaly", "Anomaly scores and decisions of images (multipart) or paths (JSON), optionally with "
+             "heatmaps", AnomalyRequest, anomaly_answer, {200: {"model": AnomalyAnswer}})):
         router.add_api_route(path, _limited_route(state, answer), methods=["POST"], summary=summary,
                              responses=responses, openapi_extra=json_or_multipart(request_model),
                              name=path.rsplit("/", 1)[1])
@@ -231,3 +233,35 @@ async def embed_answer(request: Request, state: ServerState):
                             headers={"X-Featx-Layer": layer,
                                      "Content-Disposition": 'attachment; filename="embeddings.npy"'})
         return {"layer": layer, "dim": int(X.shape[1]), "vectors": X.tolist(), "generation": registry.generation}
+
+
+async def anomaly_answer(request: Request, state: ServerState) -> dict:
+    """Each image's score through the model's own network and memory, the decision at its
+    calibrated threshold and, on request, the heatmap overlay (patch-level models)."""
+    body, uploads = await parse_request(request, state, AnomalyRequest)
+    with state.registry.use() as registry:
+        loaded = registry.anomaly(body.anomaly)
+        model = loaded.model
+        if body.heatmap and model.mode != "patch":
+            raise InputError(f"anomaly model '{loaded.name}' is image-level: it has no heatmaps; send heatmap=false, "
+                             "or load a model fit with --patch")
+        uploads = await images_of(state, uploads, body.paths)
+        if not uploads:
+            raise InputError("nothing to score: send image files or 'paths'")
+        _, (scores, grids) = await features_of(state, registry, loaded.name, uploads, then=model.score_features)
+        heatmaps = [None] * len(uploads)
+        if body.heatmap:
+            engine = registry.engines[loaded.engine]
+            heatmaps = await run_in_threadpool(heatmap_uris, model, engine, uploads, grids)
+        return {"anomaly": loaded.name, "mode": model.mode, "threshold": model.threshold,
+                "generation": registry.generation,
+                "results": [{"input": u.name, "score": float(s), "anomalous": bool(s > model.threshold), "heatmap": h}
+                            for u, s, h in zip(uploads, scores, heatmaps)]}
+
+
+def heatmap_uris(model, engine, uploads, grids) -> list[str]:
+    from featx.anomaly.heatmap import overlay_png
+    from featx.io.thumbnails import png_uri
+
+    return [png_uri(overlay_png(upload.data, heat, model.record, engine.preprocess, engine.extractor.decode))
+            for upload, heat in zip(uploads, model.heatmaps_of(grids))]

@@ -83,6 +83,14 @@ class LoadedProjection:
 
 
 @dataclass
+class LoadedAnomaly:
+    name: str
+    folder: Path
+    model: object  # featx.anomaly.model.AnomalyModel
+    engine: str
+
+
+@dataclass
 class Registry:
     models: dict[str, LoadedModel]
     indexes: dict[str, LoadedIndex]
@@ -91,6 +99,7 @@ class Registry:
     generation: int = 1
     loaded_at: float = field(default_factory=time.time)
     projections: dict[str, LoadedProjection] = field(default_factory=dict)
+    anomalies: dict[str, LoadedAnomaly] = field(default_factory=dict)
     _inflight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -122,6 +131,9 @@ class Registry:
     def projection(self, name: str | None) -> LoadedProjection:
         return _pick(self.projections, name, "projection", "--projection NAME=PROJECTION_DIR")
 
+    def anomaly(self, name: str | None) -> LoadedAnomaly:
+        return _pick(self.anomalies, name, "anomaly model", "--anomaly NAME=ANOMALY_DIR")
+
     def engine_of(self, name: str | None) -> tuple[Engine, str]:
         """The engine and layer of a model, index or projection (`None`: the only model or index loaded)."""
         if name is None:  # fine when every loaded artifact uses the same network and layer
@@ -141,6 +153,9 @@ class Registry:
         if name in self.projections:
             loaded = self.projections[name]
             return self.engines[loaded.engine], loaded.projection.layer
+        if name in self.anomalies:  # the layers it reads apart: features come as {layer: vectors}
+            loaded = self.anomalies[name]
+            return self.engines[loaded.engine], Apart(loaded.model.layers)
         raise UnknownArtifact(f"no model, index or projection named '{name}'; loaded: "
                               f"{', '.join(list(self.models) + list(self.indexes) + list(self.projections)) or 'none'}")
 
@@ -161,6 +176,10 @@ class Registry:
                                 "points": len(p.projection.coords), "store_fingerprint":
                                     p.projection.info.get("store_fingerprint"), "engine": p.engine}
                             for n, p in self.projections.items()},
+            "anomalies": {n: {"folder": str(a.folder), "mode": a.model.mode, "layers": a.model.layers,
+                              "threshold": a.model.threshold, "store_fingerprint":
+                                  a.model.record.get("store_fingerprint"), "engine": a.engine}
+                          for n, a in self.anomalies.items()},
             "stores": {n: store_fingerprint(s) for n, s in self.stores.items()},
             "engines": {k: {"backbone": e.extractor.backbone.name, "layers": list(e.layers),
                             "device": str(e.extractor.device)} for k, e in self.engines.items()},
@@ -190,6 +209,7 @@ def store_fingerprint(store) -> dict:
 def load_registry(options: ServeOptions, previous: Registry | None = None) -> Registry:
     """Load and verify every artifact named in `options`; any failure raises and loads nothing.
     Engines of `previous` with the same config and layers are reused, not rebuilt."""
+    from featx.anomaly.model import AnomalyModel
     from featx.learn.model import ShallowModel
     from featx.retrieval.index import Index
     from featx.store import FeatureStore, require_same_config
@@ -202,9 +222,11 @@ def load_registry(options: ServeOptions, previous: Registry | None = None) -> Re
     models = {name: (Path(folder), ShallowModel.load(folder)) for name, folder in options.models.items()}
     indexes = {name: (Path(folder), Index.load(folder)) for name, folder in options.indexes.items()}
     projections = {name: _open_projection(name, folder) for name, folder in options.projections.items()}
+    anomalies = {name: (Path(folder), AnomalyModel.load(folder)) for name, folder in options.anomalies.items()}
     wanted = [(model.extractor_config, reads(model)) for _, model in models.values()]
     wanted += [(index.info["extractor"], index.info["layer"]) for _, index in indexes.values()]
     wanted += [(store.config, projection.layer) for _, projection, store in projections.values()]
+    wanted += [(model.record["extractor"], layer) for _, model in anomalies.values() for layer in model.layers]
     engines = _engines(wanted, options, previous)
 
     loaded_models = {}
@@ -224,8 +246,19 @@ def load_registry(options: ServeOptions, previous: Registry | None = None) -> Re
     loaded_projections = {name: LoadedProjection(name, folder, projection, engine_key(store.config),
                                                  shared.name_of(store, f"projection-{name}", name))
                           for name, (folder, projection, store) in projections.items()}
+    loaded_anomalies = {}
+    for name, (folder, model) in anomalies.items():
+        key = engine_key(model.record["extractor"])
+        require_same_config(model.record["extractor"], engines[key].extractor.config, f"anomaly model '{name}'")
+        loaded_anomalies[name] = LoadedAnomaly(name, folder, model, key)
     generation = previous.generation + 1 if previous is not None else 1
-    return Registry(loaded_models, loaded_indexes, stores, engines, generation, projections=loaded_projections)
+    return Registry(loaded_models, loaded_indexes, stores, engines, generation, projections=loaded_projections,
+                    anomalies=loaded_anomalies)
+
+
+class Apart(tuple):
+    """Layers an artifact reads apart, as {layer: vectors} (an anomaly model's patch maps); a plain
+    tuple is layers a classifier reads side by side."""
 
 
 def reads(model) -> str | tuple[str, ...]:

@@ -22,7 +22,7 @@ from featx.io.decode import DecodeError
 from featx.learn.representation import model_input
 from featx.serve.batching import QueueFull
 from featx.serve.errors import Forbidden, NotFound, UnsupportedMedia
-from featx.serve.registry import Registry, UnknownArtifact
+from featx.serve.registry import Apart, Registry, UnknownArtifact
 from featx.serve.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -240,8 +240,11 @@ async def features_of(state: ServerState, registry: Registry, artifact: str | No
     return X, (await run_in_threadpool(then, X) if then is not None else None)
 
 
-def layer_vectors(outputs: dict, layer: str | tuple) -> np.ndarray:
-    """The vectors of a layer, or of the layers a model reads side by side (`model_input`)."""
+def layer_vectors(outputs: dict[str, np.ndarray], layer: str | tuple[str, ...]):
+    """One layer's vectors; the layers a classifier reads, side by side (`model_input`); or
+    {layer: vectors} of an artifact that reads its layers apart (`Apart`: anomaly models)."""
+    if isinstance(layer, Apart):
+        return {name: outputs[name] for name in layer}
     return model_input(outputs, _names(layer))
 
 

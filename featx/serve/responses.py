@@ -85,3 +85,18 @@ class EmbedAnswer(_Answer):
     dim: int
     vectors: list[list[float]]
     generation: int
+
+
+class AnomalyResult(_Answer):
+    input: str
+    score: float
+    anomalous: bool  # score above the model's calibrated threshold
+    heatmap: Optional[str]  # PNG data URI of the heatmap overlay, when asked for (patch-level models)
+
+
+class AnomalyAnswer(_Answer):
+    anomaly: str
+    mode: Literal["image", "patch"]
+    threshold: float
+    generation: int
+    results: list[AnomalyResult]

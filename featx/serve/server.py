@@ -43,9 +43,10 @@ def serve(options: ServeOptions, *, log_level: str = "info") -> None:
     from featx.serve.state import check_binding
 
     check_binding(options)
-    if not (options.models or options.indexes or options.stores or options.projections):
+    if not (options.models or options.indexes or options.stores or options.projections or options.anomalies):
         raise InputError("nothing to serve: give --model NAME=MODEL_DIR, --index NAME=INDEX_DIR, "
-                         "--store NAME=STORE_DIR or --projection NAME=PROJECTION_DIR (each repeatable)")
+                         "--store NAME=STORE_DIR, --projection NAME=PROJECTION_DIR or --anomaly NAME=ANOMALY_DIR "
+                         "(each repeatable)")
     app = create_app(options, handle_sighup=True)
     uvicorn.Server(uvicorn_config(app, options, log_level=log_level)).run()
 

@@ -14,7 +14,8 @@ from featx.errors import IntegrityError, OutputFolderError, StoreError
 from featx.io.atomic import SEAL, TMP_PREFIX, canonical_json, seal  # noqa: F401 (seal: re-exported)
 
 RECORD_FILES = {"store": "manifest.json", "model": "model.json", "index": "index.json",
-                "projection": "projection.json", "audit": "audit.json", "probe": "probe.json"}
+                "projection": "projection.json", "audit": "audit.json", "probe": "probe.json",
+                "anomaly": "anomaly.json"}
 SCHEMA_VERSION = 2  # of a store's manifest.json
 # files featx itself leaves in folders that are otherwise empty
 BOOKKEEPING = (".featx-lock",)

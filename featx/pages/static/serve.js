@@ -54,6 +54,8 @@ async function loadInfo() {
     fillSelect($("model"), Object.keys(state.info.models));
     fillSelect($("index"), Object.keys(state.info.indexes));
     fillSelect($("projection"), Object.keys(state.info.projections || {}));
+    fillSelect($("anomaly"), Object.keys(state.info.anomalies || {}));
+    $("anomaly-box").hidden = Object.keys(state.info.anomalies || {}).length === 0;
     await loadMap();
     setStatus("ready", "ready");
   } catch (e) { showError("cannot read /v1/info: " + e.message); }
@@ -161,6 +163,17 @@ function renderPrediction(result, scoreKind) {
   }
 }
 
+function renderAnomaly(answer) {  // the score, the decision at the model's threshold, the heatmap
+  const result = answer && answer.results[0];
+  $("anomaly-result").hidden = !result;
+  if (!result) return;
+  $("anomaly-verdict").textContent = result.anomalous ? "above the threshold" : "normal";
+  $("anomaly-verdict").className = result.anomalous ? "anomalous" : "";
+  $("anomaly-score").textContent = "score " + result.score.toPrecision(4) + " (threshold " + answer.threshold.toPrecision(4) + ", model " + answer.anomaly + ")";
+  $("anomaly-heatmap").hidden = !result.heatmap;
+  if (result.heatmap) $("anomaly-heatmap").src = result.heatmap;
+}
+
 async function renderNeighbours(search, seq) {
   const list = $("neighbours");
   for (const url of state.thumbURLs) URL.revokeObjectURL(url);
@@ -190,16 +203,18 @@ async function run(query) {
   state.lastQuery = query;
   showError("");
   setStatus("working…", "busy");
-  const k = $("k").value, model = $("model").value, index = $("index").value;
+  const k = $("k").value, model = $("model").value, index = $("index").value, anomaly = $("anomaly").value;
   placeQuery(query, seq);  // in parallel: the map does not hold up the class and neighbours
   try {
-    let predict = null, search = null;
+    let predict = null, search = null, scored = null;
     if (query.file) {
       const form = (fields) => { const f = new FormData(); f.append("files", query.file, query.file.name || "pasted.png");
         for (const [key, value] of Object.entries(fields)) if (value) f.append(key, value); return f; };
-      [predict, search] = await Promise.all([
+      const patch = anomaly && state.info.anomalies[anomaly].mode === "patch";
+      [predict, search, scored] = await Promise.all([
         model ? api("v1/predict", { method: "POST", body: form({ model: model }) }).then((r) => r.json()) : null,
-        index ? api("v1/search", { method: "POST", body: form({ index: index, k: k }) }).then((r) => r.json()) : null]);
+        index ? api("v1/search", { method: "POST", body: form({ index: index, k: k }) }).then((r) => r.json()) : null,
+        anomaly ? api("v1/anomaly", { method: "POST", body: form({ anomaly: anomaly, heatmap: patch ? "true" : "" }) }).then((r) => r.json()) : null]);
     } else {
       const json = (body) => ({ method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
       [predict, search] = await Promise.all([
@@ -208,6 +223,7 @@ async function run(query) {
     }
     if (seq !== state.seq) return;  // a newer query replaced this one
     if (predict) renderPrediction(predict.results[0], predict.score_kind); else $("prediction").hidden = true;
+    renderAnomaly(scored);
     if (search) await renderNeighbours(search, seq); else setStatus("done", "done");
   } catch (e) { if (seq === state.seq) showError(e.message); }
 }
