@@ -103,7 +103,7 @@ class TrainShallowOptions(_Strict):
         "Stored layer, `concat` (the network layers side by side) or `pixels`; default: chosen by inner CV "
         "(--tune), else the store's first."))
     classifier: Optional[Classifier] = Field(None, description=(
-        "The classifier; default: chosen among linear-svm, logreg and rbf-svm by inner CV (--tune), else linear-svm."))
+        "The classifier; default: chosen between linear-svm and rbf-svm by inner CV (--tune), else linear-svm."))
     normalize: Normalizer = Field("zscore", description="Feature scaling before the classifier.")
     reduce: ShallowReduce = Field("none", description="none|pca:K|pca:0.95|pca:K:whiten|pq:M")
     cv: int = Field(5, ge=2, description="Folds when the store has no train/val split (and of the inner tuning CV).")

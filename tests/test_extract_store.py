@@ -19,7 +19,8 @@ def test_store_rows_labels_and_files(image_folder, tmp_path):
     assert len(store.manifest["shards"]) == 3  # 5 + 5 + 2 rows
     assert store.verify() == []
     manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
-    assert manifest["config"]["backbone"] == "resnet18" and manifest["config"]["layers"] == ["flatten"]
+    assert manifest["config"]["backbone"] == "resnet18" and manifest["config"]["layers"] == [
+        "flatten", "layer1.1.relu_1", "layer2.1.relu_1", "layer3.1.relu_1", "pixels"]  # final first, stage ends, pixels
     assert (tmp_path / "store" / "meta.parquet").is_file()
 
 

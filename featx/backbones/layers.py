@@ -6,6 +6,8 @@ where the model traces, and module names read with forward hooks where it does n
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from featx.errors import UnknownNameError
+from featx.io.cache import recall, remember
 from featx.options import EXTRACT, LAYERS
 
 log = logging.getLogger(__name__)
@@ -192,6 +195,7 @@ def default_layer(model: nn.Module, addressable: Addressable | None = None) -> s
 FINAL = "final"  # `--layer final`: the default layer alone
 STAGE_ENDS = 4  # stage ends stored next to the final layer by default
 SHAPE_PROBE_SIZE = 224  # the stage ends are found on a probe input of at most this size
+DEFAULT_LAYERS_FILE = "default-layers.json"
 
 
 def stage_ends(shapes: dict[str, tuple[int, ...]], final: str, count: int = STAGE_ENDS) -> list[str]:
@@ -248,8 +252,14 @@ def default_layers(model: nn.Module, model_name: str, image_size: int, addressab
     final = default_layer(model, addressable)
     if pool == "flatten":
         return [final]
-    shapes = layer_shapes(model, model_name, min(image_size, SHAPE_PROBE_SIZE), addressable)
-    return [final, *stage_ends(shapes, final)]
+    size = min(image_size, SHAPE_PROBE_SIZE)
+    # the answer depends on the architecture only: remembered on disk, a later run skips the shape pass
+    key = hashlib.sha256(json.dumps([model_name, size, addressable.names, torch.__version__]).encode()).hexdigest()
+    known = recall(DEFAULT_LAYERS_FILE, key)
+    if known is None:
+        known = [final, *stage_ends(layer_shapes(model, model_name, size, addressable), final)]
+        remember(DEFAULT_LAYERS_FILE, key, known, kept=64)
+    return list(known)
 
 
 @torch.inference_mode()

@@ -162,11 +162,7 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = TRAIN
         log.warning("%s (x%d)", item["message"], item["count"])
     model = ShallowModel(final, [str(c) for c in final.classes_], chosen["layers"], store.config, options, report)
     report["_report_files"] = report_files(report, store, chosen["representation"], chosen["classifier"])
-    if report_dir is not None:
-        folder = Path(report_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, blob in report["_report_files"].items():
-            (folder / name).write_bytes(blob)
+    _write_files(report["_report_files"], report_dir)
     if out is not None:
         model.save(out)
     return model
@@ -188,6 +184,13 @@ def pixel_baseline(store: FeatureStore, val, training: "Training", result: "Eval
     chosen = training.chosen(result.fitted)["representation"]
     return baseline_comparison(result, pixels, training.classes, training.seed, chosen == PIXELS,
                                f"{PIXEL_SIDE}×{PIXEL_SIDE}{' grey' if grey else ''} pixels")
+
+
+def _write_files(files: dict[str, bytes], folder: str | Path | None) -> None:
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for name, blob in files.items():
+            (Path(folder) / name).write_bytes(blob)
 
 
 @dataclass(frozen=True)
