@@ -31,6 +31,7 @@ IndexKind = Literal["auto", "flat", "hnsw", "ivf", "ivfpq", "opq-ivfpq", "ivf-sq
 Metric = Literal["cosine", "l2", "ip"]
 MapMethod = Literal["umap", "tsne", "pca"]
 MapColor = Literal["label", "split", "error"]
+ExportNormalize = Literal["none", "l2"]
 
 OutputFormat = Literal["table", "csv", "json"]
 
@@ -217,6 +218,15 @@ class ProbeOptions(_Strict):
     shift_images: int = Field(64, ge=0, description="Images the domain-shift diagnostic looks at (0: off).")
 
 
+class ExportOptions(_Strict):
+    """`featx export STORE -o OUT.parquet` and `featx import` (Python: `featx.store.parquet`)."""
+
+    layers: Optional[list[str]] = Field(None, description=(
+        "Layer to write (repeat --layer); default: every layer of the store (import: every vector column)."))
+    normalize: ExportNormalize = Field("none", description="l2 divides each vector by its length.")
+    ok_only: bool = Field(False, description="Leave out rows without a vector (failed images).")
+
+
 class ExtractJobRequest(_Strict):
     """POST /v1/jobs/extract: inputs (under the server's --data-root) into a named store."""
 
@@ -326,6 +336,7 @@ def defaults(model: type[BaseModel]):
 
 
 EXTRACT = defaults(ExtractOptions)
+EXPORT = defaults(ExportOptions)
 TRAIN = defaults(TrainShallowOptions)
 AUDIT = defaults(AuditOptions)
 INDEX = defaults(IndexOptions)
