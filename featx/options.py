@@ -84,6 +84,12 @@ class ExtractOptions(_Strict):
     resize: Resize = Field("crop", description="crop = shorter side resized, centre-cropped (the weights' recipe); "
                                                "full = whole image squashed; pad = letterboxed (keeps the borders).")
     frozen: bool = Field(False, description="Refuse (exit 2) if the inputs differ from the store in any way.")
+    image_column: str = Field("image", description=(
+        "Parquet image datasets: the column of image bytes or {bytes, path} structs (Hugging Face's)."))
+    label_column: str = Field("label", description="Parquet image datasets: the label column.")
+    split_column: str = Field("split", description="Parquet image datasets: the split column (train, val, test).")
+    label_field: str = Field("cls", description=(
+        "WebDataset tar shards: the label member of each key: cls, txt or json:FIELD."))
     engine: ExtractEngine = Field("local", description="ray runs the shards on a Ray cluster "
                                                        "(pip install 'featx[ray]').")
     ray_address: Optional[str] = Field(None, description="Ray cluster: auto, ray://HOST:PORT; default: a local one.")
