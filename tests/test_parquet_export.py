@@ -134,4 +134,4 @@ def test_cli_export_and_import(two_layer_store, tmp_path):
     assert len(FeatureStore.open(tmp_path / "s")) == int(two_layer_store.ok.sum())
     done = subprocess.run(run + ["export", str(tmp_path), "-o", str(tmp_path / "x.parquet")],
                           capture_output=True, text=True)
-    assert done.returncode == 2 and "is not a featx store" in done.stderr
+    assert done.returncode == 2 and "is not a featx store or model" in done.stderr

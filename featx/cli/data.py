@@ -31,8 +31,18 @@ def export_cmd(
         files = export_parquet(artifact, out, layers=layer or None, normalize=normalize, ok_only=ok_only)
         console.print(f"wrote {out} ({len(files)} file{'s' if len(files) != 1 else ''})", highlight=False)
         return
-    raise InputError(f"'{artifact}' is not a featx store (found: {kind or 'no featx record'}); pass a folder made "
-                     "by `featx extract`")
+    if kind == "model":
+        if out.suffix.lower() != ".onnx":
+            raise InputError(f"a model is exported as ONNX: give -o a name ending in .onnx (got '{out}')")
+        from featx.learn.onnx_export import export_onnx, read_onnx_metadata
+
+        export_onnx(artifact, out)
+        meta = read_onnx_metadata(out)
+        console.print(f"wrote {out}: image {'×'.join(map(str, meta['input']['size']))} → {', '.join(meta['layers'])}"
+                      f" → {meta['classifier']} → {len(meta['classes'])} classes", highlight=False)
+        return
+    raise InputError(f"'{artifact}' is not a featx store or model (found: {kind or 'no featx record'}); pass a "
+                     "folder made by `featx extract` or `featx train-shallow`")
 
 
 @command("import")
