@@ -177,3 +177,16 @@ def test_parquet_columns_by_option_and_null_rows(image_folder, tmp_path):
     # without --image-column the file is read as a manifest of paths, and says what it lacks
     with pytest.raises(InputError, match="needs a 'path' column"):
         scan_inputs(str(tmp_path / "d.parquet"))
+
+
+def test_predict_reads_images_from_shards(image_folder, tmp_path):
+    from featx.learn.classify import train_shallow
+    from featx.learn.predict import predict
+
+    write_shards(image_files(image_folder), tmp_path / "shards", per_shard=6)
+    store = extract(str(tmp_path / "shards" / "*.tar"), tmp_path / "s", **TINY)
+    model = train_shallow(store, classifier="logreg", cv=2, tune=False, learning_curve=False)
+    result = predict(model, str(tmp_path / "shards" / "{00000..00001}.tar"))
+    assert len(result) == 12 and (result["status"] == "ok").all()
+    assert result["path"].str.contains(r"\.tar::\d{6}\.png$").all()
+    assert (result["predicted"].to_numpy() == store.labels).mean() >= 0.75  # separable colours, training rows
