@@ -84,6 +84,9 @@ def _exportable_steps(model: ShallowModel) -> tuple[list, object]:
     if tta != 1:
         raise InputError(f"this model was trained on features averaged over {tta} views (--tta {tta}); the ONNX "
                          "graph takes one view per image. Train on a store extracted with --tta 1 to export it")
+    if not hasattr(model.pipeline, "steps"):
+        raise InputError(f"this model's {type(model.pipeline).__name__} is not a pipeline of steps featx can export; "
+                         "re-train it with `featx train-shallow`")
     steps = [(name, step) for name, step in model.pipeline.steps if not isinstance(step, str) and name != "smote"]
     *transformers, (_, classifier) = steps
     for name, step in transformers:

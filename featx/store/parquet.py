@@ -19,9 +19,9 @@ import pandas as pd
 
 from featx.errors import InputError
 from featx.io import atomic
-from featx.options import EXPORT
+from featx.options import EXPORT, EXTRACT
 from featx.store.artifacts import check_output
-from featx.store.format import META_COLUMNS, now_iso
+from featx.store.format import now_iso
 from featx.store.reader import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def export_parquet(store: str | Path | FeatureStore, out: str | Path, *, layers:
     metadata = {METADATA_KEY: json.dumps(_description(store, chosen, dims, normalize, ok_only)).encode()}
     out = Path(out)
     single = out.suffix.lower() == ".parquet"
-    pieces = _pieces(store, chosen)
+    pieces = _pieces(store)
     written = []
     if single:
         with atomic.atomic_path(out) as tmp:
@@ -87,7 +87,7 @@ def _description(store: FeatureStore, chosen: list[str], dims: dict, normalize: 
             "normalize": normalize, "ok_only": ok_only, "exported": now_iso()}
 
 
-def _pieces(store: FeatureStore, layers: list[str]) -> list[tuple[int, int]]:
+def _pieces(store: FeatureStore) -> list[tuple[int, int]]:
     """Row ranges of the store's shards: each is read (memory-mapped) and written once."""
     shards = store.manifest["shards"]
     return [(s["start"], s["stop"]) for s in shards] if shards else [(0, len(store))]
@@ -140,7 +140,7 @@ def read_export_metadata(path: str | Path) -> dict | None:
 
 
 def import_parquet(source: str | Path, out: str | Path, *, columns: list[str] | None = EXPORT.layers,
-                   overwrite: bool = False, rows_per_shard: int = 4096) -> FeatureStore:
+                   overwrite: bool = False, rows_per_shard: int = EXTRACT.shard_size) -> FeatureStore:
     """A new store at `out` holding the vectors of the Parquet file (or folder of part files)
     `source`: each vector column becomes a layer (`columns`: which ones; default: every
     fixed-size-list or list-of-float column). `path`, `label`, `split` and `group` columns are
@@ -242,4 +242,4 @@ def _batch_rows(batch, layers: list[str], records: list, start: int) -> tuple[di
     return features, meta
 
 
-__all__ = ["EXPORT_COLUMNS", "META_COLUMNS", "export_parquet", "import_parquet", "read_export_metadata"]
+__all__ = ["EXPORT_COLUMNS", "export_parquet", "import_parquet", "read_export_metadata"]
