@@ -1,9 +1,6 @@
 """`featx export MODEL -o model.onnx`: one graph from the preprocessed image to scores and label,
 giving featx predict's labels and scores (within 1e-4) under onnxruntime; unsupported steps refused."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -102,13 +99,17 @@ def test_model_layers_reads_one_or_several_layers(tiny_store, tmp_path):
 
 def test_cli_exports_a_model(tiny_store, tmp_path):
     store, _ = tiny_store
+    from typer.testing import CliRunner
+
+    from featx.cli import app
+
     train_shallow(store, classifier="logreg", cv=2, tune=False, learning_curve=False, out=tmp_path / "m")
-    run = [sys.executable, "-m", "featx.cli", "export", str(tmp_path / "m")]
-    done = subprocess.run(run + ["-o", str(tmp_path / "m.onnx")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "3 classes" in done.stdout and (tmp_path / "m.onnx").is_file()
-    done = subprocess.run(run + ["-o", str(tmp_path / "m.parquet")], capture_output=True, text=True)
-    assert done.returncode == 2 and "ending in .onnx" in done.stderr
+    runner = CliRunner()
+    done = runner.invoke(app, ["export", str(tmp_path / "m"), "-o", str(tmp_path / "m.onnx")])
+    assert done.exit_code == 0, done.output
+    assert "3 classes" in done.output and (tmp_path / "m.onnx").is_file()
+    done = runner.invoke(app, ["export", str(tmp_path / "m"), "-o", str(tmp_path / "m.parquet")])
+    assert done.exit_code == 2 and "ending in .onnx" in done.output
 
 
 @needs_hymenoptera()
