@@ -142,6 +142,20 @@ def speed(args) -> None:
     for name, values in times.items():
         print(f"  {name:8s} best {min(values):6.1f} s  {args.images / min(values):6.1f} img/s  throughput vs files "
               f"{min(times['files']) / min(values):.2f}x  (rounds: {', '.join(f'{v:.1f}' for v in values)})")
+    # the reading alone (bytes and sha256 of every image, as the extractor's reader gets them), best of 5
+    from featx.io.decode import read_bytes
+    from featx.io.sources import scan_inputs
+
+    paths = {name: [r.path for r in scan_inputs(source)] for name, source in sources.items()}
+    reads: dict[str, list[float]] = {}
+    for _ in range(5):
+        for name, listed in paths.items():
+            start = time.perf_counter()
+            for path in listed:
+                read_bytes(path)
+            reads.setdefault(name, []).append((time.perf_counter() - start) / len(listed))
+    print("  reading alone, best of 5: " + ", ".join(
+        f"{name} {min(v) * 1e6:.0f} us/image ({min(reads['files']) / min(v):.2f}x files)" for name, v in reads.items()))
 
 
 def export(args) -> None:
