@@ -120,3 +120,56 @@ def test_hymenoptera_val_onnx_equals_featx_predict(tmp_path):
         model_dir = tmp_path / classifier
         train_shallow(store, classifier=classifier, cv=3, learning_curve=False, out=model_dir)
         assert_parity(model_dir, export_onnx(model_dir, tmp_path / f"{classifier}.onnx"), HYMENOPTERA / "val")
+
+
+try:  # the step that lays a model's stored layers side by side (featx.learn.representation, with several layers)
+    from featx.learn.representation import Representation
+except ImportError:  # a stand-in with its documented behaviour
+    from sklearn.base import BaseEstimator, TransformerMixin
+
+    class Representation(TransformerMixin, BaseEstimator):
+        def __init__(self, layers: tuple = (), dims: tuple = (), grey: bool = False):
+            self.layers, self.dims, self.grey = layers, dims, grey
+
+        def fit(self, X, y=None):
+            return self
+
+        def transform(self, X):
+            blocks = np.split(np.asarray(X, dtype=np.float32), np.cumsum(self.dims)[:-1], axis=1)
+            blocks = [b[:, :32 * 32] if layer == "pixels" and self.grey else b for layer, b in zip(self.layers, blocks)]
+            if len(blocks) == 1:
+                return blocks[0]
+            return np.hstack([b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12) for b in blocks])
+
+
+def test_a_model_on_several_layers_side_by_side(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from featx.learn.model import ShallowModel
+
+    images = make_class_folder(tmp_path / "images", classes=("ants", "bees", "wasps"), per_class=6)
+    store = extract(images, tmp_path / "store", layers=["layer3", "flatten"], **TINY)
+    layers = ["layer3", "flatten"]
+    X = np.hstack([store.features(layer) for layer in layers])
+    pipeline = Pipeline([("represent", Representation(tuple(layers), (256, 512))), ("normalize", StandardScaler()),
+                         ("reduce", "passthrough"), ("classify", LogisticRegression(max_iter=2000))])
+    pipeline.fit(X, store.labels)
+    several = "layers" in ShallowModel.__dataclass_fields__
+    model = ShallowModel(pipeline, list(pipeline.classes_), layers if several else "flatten", store.config,
+                         {"classifier": "logreg"})
+    model.layers = layers
+    onnx_file = export_onnx(model, tmp_path / "m.onnx")
+    assert read_onnx_metadata(onnx_file)["layers"] == layers
+    labels, scores = onnx_predictions(onnx_file, list(store.paths))
+    assert np.abs(scores - model.scores(X)).max() <= 1e-4
+    assert list(labels) == [model.classes[i] for i in model.scores(X).argmax(1)]
+
+
+def test_representation_of_pixels_and_layers_in_onnx():
+    from featx.learn.onnx_export import _check_part, _representation_graph
+
+    for step, width in ((Representation(("pixels", "flatten"), (3 * 32 * 32, 8), True), 3 * 32 * 32 + 8),
+                        (Representation(("flatten",), (8,)), 8)):
+        assert _check_part(_representation_graph(step, width), step, width) == (32 * 32 + 8 if step.grey else 8)

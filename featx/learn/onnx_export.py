@@ -24,6 +24,7 @@ import numpy as np
 from featx.errors import InputError
 from featx.io import atomic
 from featx.learn.model import ShallowModel
+from featx.store import require_same_config
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,10 @@ ML_OPSET = 3
 INPUT = "image"
 FEATURES = "features"
 SCORE_TOLERANCE = 1e-4  # the export-time check of the classifier part, and the parity promised
-SUPPORTED_STEPS = ("StandardScaler", "Normalizer", "MinMaxScaler", "PCA", "IncrementalPCA")
+SUPPORTED_STEPS = ("Representation", "StandardScaler", "Normalizer", "MinMaxScaler", "PCA", "IncrementalPCA")
+# the raw-pixel pseudo-layer a store may hold beside the network's layers (featx.preprocess.views):
+# the network's input, area-downscaled to PIXELS_SIDE x PIXELS_SIDE, in [0, 1]
+PIXELS, PIXELS_SIDE = "pixels", 32
 SUPPORTED_CLASSIFIERS = ("LinearSVC", "SVC", "LogisticRegression", "KNeighborsClassifier")
 
 
@@ -57,7 +61,7 @@ def export_onnx(model: ShallowModel | str | Path, out: str | Path) -> Path:
     steps, classifier = _exportable_steps(model)
     layers = model_layers(model)
     network, extractor = _network_graph(model, layers)
-    dim = sum(extractor.pooled_dims[layer] for layer in layers)
+    dim = sum(int(extractor.pooled_dims[layer]) for layer in layers)
     head = _head_graph(model, steps, classifier, dim)
     network.ir_version = head.ir_version = max(network.ir_version, head.ir_version)
     merged = onnx.compose.merge_models(network, head, io_map=[(FEATURES, FEATURES)],
@@ -117,8 +121,8 @@ def _network_graph(model: ShallowModel, layers: list[str]):
     from featx.preprocess.views import normalise
 
     extractor = extractor_from_config(dict(model.extractor_config, layers=layers), device="cpu", workers=0)
-    model.check_features(extractor.config | {"weights_source": model.extractor_config.get("weights_source")},
-                         model.layer)
+    require_same_config(model.extractor_config, extractor.config, "this model")
+    network_layers = [layer for layer in layers if layer != PIXELS]
 
     class Network(torch.nn.Module):
         def __init__(self):
@@ -126,9 +130,16 @@ def _network_graph(model: ShallowModel, layers: list[str]):
             self.tap = extractor.tap
 
         def forward(self, image):
-            outputs = self.tap(normalise(image, extractor.backbone.preprocess))
-            return torch.cat([pool(outputs[layer], extractor.pool_name, extractor.layer_formats[layer]).float()
-                              for layer in layers], dim=1)
+            outputs = self.tap(normalise(image, extractor.backbone.preprocess)) if network_layers else {}
+            vectors = []
+            for layer in layers:
+                if layer == PIXELS:
+                    small = torch.nn.functional.interpolate(image / 255.0, size=(PIXELS_SIDE, PIXELS_SIDE),
+                                                            mode="area")
+                    vectors.append(small.flatten(1))
+                else:
+                    vectors.append(pool(outputs[layer], extractor.pool_name, extractor.layer_formats[layer]).float())
+            return torch.cat(vectors, dim=1)
 
     size = extractor.backbone.preprocess.crop_size
     example = torch.zeros(2, 3, size, size)
@@ -151,8 +162,9 @@ def _head_graph(model: ShallowModel, transformers: list, classifier, dim: int):
 
     parts, width = [], dim
     for step in transformers:
-        parts.append(_convert(step, width))
-        width = int(getattr(step, "n_components_", None) or width)
+        part = _representation_graph(step, width) if type(step).__name__ == "Representation" else _convert(step, width)
+        width = _check_part(part, step, width)
+        parts.append(part)
     clf = onnx.compose.add_prefix(_convert(classifier, width), "featx_clf_", rename_inputs=False)
     raw_name = _scores_output(clf)
     layout = _score_layout(model, classifier, clf, raw_name, width)
@@ -186,6 +198,54 @@ def _head_graph(model: ShallowModel, transformers: list, classifier, dim: int):
                                                     helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
     result.ir_version = graph.ir_version
     return result
+
+
+def _check_part(part, step, width: int) -> int:
+    """The part's output width, once onnxruntime gave the step's own transform on probe rows."""
+    import onnxruntime as ort
+
+    probe = np.random.default_rng(0).normal(size=(16, width)).astype(np.float32)
+    session = ort.InferenceSession(part.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {FEATURES: probe})[0]
+    expected = np.asarray(step.transform(probe), dtype=np.float32)
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=SCORE_TOLERANCE, atol=SCORE_TOLERANCE):
+        raise InputError(f"the ONNX form of step {type(step).__name__} does not reproduce its output on probe "
+                         "inputs; this model cannot be exported faithfully")
+    return int(expected.shape[1])
+
+
+def _representation_graph(step, width: int):
+    """featx's Representation step (the stored layers side by side → the classifier's input): one
+    block as it is, or each block L2-normalised and concatenated; a grey pixel block keeps one
+    channel. Built from ONNX operators (no converter knows the step)."""
+    from onnx import TensorProto, helper
+
+    dims, layers = [int(d) for d in step.dims], list(step.layers)
+    nodes, initializers, blocks = [], [helper.make_tensor("rep_eps", TensorProto.FLOAT, [], [1e-12])], []
+    starts = np.concatenate([[0], np.cumsum(dims)[:-1]]).astype(int)
+    for i, (layer, start, size) in enumerate(zip(layers, starts, dims)):
+        keep = PIXELS_SIDE * PIXELS_SIDE if layer == PIXELS and getattr(step, "grey", False) else size
+        initializers += [helper.make_tensor(f"rep_start{i}", TensorProto.INT64, [1], [int(start)]),
+                         helper.make_tensor(f"rep_stop{i}", TensorProto.INT64, [1], [int(start + keep)]),
+                         helper.make_tensor(f"rep_axis{i}", TensorProto.INT64, [1], [1])]
+        nodes.append(helper.make_node("Slice", [FEATURES, f"rep_start{i}", f"rep_stop{i}", f"rep_axis{i}"],
+                                      [f"rep_block{i}"]))
+        if len(dims) > 1:
+            nodes += [helper.make_node("ReduceL2", [f"rep_block{i}"], [f"rep_norm{i}"], axes=[1], keepdims=1),
+                      helper.make_node("Max", [f"rep_norm{i}", "rep_eps"], [f"rep_safe{i}"]),
+                      helper.make_node("Div", [f"rep_block{i}", f"rep_safe{i}"], [f"rep_unit{i}"])]
+            blocks.append(f"rep_unit{i}")
+        else:
+            blocks.append(f"rep_block{i}")
+    nodes.append(helper.make_node("Concat", blocks, ["variable"], axis=1))
+    graph = helper.make_graph(nodes, "representation",
+                              [helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, [None, width])],
+                              [helper.make_tensor_value_info("variable", TensorProto.FLOAT, [None, None])],
+                              initializers)
+    part = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                   helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
+    part.ir_version = 8
+    return part
 
 
 def _convert(estimator, width: int):
