@@ -43,7 +43,7 @@ def assert_parity(model_dir, onnx_file, images) -> None:
 def tiny_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("onnx")
     images = make_class_folder(root / "images", classes=("ants", "bees", "wasps"), per_class=8)
-    return extract(images, root / "store", **TINY), images
+    return extract(images, root / "store", layers=["flatten"], **TINY), images
 
 
 @pytest.mark.parametrize("classifier,normalize,reduce", [
@@ -68,7 +68,7 @@ def test_onnx_labels_and_scores_equal_featx_predict(tiny_store, tmp_path, classi
 
 def test_binary_margins_are_laid_out_as_featx_shows_them(tmp_path):
     images = make_class_folder(tmp_path / "images", per_class=8)
-    store = extract(images, tmp_path / "store", **TINY)
+    store = extract(images, tmp_path / "store", layers=["flatten"], **TINY)
     for classifier in ("linear-svm", "rbf-svm"):
         model_dir = tmp_path / classifier
         train_shallow(store, classifier=classifier, cv=2, tune=False, learning_curve=False, out=model_dir)
