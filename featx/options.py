@@ -32,6 +32,7 @@ Metric = Literal["cosine", "l2", "ip"]
 MapMethod = Literal["umap", "tsne", "pca"]
 MapColor = Literal["label", "split", "error"]
 AnomalyMetric = Literal["cosine", "l2"]
+ExportNormalize = Literal["none", "l2"]
 
 OutputFormat = Literal["table", "csv", "json"]
 
@@ -86,6 +87,12 @@ class ExtractOptions(_Strict):
     resize: Resize = Field("crop", description="crop = shorter side resized, centre-cropped (the weights' recipe); "
                                                "full = whole image squashed; pad = letterboxed (keeps the borders).")
     frozen: bool = Field(False, description="Refuse (exit 2) if the inputs differ from the store in any way.")
+    image_column: str = Field("image", description=(
+        "Parquet image datasets: the column of image bytes or {bytes, path} structs (Hugging Face's)."))
+    label_column: str = Field("label", description="Parquet image datasets: the label column.")
+    split_column: str = Field("split", description="Parquet image datasets: the split column (train, val, test).")
+    label_field: str = Field("cls", description=(
+        "WebDataset tar shards: the label member of each key: cls, txt or json:FIELD."))
     engine: ExtractEngine = Field("local", description="ray runs the shards on a Ray cluster "
                                                        "(pip install 'featx[ray]').")
     ray_address: Optional[str] = Field(None, description="Ray cluster: auto, ray://HOST:PORT; default: a local one.")
@@ -257,6 +264,15 @@ class AnomalyScoreOptions(_Strict):
     format: OutputFormat = Field("table", description="How the results are printed.")
 
 
+class ExportOptions(_Strict):
+    """`featx export STORE -o OUT.parquet` and `featx import` (Python: `featx.store.parquet`)."""
+
+    layers: Optional[list[str]] = Field(None, description=(
+        "Layer to write (repeat --layer); default: every layer of the store (import: every vector column)."))
+    normalize: ExportNormalize = Field("none", description="l2 divides each vector by its length.")
+    ok_only: bool = Field(False, description="Leave out rows without a vector (failed images).")
+
+
 class ExtractJobRequest(_Strict):
     """POST /v1/jobs/extract: inputs (under the server's --data-root) into a named store."""
 
@@ -393,6 +409,7 @@ def defaults(model: type[BaseModel]):
 
 
 EXTRACT = defaults(ExtractOptions)
+EXPORT = defaults(ExportOptions)
 TRAIN = defaults(TrainShallowOptions)
 AUDIT = defaults(AuditOptions)
 INDEX = defaults(IndexOptions)

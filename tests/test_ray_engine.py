@@ -278,3 +278,15 @@ def test_killed_driver_resumes_only_missing_ranges(ray_cluster, tmp_path):
     assert sorted(after) == [(a, a + 4) for a in range(0, 120, 4)]
     local = extract(images, tmp_path / "local", shard_size=4, **TINY)
     _same_store(local, store)
+
+
+def test_ray_actors_read_tar_shards_in_parallel_as_the_local_engine(ray_cluster, tmp_path):
+    from tests.test_containers import image_files, write_shards
+
+    images = make_class_folder(tmp_path / "images", per_class=6)
+    write_shards(image_files(images), tmp_path / "shards", per_shard=4)
+    inputs = str(tmp_path / "shards" / "{00000..00002}.tar")
+    local = extract(inputs, tmp_path / "local", shard_size=4, **TINY)
+    remote = extract(inputs, tmp_path / "ray", shard_size=4, engine="ray", cpus_per_worker=1, **TINY)
+    assert remote.ok.all() and remote.meta["path"].str.contains(".tar::").all()
+    _same_store(local, remote)

@@ -4,7 +4,7 @@ loads no torch, scikit-learn or FAISS: each command imports what it runs."""
 
 # isort: off
 # the groups register their commands in the order `featx --help` lists them: the data flow
-from featx.cli import extract, learn, audit, anomaly, retrieval, maps, run, serve  # noqa: F401
+from featx.cli import extract, learn, audit, anomaly, retrieval, maps, data, run, serve  # noqa: F401
 from featx.cli.common import app
 # isort: on
 

@@ -51,7 +51,9 @@ def layers_cmd(model: str = typer.Argument(LayersOptions.model_fields["model"].d
 
 @command("extract")
 def extract_cmd(
-    inputs: List[str] = typer.Argument(..., help="Folders, CSV/Parquet manifests, image files or globs."),
+    inputs: List[str] = typer.Argument(..., help=(
+        "Folders, CSV/Parquet manifests, image files, globs, WebDataset .tar shards ('shards/{00000..00009}.tar'), "
+        "Parquet image datasets.")),
     out: Path = typer.Option(..., "--out", "-o", help="Feature store folder."),
     model: str = option(ExtractOptions, "model", "--model", "-m"),
     weights: str = option(ExtractOptions, "weights"),
@@ -76,6 +78,10 @@ def extract_cmd(
     num_gpus_per_worker: Optional[float] = option(ExtractOptions, "num_gpus_per_worker"),
     cpus_per_worker: Optional[float] = option(ExtractOptions, "cpus_per_worker"),
     compile: bool = option(ExtractOptions, "compile", "--compile"),
+    image_column: str = option(ExtractOptions, "image_column"),
+    label_column: str = option(ExtractOptions, "label_column"),
+    split_column: str = option(ExtractOptions, "split_column"),
+    label_field: str = option(ExtractOptions, "label_field"),
 ):
     """Extract features of images into a resumable feature store."""
     from featx.extract.head_start import head_start
@@ -94,7 +100,8 @@ def extract_cmd(
                         dtype=dtype, shard_size=shard_size, overwrite=overwrite, append=append, frozen=frozen,
                         decode=decode, resize=resize, engine=engine, ray_address=ray_address,
                         num_gpus_per_worker=num_gpus_per_worker, cpus_per_worker=cpus_per_worker, compile=compile,
-                        head_start=early)
+                        image_column=image_column, label_column=label_column, split_column=split_column,
+                        label_field=label_field, head_start=early)
     finally:
         if early is not None:
             early.close()

@@ -12,6 +12,7 @@ import numpy as np
 from featx.errors import DiskError, InputError
 from featx.extract.engines import ENGINES, make_engine  # noqa: F401 (ENGINES: re-exported)
 from featx.extract.extractor import Extractor
+from featx.io.containers import SourceColumns
 from featx.io.sources import scan_inputs
 from featx.options import EXTRACT
 from featx.store import FeatureStore, StoreWriter
@@ -31,8 +32,10 @@ def extract(inputs, out: str | Path, *, model: str = EXTRACT.model, weights: str
             ray_address: str | None = EXTRACT.ray_address,
             num_gpus_per_worker: float | None = EXTRACT.num_gpus_per_worker,
             cpus_per_worker: float | None = EXTRACT.cpus_per_worker, compile: bool = EXTRACT.compile,
+            image_column: str = EXTRACT.image_column, label_column: str = EXTRACT.label_column,
+            split_column: str = EXTRACT.split_column, label_field: str = EXTRACT.label_field,
             head_start=None) -> FeatureStore:
-    """Extract features of `inputs` (folders, manifests, globs) into the store at `out`.
+    """Extract features of `inputs` (folders, manifests, globs, tar shards, Parquet images) into `out`.
 
     The inputs are the truth: re-running reconciles the store with them (new, changed, relabelled,
     moved and removed files; `store.manifest["last_run"]` says what changed) and resumes an
@@ -43,6 +46,7 @@ def extract(inputs, out: str | Path, *, model: str = EXTRACT.model, weights: str
     `engine="ray"` runs the shards on a Ray cluster (`ray_address`: "auto", "ray://HOST:PORT" or
     None for a local one), one extractor per actor with `cpus_per_worker` / `num_gpus_per_worker`;
     the store folder must be on a filesystem every node sees.
+    `image_column`, `label_column`, `split_column`, `label_field`: see `featx.io.containers`.
 
     `head_start`: a `featx.extract.head_start.HeadStart` started on the same inputs before torch was
     imported (the CLI does); the images it decoded meanwhile are used where its preprocessing is
@@ -56,7 +60,10 @@ def extract(inputs, out: str | Path, *, model: str = EXTRACT.model, weights: str
                          cpus_per_worker=cpus_per_worker, compile=compile)
     from featx.extract.head_start import remember_preprocess, same_inputs
 
-    records = head_start.records if same_inputs(head_start, inputs) else scan_inputs(inputs)
+    columns = SourceColumns(image_column, label_column, split_column, label_field)
+    # the head start scans with the default columns
+    records = head_start.records if same_inputs(head_start, inputs) and columns == SourceColumns() else \
+        scan_inputs(inputs, columns=columns)
     options = dict(weights=weights, layers=layers, pool=pool, image_size=image_size, tta=tta, device=device, amp=amp,
                    dtype=dtype, batch_size=batch_size, workers=workers, decode=decode, resize=resize, compile=compile)
     extractor = Extractor(model, **runner.extractor_options(options))

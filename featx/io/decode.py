@@ -19,6 +19,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageOps
 
+from featx.io.containers import MemberError, read_member, split_member
+
 # stable error codes recorded in meta.parquet `status` (README: "Error codes")
 ERROR_CODES = ("missing", "empty", "truncated", "not_image", "bomb", "unsupported", "decode_error",
                "not_a_file", "broken_link", "symlink_loop", "unreadable", "too_large", "timeout", "outside_root")
@@ -51,7 +53,16 @@ def confine_reads(root: str | None) -> None:
 
 def read_bytes(path: str) -> tuple[bytes, str]:
     """The file's bytes and their sha256. Only regular files are read, each within
-    FILE_TIME_LIMIT_S; anything else is a DecodeError with its code (never a hang)."""
+    FILE_TIME_LIMIT_S; anything else is a DecodeError with its code (never a hang). A member path
+    (`SHARD.tar::MEMBER`, `FILE.parquet::COLUMN/ROW`) reads the image inside its container."""
+    if split_member(path) is not None:
+        try:
+            data = read_member(path, MAX_FILE_BYTES)
+        except MemberError as exc:
+            raise DecodeError(exc.code, exc.message) from None
+        if not data:
+            raise DecodeError("empty", f"member is empty (0 bytes): {path}")
+        return data, hashlib.sha256(data).hexdigest()
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat below then refuses it
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))

@@ -1,5 +1,6 @@
-"""Image sources: class folders, CSV/Parquet manifests, globs and single files, expanded into one
-record per image (path, label, split, group), sorted by path."""
+"""Image sources: class folders, CSV/Parquet manifests, globs, single files, WebDataset tar shards
+and Parquet image datasets, expanded into one record per image (path, label, split, group), sorted
+by path. An image inside a container has a member path (`featx.io.containers`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featx.errors import InputError
+from featx.io.containers import (
+    PARQUET_SUFFIXES,
+    TAR_SUFFIXES,
+    SourceColumns,
+    expand_braces,
+    parquet_image_kind,
+    scan_parquet_images,
+    scan_tar,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_NAMES = ("train", "val", "test")
@@ -29,19 +39,24 @@ def is_glob(text: str | Path) -> bool:
     return any(ch in str(text) for ch in "*?[")
 
 
-def scan_inputs(inputs: str | Path | list[str | Path], missing_ok: bool = False) -> list[ImageRecord]:
-    """Expand folders, manifests and globs into image records, sorted by path, one per file.
+def scan_inputs(inputs: str | Path | list[str | Path], missing_ok: bool = False,
+                columns: SourceColumns | None = None) -> list[ImageRecord]:
+    """Expand folders, manifests, globs, tar shards (`shards/{00000..00009}.tar`) and Parquet image
+    datasets into image records, sorted by path, one per image.
     The same file from two places must agree on label, split and group, else InputError.
-    `missing_ok`: a path that does not exist is kept as a record (it becomes an error row)."""
+    `missing_ok`: a path that does not exist is kept as a record (it becomes an error row).
+    `columns`: the image, label and split columns of Parquet datasets and the label member of tar shards."""
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not items:
         raise InputError("no inputs given; pass a folder, a CSV/Parquet manifest or a glob")
+    columns = columns or SourceColumns()
+    items = [expanded for item in items for expanded in expand_braces(str(item))]
     records: dict[str, tuple[ImageRecord, str]] = {}
     for item in items:
         if missing_ok and not os.path.lexists(item) and not is_glob(item):
             found = [(ImageRecord(_entry_path(Path(item))), f"input '{item}'")]
         else:
-            found = _scan_one(str(item))
+            found = _scan_one(str(item), columns)
         for record, where in found:
             _add(records, record, where)
     if not records:
@@ -68,10 +83,12 @@ def _add(records: dict[str, tuple[ImageRecord, str]], record: ImageRecord, where
     records[record.path] = (ImageRecord(record.path, **merged), first_where)
 
 
-def _scan_one(item: str) -> list[tuple[ImageRecord, str]]:
+def _scan_one(item: str, columns: SourceColumns) -> list[tuple[ImageRecord, str]]:
     path = Path(item)
     if path.is_dir():
         return [(r, f"folder {path}") for r in scan_folder(path)]
+    if path.is_file() and _is_container(path, columns):
+        return _scan_container(path, columns)
     if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
         from featx.io.manifests import read_manifest_rows
 
@@ -84,9 +101,40 @@ def _scan_one(item: str) -> list[tuple[ImageRecord, str]]:
         return [(ImageRecord(_entry_path(path)), f"input '{item}'")]
     if is_glob(item):
         matches = sorted(globlib.glob(item, recursive=True))
-        return [(ImageRecord(_entry_path(Path(m))), f"glob '{item}'") for m in matches if _is_image_entry(Path(m))]
+        found = []
+        for match in map(Path, matches):
+            if match.is_file() and _is_container(match, columns):
+                found += _scan_container(match, columns)
+            elif _is_image_entry(match):
+                found.append((ImageRecord(_entry_path(match)), f"glob '{item}'"))
+        return found
     raise InputError(f"input '{item}' does not exist; pass a folder, a .csv/.parquet manifest, an image "
-                     "file or a glob such as 'images/**/*.jpg'")
+                     "file, a .tar shard or a glob such as 'images/**/*.jpg'")
+
+
+def _is_container(path: Path, columns: SourceColumns) -> bool:
+    """A WebDataset tar shard, or a Parquet file whose image column holds images (else a Parquet
+    file is a manifest of paths)."""
+    suffix = path.suffix.lower()
+    if suffix in TAR_SUFFIXES:
+        return True
+    if suffix not in PARQUET_SUFFIXES:
+        return False
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception:  # a damaged file: the manifest reader says what is wrong
+        return False
+    return parquet_image_kind(schema, columns.image_column) is not None
+
+
+def _scan_container(path: Path, columns: SourceColumns) -> list[tuple[ImageRecord, str]]:
+    if path.suffix.lower() in TAR_SUFFIXES:
+        return [(ImageRecord(member, label), f"shard {path.name}") for member, label in
+                scan_tar(path, columns.label_field)]
+    return [(ImageRecord(member, label, split), f"{path.name} row {i + 1}") for i, (member, label, split) in
+            enumerate(scan_parquet_images(path, columns))]
 
 
 def _is_image_entry(path: Path) -> bool:
@@ -128,4 +176,4 @@ def _scan_labelled(root: Path) -> list[ImageRecord]:
 
 def read_manifest(path: Path) -> list[ImageRecord]:
     """The records of a CSV/Parquet manifest (see featx.io.manifests for the format and its checks)."""
-    return [record for record, _ in _scan_one(str(path))]
+    return [record for record, _ in _scan_one(str(path), SourceColumns())]

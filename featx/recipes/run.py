@@ -29,12 +29,13 @@ def _key(*parts) -> str:
 
 def _input_signature(inputs: list[str]) -> str:
     """Paths, sizes and modification times of the input files: changes when images change."""
+    from featx.io.containers import split_member
     from featx.io.sources import scan_inputs
 
     digest = hashlib.sha256()
     for record in scan_inputs(inputs):
-        try:
-            stat = Path(record.path).stat()
+        try:  # an image inside a tar shard or Parquet file changes with its container
+            stat = Path((split_member(record.path) or (record.path,))[0]).stat()
             state = f"{stat.st_size}|{stat.st_mtime_ns}"
         except OSError as exc:  # missing, dangling link, loop: the extract step makes it an error row
             state = f"unreadable:{exc.errno}"

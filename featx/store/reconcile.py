@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from featx.io.containers import MemberError, container_stat, member_exists, read_member, split_member
+
 PLAN_COLUMNS = ["row_id", "path", "label", "split", "group", "active"]
 _KEYS = ("label", "split", "group")
 
@@ -52,6 +54,9 @@ def plan_from_records(records, start_row: int = 0) -> pd.DataFrame:
 
 
 def file_stat(path: str) -> tuple[int, int] | None:
+    """Size and mtime of a file; for an image inside a tar shard or Parquet file, of its container."""
+    if split_member(path) is not None:
+        return container_stat(path)
     try:
         st = os.stat(path)
     except OSError:
@@ -60,8 +65,15 @@ def file_stat(path: str) -> tuple[int, int] | None:
 
 
 def file_sha256_or_none(path: str) -> str | None:
+    import hashlib
+
     from featx.io.atomic import file_sha256
 
+    if split_member(path) is not None:
+        try:
+            return hashlib.sha256(read_member(path)).hexdigest()
+        except MemberError:
+            return None
     try:
         return file_sha256(path) if os.path.isfile(path) else None
     except OSError:
@@ -125,7 +137,7 @@ def reconcile(plan: pd.DataFrame, results: pd.DataFrame, records, *, append: boo
     known = set(current["path"])
     arriving = [p for p in incoming.index if p not in known]
     if append:  # rows absent from the inputs stay while their file exists
-        gone = [row for row in gone if not os.path.lexists(row.path)]
+        gone = [row for row in gone if not member_exists(row.path)]
     by_sha: dict[str, list] = {}
     for row in gone:
         if isinstance(row.sha256, str) and row.status == "ok":
