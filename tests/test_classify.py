@@ -159,7 +159,7 @@ def test_tuned_score_on_random_labels_stays_at_chance(tmp_path):
 
 
 def test_chosen_strength_is_in_the_grid_and_curve_is_drawn(blob_store, tmp_path):
-    model = train_shallow(blob_store, cv=3, out=tmp_path / "m", learning_curve=False)
+    model = train_shallow(blob_store, classifier=DEFAULT_CLASSIFIER, cv=3, out=tmp_path / "m", learning_curve=False)
     tuning = model.report["tuning"]
     assert tuning["param"] == STRENGTHS[DEFAULT_CLASSIFIER].param
     assert tuning["chosen"] in STRENGTHS[DEFAULT_CLASSIFIER].grid and tuning["chosen"] in tuning["grid"]

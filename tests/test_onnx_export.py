@@ -13,8 +13,9 @@ from featx.errors import InputError  # noqa: E402
 from featx.extract.job import extract  # noqa: E402
 from featx.io.decode import read_bytes  # noqa: E402
 from featx.learn.classify import train_shallow  # noqa: E402
-from featx.learn.onnx_export import export_onnx, model_layers, read_onnx_metadata  # noqa: E402
+from featx.learn.onnx_export import export_onnx, read_onnx_metadata  # noqa: E402
 from featx.learn.predict import predict  # noqa: E402
+from featx.learn.representation import Representation  # noqa: E402
 from featx.preprocess.config import Preprocess  # noqa: E402
 from featx.preprocess.contract import network_input  # noqa: E402
 from tests.conftest import HYMENOPTERA, TINY, make_class_folder, needs_hymenoptera  # noqa: E402
@@ -89,14 +90,6 @@ def test_unsupported_models_are_refused_with_the_reason(tiny_store, tmp_path):
     assert not (tmp_path / "tree.onnx").exists() and not (tmp_path / "pq.onnx").exists()
 
 
-def test_model_layers_reads_one_or_several_layers(tiny_store, tmp_path):
-    store, _ = tiny_store
-    model = train_shallow(store, classifier="logreg", cv=2, tune=False, learning_curve=False)
-    assert model_layers(model) == ["flatten"]
-    model.layers = ["layer3", "flatten"]
-    assert model_layers(model) == ["layer3", "flatten"]
-
-
 def test_cli_exports_a_model(tiny_store, tmp_path):
     store, _ = tiny_store
     from typer.testing import CliRunner
@@ -120,26 +113,6 @@ def test_hymenoptera_val_onnx_equals_featx_predict(tmp_path):
         model_dir = tmp_path / classifier
         train_shallow(store, classifier=classifier, cv=3, learning_curve=False, out=model_dir)
         assert_parity(model_dir, export_onnx(model_dir, tmp_path / f"{classifier}.onnx"), HYMENOPTERA / "val")
-
-
-try:  # the step that lays a model's stored layers side by side (featx.learn.representation, with several layers)
-    from featx.learn.representation import Representation
-except ImportError:  # a stand-in with its documented behaviour
-    from sklearn.base import BaseEstimator, TransformerMixin
-
-    class Representation(TransformerMixin, BaseEstimator):
-        def __init__(self, layers: tuple = (), dims: tuple = (), grey: bool = False):
-            self.layers, self.dims, self.grey = layers, dims, grey
-
-        def fit(self, X, y=None):
-            return self
-
-        def transform(self, X):
-            blocks = np.split(np.asarray(X, dtype=np.float32), np.cumsum(self.dims)[:-1], axis=1)
-            blocks = [b[:, :32 * 32] if layer == "pixels" and self.grey else b for layer, b in zip(self.layers, blocks)]
-            if len(blocks) == 1:
-                return blocks[0]
-            return np.hstack([b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12) for b in blocks])
 
 
 def test_a_model_on_several_layers_side_by_side(tmp_path):

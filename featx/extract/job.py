@@ -45,8 +45,8 @@ def extract(inputs, out: str | Path, *, model: str = EXTRACT.model, weights: str
 
     `engine="ray"` runs the shards on a Ray cluster (`ray_address`: "auto", "ray://HOST:PORT" or
     None for a local one), one extractor per actor with `cpus_per_worker` / `num_gpus_per_worker`;
-    the store folder must be on a filesystem every node sees.
-    `image_column`, `label_column`, `split_column`, `label_field`: see `featx.io.containers`.
+    the store folder must be on a filesystem every node sees. `image_column`, `label_column`,
+    `split_column`, `label_field`: see `featx.io.containers`.
 
     `head_start`: a `featx.extract.head_start.HeadStart` started on the same inputs before torch was
     imported (the CLI does); the images it decoded meanwhile are used where its preprocessing is
@@ -60,17 +60,16 @@ def extract(inputs, out: str | Path, *, model: str = EXTRACT.model, weights: str
                          cpus_per_worker=cpus_per_worker, compile=compile)
     from featx.extract.head_start import remember_preprocess, same_inputs
 
-    columns = SourceColumns(image_column, label_column, split_column, label_field)
-    # the head start scans with the default columns
+    columns = SourceColumns(image_column, label_column, split_column, label_field)  # a head start's are the default
     records = head_start.records if same_inputs(head_start, inputs) and columns == SourceColumns() else \
         scan_inputs(inputs, columns=columns)
     options = dict(weights=weights, layers=layers, pool=pool, image_size=image_size, tta=tta, device=device, amp=amp,
                    dtype=dtype, batch_size=batch_size, workers=workers, decode=decode, resize=resize, compile=compile)
     extractor = Extractor(model, **runner.extractor_options(options))
     remember_preprocess(model, image_size, resize, extractor.backbone.preprocess.to_dict())  # the next head start's
-    config = extractor.config | {"weights_source": weights_source(weights)}
     rows_per_shard = shard_rows(int(shard_size), extractor)
-    writer = StoreWriter(out, config, overwrite=overwrite, append=append, frozen=frozen, rows_per_shard=rows_per_shard)
+    writer = StoreWriter(out, extractor.config | {"weights_source": weights_source(weights)}, overwrite=overwrite,
+                         append=append, frozen=frozen, rows_per_shard=rows_per_shard)
     try:
         with runner.session(), writer:
             work = writer.prepare(records, files=runner.file_checker())
@@ -78,16 +77,21 @@ def extract(inputs, out: str | Path, *, model: str = EXTRACT.model, weights: str
             ready = _take_head_start(head_start, extractor, shards, runner.name)  # stopped in every case
             runner.run(writer, work.plan, shards, extractor, ready)
             store = writer.finalize()
-    except DiskError as exc:  # say what the whole run still needs, not only the write that failed
-        from featx.io.atomic import human_bytes
-
-        left = sum(b - a for a, b in writer.missing_ranges()) if writer.manifest else len(records)
-        row = sum(extractor.pooled_dims.values()) * np.dtype(extractor.dtype).itemsize
-        raise DiskError(f"{exc}. The rows still to extract need about {human_bytes(left * row)} of features "
-                        f"({left} rows × {human_bytes(row)})") from None
+    except DiskError as exc:
+        raise _still_needed(exc, writer, len(records), extractor) from None
     summary = store.summary()
     log.info("store %s: %d images, %d ok, %d failed", out, summary["rows"], summary["ok"], summary["failed"])
     return store
+
+
+def _still_needed(exc: DiskError, writer: StoreWriter, records: int, extractor: Extractor) -> DiskError:
+    """A full disk's error that says what the whole run still needs, not only the write that failed."""
+    from featx.io.atomic import human_bytes
+
+    left = sum(b - a for a, b in writer.missing_ranges()) if writer.manifest else records
+    row = sum(extractor.pooled_dims.values()) * np.dtype(extractor.dtype).itemsize
+    return DiskError(f"{exc}. The rows still to extract need about {human_bytes(left * row)} of features "
+                     f"({left} rows × {human_bytes(row)})")
 
 
 def _missing_shards(work, rows_per_shard: int, out) -> list[tuple[int, int]]:

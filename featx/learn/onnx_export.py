@@ -24,6 +24,7 @@ import numpy as np
 from featx.errors import InputError
 from featx.io import atomic
 from featx.learn.model import ShallowModel
+from featx.preprocess.views import PIXEL_SIDE, PIXELS
 from featx.store import require_same_config
 
 log = logging.getLogger(__name__)
@@ -35,16 +36,7 @@ FEATURES = "features"
 SCORE_TOLERANCE = 1e-4  # the export-time check of the classifier part, and the parity promised
 SUPPORTED_STEPS = ("Representation", "StandardScaler", "Normalizer", "MinMaxScaler", "PCA", "IncrementalPCA")
 # the raw-pixel pseudo-layer a store may hold beside the network's layers (featx.preprocess.views):
-# the network's input, area-downscaled to PIXELS_SIDE x PIXELS_SIDE, in [0, 1]
-PIXELS, PIXELS_SIDE = "pixels", 32
 SUPPORTED_CLASSIFIERS = ("LinearSVC", "SVC", "LogisticRegression", "KNeighborsClassifier")
-
-
-def model_layers(model: ShallowModel) -> list[str]:
-    """The store layers a model's features come from, in the order they are concatenated (a
-    model trained on one layer records it as `layer`; one on several, as `layers`)."""
-    layers = getattr(model, "layers", None) or model.options.get("layers")
-    return [str(layer) for layer in layers] if layers else [model.layer]
 
 
 def export_onnx(model: ShallowModel | str | Path, out: str | Path) -> Path:
@@ -59,7 +51,7 @@ def export_onnx(model: ShallowModel | str | Path, out: str | Path) -> Path:
 
     model = model if isinstance(model, ShallowModel) else ShallowModel.load(model)
     steps, classifier = _exportable_steps(model)
-    layers = model_layers(model)
+    layers = list(model.layers)
     network, extractor = _network_graph(model, layers)
     dim = sum(int(extractor.pooled_dims[layer]) for layer in layers)
     head = _head_graph(model, steps, classifier, dim)
@@ -118,7 +110,7 @@ def _network_graph(model: ShallowModel, layers: list[str]):
 
     from featx.backbones.pooling import pool
     from featx.extract.extractor import extractor_from_config
-    from featx.preprocess.views import normalise
+    from featx.preprocess.views import normalise, pixel_vectors
 
     extractor = extractor_from_config(dict(model.extractor_config, layers=layers), device="cpu", workers=0)
     require_same_config(model.extractor_config, extractor.config, "this model")
@@ -134,9 +126,7 @@ def _network_graph(model: ShallowModel, layers: list[str]):
             vectors = []
             for layer in layers:
                 if layer == PIXELS:
-                    small = torch.nn.functional.interpolate(image / 255.0, size=(PIXELS_SIDE, PIXELS_SIDE),
-                                                            mode="area")
-                    vectors.append(small.flatten(1))
+                    vectors.append(pixel_vectors(image))
                 else:
                     vectors.append(pool(outputs[layer], extractor.pool_name, extractor.layer_formats[layer]).float())
             return torch.cat(vectors, dim=1)
@@ -224,7 +214,7 @@ def _representation_graph(step, width: int):
     nodes, initializers, blocks = [], [helper.make_tensor("rep_eps", TensorProto.FLOAT, [], [1e-12])], []
     starts = np.concatenate([[0], np.cumsum(dims)[:-1]]).astype(int)
     for i, (layer, start, size) in enumerate(zip(layers, starts, dims)):
-        keep = PIXELS_SIDE * PIXELS_SIDE if layer == PIXELS and getattr(step, "grey", False) else size
+        keep = PIXEL_SIDE * PIXEL_SIDE if layer == PIXELS and getattr(step, "grey", False) else size
         initializers += [helper.make_tensor(f"rep_start{i}", TensorProto.INT64, [1], [int(start)]),
                          helper.make_tensor(f"rep_stop{i}", TensorProto.INT64, [1], [int(start + keep)]),
                          helper.make_tensor(f"rep_axis{i}", TensorProto.INT64, [1], [1])]

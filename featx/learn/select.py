@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # lbfgs on a wide multi-class problem costs several times more (digits demo, 800 rows of the 1,776-d
 # concatenation: 182 s against 24 s for the linear SVM, 0.954 against 0.943 inner CV)
 AUTO_CLASSIFIERS = ("linear-svm", "rbf-svm")
-LINEAR_SVM_MAX_C = 0.1  # the linear SVM's walk stops here in the choice: larger C only converges slower
+LINEAR_SVM_MAX_C = 0.1  # when choosing, the linear SVM's walk stops here: larger C only converges slower
 RBF_COMPONENTS = 256
 PCA_FROM_ROWS = 2000  # the RBF SVM reads PCA-reduced vectors from this many training rows on
 ROUNDS = (300, 1500)  # rows per round of successive halving; the winner is then tuned on every row
@@ -97,7 +97,7 @@ class AutoShallow(ClassifierMixin, BaseEstimator):
         X, y = np.asarray(X, dtype=np.float32), np.asarray(y)
         started = time.perf_counter()
         survivors = self._candidates()
-        self.table_ = []
+        self.table_, self.choosing_ = [], len(survivors) > 1
         for number, rows in enumerate(ROUNDS, start=1):
             if len(survivors) == 1 or (number > 1 and time.perf_counter() - started > self.budget):
                 break
@@ -159,7 +159,7 @@ class AutoShallow(ClassifierMixin, BaseEstimator):
                               reduce=candidate.reduce(width, n_rows, self.reduce), balance=self.balance,
                               seed=self.seed, n_samples=n_rows, n_features=width, smallest_class=int(counts.min()),
                               cv=self.cv, tune=True, search=self.search, n_jobs=self.n_jobs)
-        if candidate.classifier == "linear-svm":
+        if candidate.classifier == "linear-svm" and self.choosing_:
             estimator.set_params(grid=tuple(v for v in estimator.grid if v <= LINEAR_SVM_MAX_C))
         return estimator
 
