@@ -31,6 +31,8 @@ def test_run_produces_everything_then_skips_unchanged_steps(recipe, tmp_path):
     page = produced["report"].read_text()
     for section in ("Dataset", "Extractor", "Classifier", "Retrieval", "Map of the features"):
         assert section in page
+    # the run's report carries train-shallow's choice and its raw-pixel baseline sentence
+    assert "Representation chosen by inner cross-validation" in page and "raw-pixel baseline" in page
     assert "data:image/png;base64" in page and "data:image/jpeg;base64" in page
     messages.clear()
     run_recipe(recipe, say=messages.append)

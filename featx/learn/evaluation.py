@@ -89,7 +89,7 @@ def baseline_comparison(features, pixels, classes: list[str], seed: int, chose_p
     if chose_pixels:
         warning = (f"The raw pixels won the choice: this model reads {name}, not the CNN's features, which did not "
                    f"beat them on the training rows. To get more from the CNN: {BASELINE_HINT}.")
-        sentence = f"The model reads the raw pixels ({name}); as a baseline they score {theirs:.3f}."
+        sentence = f"The model reads the raw pixels ({name}): the raw-pixel baseline scores {theirs:.3f} alone."
     elif difference > 0:
         sentence = (f"The CNN features beat the raw-pixel baseline ({name}, {theirs:.3f}) by {difference:+.3f} "
                     f"± {spread:.3f} accuracy ({how}).")

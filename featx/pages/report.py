@@ -40,6 +40,22 @@ def _spread(report: dict, key: str) -> str:
     return f"{report[key]:.4f} ± {std:.4f}" if std is not None else f"{report[key]:.4f}"
 
 
+def _choice_html(report: dict) -> str:
+    """The representation train-shallow chose, and the raw-pixel baseline's sentence and warning."""
+    parts = []
+    chosen = report.get("representation") or {}
+    if chosen.get("tried"):
+        parts.append(f"<p>Representation chosen by inner cross-validation on the training rows: "
+                     f"<b>{escape(chosen['representation'])}</b> with <b>{escape(chosen['classifier'])}</b> (reads "
+                     f"{escape(', '.join(chosen['layers']))}; {len(chosen['tried'])} candidates scored).</p>")
+    baseline = report.get("baseline") or {}
+    if baseline.get("sentence"):
+        parts.append(f"<p>{escape(baseline['sentence'])}</p>")
+    if baseline.get("warning"):
+        parts.append(f"<p class='warn'><b>Warning:</b> {escape(baseline['warning'])}</p>")
+    return "".join(parts)
+
+
 def _tuning_html(tuning: dict, warnings: list[dict]) -> str:
     parts = []
     if tuning.get("enabled"):
@@ -100,7 +116,7 @@ def render_report(title: str, store: FeatureStore, model_dir: Path | None, index
                                ("macro F1", _spread(report, "macro_f1")), ("training images", report["n_train"]),
                                ("evaluated images", report["n_eval"])])
                      + (f"<p class='muted'>± is the {escape(report['spread'])}.</p>" if report.get("spread") else "")
-                     + _tuning_html(report.get("tuning") or {}, report.get("warnings") or [])
+                     + _choice_html(report) + _tuning_html(report.get("tuning") or {}, report.get("warnings") or [])
                      + _table([(c, v["precision"], v["recall"], v["f1"], v["support"]) for c,
                                v in report["per_class"].items()],
                               ("class", "precision", "recall", "F1", "support"))
