@@ -93,6 +93,7 @@ def test_compiled_network_gives_the_same_features_with_a_short_last_batch(tmp_pa
     plain = Extractor("resnet18", **options).features_of(paths)[0]
     compiled_extractor = Extractor("resnet18", **options, compile=True)
     compiled = compiled_extractor.features_of(paths)[0]
+    assert plain["flatten"].shape == (7, 512) and set(plain) == set(compiled)  # every default layer, pixels too
     for layer, vectors in plain.items():
-        assert vectors.shape == compiled[layer].shape == (7, 512)
+        assert vectors.shape == compiled[layer].shape and len(vectors) == 7
         np.testing.assert_allclose(compiled[layer], vectors, rtol=1e-4, atol=1e-4 * np.abs(vectors).max())
