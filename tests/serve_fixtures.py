@@ -73,3 +73,16 @@ def running_server(app, port: int | None = None, options=None):
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+TOKEN = "s3cret-token-for-tests-0123456789"  # the bearer token the tests start servers with
+
+
+def wait_for_job(c, job_id, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = c.get(f"/v1/jobs/{job_id}").json()
+        if status["status"] in ("done", "failed"):
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish: {status}")

@@ -14,13 +14,11 @@ import pytest
 pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-from serve_fixtures import build_artifacts, png_bytes, running_server  # noqa: E402
+from serve_fixtures import TOKEN, build_artifacts, png_bytes, running_server, wait_for_job  # noqa: E402
 
 from featx.errors import InputError  # noqa: E402
 from featx.options import ServeOptions  # noqa: E402
 from featx.serve.app import create_app  # noqa: E402
-
-TOKEN = "s3cret-token-for-tests-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -356,16 +354,6 @@ def test_tampered_artifact_is_refused_at_reload_and_the_old_one_keeps_serving(ar
 
 
 # --- extract jobs ------------------------------------------------------------------------------------------
-
-def wait_for_job(c, job_id, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = c.get(f"/v1/jobs/{job_id}").json()
-        if status["status"] in ("done", "failed"):
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish: {status}")
-
 
 TINY_JOB = {"model": "resnet18", "weights": "random", "image_size": 64, "batch_size": 8, "device": "cpu"}
 

@@ -17,8 +17,6 @@ from serve_fixtures import build_artifacts, png_bytes, running_server  # noqa: E
 from featx.options import ServeOptions  # noqa: E402
 from featx.serve.app import create_app  # noqa: E402
 
-TOKEN = "s3cret-token-for-tests-0123456789"
-
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("fastapi")
 from conftest import TINY, make_class_folder  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-from serve_fixtures import png_bytes  # noqa: E402
+from serve_fixtures import png_bytes, wait_for_job  # noqa: E402
 
 from featx.options import ExtractJobRequest, ServeOptions  # noqa: E402
 from featx.serve.app import create_app  # noqa: E402
@@ -38,16 +38,6 @@ def store(images, tmp_path_factory):
 def options(images, store, state, **overrides) -> ServeOptions:
     return ServeOptions(**{**dict(stores={"s": str(store.path)}, device="cpu", data_root=str(images),
                                   state_dir=str(state)), **overrides})
-
-
-def wait_for_job(c, job_id, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = c.get(f"/v1/jobs/{job_id}").json()
-        if status["status"] in ("done", "failed"):
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish: {status}")
 
 
 def refused(c, body) -> str:

@@ -4,10 +4,10 @@ Pipeline, trained and honestly evaluated (held-out split or (nested) cross-valid
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +135,7 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = TRAIN
     if out is not None:  # refuse a bad output folder before the work, not after
         check_output(out, "model", inputs=[store.path])
     rows = training_rows(store, choice.layers, val)
+    choice = choice.seen(rows.X_train)
     training = Training(rows, choice, where=str(store.path), **{k: options[k] for k in Training.OPTIONS})
     # every warning (non-convergence, a failed grid point…) goes into the report instead of being lost
     with warnings.catch_warnings(record=True) as caught:
@@ -176,14 +177,18 @@ def pixel_baseline(store: FeatureStore, val, training: "Training", result: "Eval
                                                 "(the default `featx extract` stores it; or add --layer pixels)."}
     if training.choice.representations == [PIXELS]:
         return {"available": False, "sentence": "The model reads the raw pixels: it is the baseline."}
-    rows = training_rows(store, [PIXELS], val)
-    grey = is_grey(rows.X_train)
-    choice = Choice([PIXELS], [rows.X_train.shape[1]], [PIXELS], training.choice.classifiers, grey)
+    if PIXELS in training.choice.layers:  # the pixels are among the rows already loaded
+        pixels_of = partial(training.choice.block, layer=PIXELS)
+        rows = replace(training.rows, X_train=pixels_of(training.rows.X_train),
+                       X_eval=None if training.rows.X_eval is None else pixels_of(training.rows.X_eval))
+    else:
+        rows = training_rows(store, [PIXELS], val)
+    choice = Choice([PIXELS], [rows.X_train.shape[1]], [PIXELS], training.choice.classifiers).seen(rows.X_train)
     base = Training(rows, choice, where=str(store.path), **{k: getattr(training, k) for k in Training.OPTIONS})
     pixels = base.evaluate(training.reduce)
     chosen = training.chosen(result.fitted)["representation"]
     return baseline_comparison(result, pixels, training.classes, training.seed, chosen == PIXELS,
-                               f"{PIXEL_SIDE}×{PIXEL_SIDE}{' grey' if grey else ''} pixels")
+                               f"{PIXEL_SIDE}×{PIXEL_SIDE}{' grey' if choice.grey else ''} pixels")
 
 
 def _write_files(files: dict[str, bytes], folder: str | Path | None) -> None:
@@ -202,11 +207,16 @@ class Choice:
     dims: list[int]
     representations: list[str]
     classifiers: list[str]
-    grey: bool
+    grey: bool = False  # the stored pixels are grey (`seen` tells from the training rows)
 
-    def only(self, representation: str) -> "Choice":
-        """The same choice restricted to one representation (the pixel baseline)."""
-        return Choice(self.layers, self.dims, [representation], self.classifiers, self.grey)
+    def block(self, X: np.ndarray, layer: str) -> np.ndarray:
+        """The columns of `layer` in rows holding `layers` side by side."""
+        start = sum(self.dims[:self.layers.index(layer)])
+        return X[:, start:start + self.dims[self.layers.index(layer)]]
+
+    def seen(self, X_train: np.ndarray) -> "Choice":
+        """This choice, told whether the training rows' pixels are grey (then one channel is read)."""
+        return replace(self, grey=PIXELS in self.layers and is_grey(self.block(X_train, PIXELS)))
 
 
 def choice_for(store: FeatureStore, layer: str | None, classifier: str | None, tune: bool) -> Choice:
@@ -227,9 +237,8 @@ def choice_for(store: FeatureStore, layer: str | None, classifier: str | None, t
     classifiers = [classifier] if classifier else list(AUTO_CLASSIFIERS) if tune else [DEFAULT_CLASSIFIER]
     reads = set(network) if CONCAT in representations else set()
     layers = [name for name in store.layers if name in reads or name in representations]
-    grey = PIXELS in layers and is_grey(store.features(PIXELS)[store.ok])
     dims = [int(np.prod(store.layer_shape(name))) for name in layers]
-    return Choice(layers, dims, representations, classifiers, grey)
+    return Choice(layers, dims, representations, classifiers)
 
 
 @dataclass
@@ -294,12 +303,6 @@ class Training:
         self.folds = self.outer = None
         if rows.X_eval is None:  # _folds warns (to the caller) before the warnings are recorded
             self.outer, self.folds = cv_splitter(_folds(cv, self.smallest), rows.y_train, rows.g_train, seed)
-
-    def only(self, representation: str) -> "Training":
-        """The same run (rows, folds, options) restricted to one representation."""
-        other = copy.copy(self)
-        other.choice = self.choice.only(representation)
-        return other
 
     def selector(self, n_jobs: int | None) -> AutoShallow:
         choice = self.choice
