@@ -211,7 +211,9 @@ def _representation_graph(step, width: int):
     from onnx import TensorProto, helper
 
     dims, layers = [int(d) for d in step.dims], list(step.layers)
-    nodes, initializers, blocks = [], [helper.make_tensor("rep_eps", TensorProto.FLOAT, [], [1e-12])], []
+    nodes, blocks = [], []
+    # the floor of a block's norm, needed only where blocks are normalised (an unused initializer is warned about)
+    initializers = [helper.make_tensor("rep_eps", TensorProto.FLOAT, [], [1e-12])] if len(dims) > 1 else []
     starts = np.concatenate([[0], np.cumsum(dims)[:-1]]).astype(int)
     for i, (layer, start, size) in enumerate(zip(layers, starts, dims)):
         keep = PIXEL_SIDE * PIXEL_SIDE if layer == PIXELS and getattr(step, "grey", False) else size
