@@ -62,7 +62,7 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = PROBE.model
           image_size: int | None = PROBE.image_size, batch_size: int = PROBE.batch_size,
           workers: int | None = PROBE.workers, device: str = PROBE.device, cv: int = PROBE.cv, seed: int = PROBE.seed,
           classifiers: str | Sequence[str] = PROBE.classifiers, shift_images: int = PROBE.shift_images,
-          progress: bool = True):
+          exhaustive: bool = PROBE.exhaustive, baselines: bool = PROBE.baselines, progress: bool = True):
     """Score backbone × layer × pooling candidates on labelled `inputs` (`featx.probe.probe.probe`)
     and write PROBE_DIR `out`, probe.html included."""
     from featx.pages.probe import render_probe_page
@@ -70,7 +70,8 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = PROBE.model
 
     frame = run_probe(inputs, out, models=models, layers=layers, pools=pools, budget=budget, weights=weights,
                       image_size=image_size, batch_size=batch_size, workers=workers, device=device, cv=cv, seed=seed,
-                      classifiers=classifiers, shift_images=shift_images, progress=progress)
+                      classifiers=classifiers, shift_images=shift_images, exhaustive=exhaustive,
+                      baselines=baselines, progress=progress)
     html = Path(out) / "probe.html"
     atomic.write_bytes(html, render_probe_page(out).encode())
     frame.attrs["html"] = str(html)

@@ -231,6 +231,12 @@ class ProbeOptions(_Strict):
     cv: int = Field(5, ge=2, description="Folds when the inputs have no train/val split.")
     seed: int = 0
     shift_images: int = Field(64, ge=0, description="Images the domain-shift diagnostic looks at (0: off).")
+    exhaustive: bool = Field(False, description=(
+        "Score every candidate in full instead of screening them first (successive halving on samples of the "
+        "training rows); much slower on more than 500 training images."))
+    baselines: bool = Field(True, description=(
+        "Also score featx's defaults (default extraction, then train-shallow) and the raw-pixel baseline on the "
+        "same images and protocol, for comparison."))
 
 
 class AnomalyFitOptions(_Strict):

@@ -121,7 +121,17 @@ def test_held_out_split_is_used_when_present(tmp_path):
     assert 0 <= once["balanced_accuracy"] <= 1 and once["balanced_accuracy_std"] is not None
     recipe = (tmp_path / "out" / "winner.yaml").read_text()
     assert "cross-validation on the 'train' rows only" in recipe and "Held-out score, measured once" in recipe
-    assert "held-out balanced accuracy" in (tmp_path / "out" / "probe.html").read_text()
+    # featx's defaults and the raw-pixel baseline, scored with the same protocol: fitted on 'train', scored on 'val'
+    baselines = frame.attrs["baselines"]
+    assert set(baselines) == {"default", "pixels"}
+    for figures in baselines.values():
+        assert "scored once on the held-out 'val'/'test' rows" in figures["evaluation"]
+        assert 0 <= figures["balanced_accuracy"] <= 1
+    store = featx.FeatureStore.open(tmp_path / "out" / "stores" / "featx-defaults")
+    assert "pixels" in store.layers and len(store) == 24
+    assert recipe.count("# For comparison") == 2
+    page = (tmp_path / "out" / "probe.html").read_text()
+    assert "held-out rows, once" in page and "raw-pixel baseline" in page and "featx defaults" in page
 
 
 def test_held_out_labels_never_rank_a_candidate():
@@ -326,3 +336,59 @@ def test_rbf_svm_is_scored_up_to_its_row_limit_and_skipped_with_a_reason_above(t
     assert "rbf-svm" not in json.loads((tmp_path / "over" / "probe.json").read_text())["classifiers"]
     with pytest.raises(InputError, match="rbf-svm alone"):
         probe(images, tmp_path / "alone", layers=["layer4"], pools="avg", **(options | {"classifiers": ["rbf-svm"]}))
+
+
+def test_halving_keeps_the_better_half_each_round_and_scores_the_rest_in_full():
+    """Successive halving: every candidate screened on the smallest sample, the better half again on
+    more rows, never fewer than KEEP; below the first sample size nothing is screened."""
+    from featx.probe.halving import KEEP, halve
+
+    quality = {f"c{i}": i / 20 for i in range(18)}
+    asked = []
+
+    def screen(key, rows):
+        asked.append((key, rows))
+        return {"score": quality[key] + rows / 1e6, "rows": rows}
+
+    survivors, screens = halve(list(quality), screen, n_train=5000, rounds=(500, 2000))
+    assert [rows for _, rows in asked].count(500) == 18 and [rows for _, rows in asked].count(2000) == 9
+    assert survivors == [f"c{i}" for i in (17, 16, 15, 14, 13)]  # best first: half of 9, rounded up
+    assert [s["rows"] for s in screens["c17"]] == [500, 2000] and [s["rows"] for s in screens["c0"]] == [500]
+    assert len(halve(list(quality)[:KEEP], screen, 5000)[0]) == KEEP  # too few to halve
+    everything, none = halve(list(quality), screen, n_train=400, rounds=(500, 2000))
+    assert everything == list(quality) and all(s == [] for s in none.values())
+
+
+def test_screen_uses_the_training_rows_it_is_given_and_ranks_signal_above_noise():
+    from featx.probe.halving import screen_score
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.array(["a", "b", "c"]), 300)
+    signal = rng.normal(size=(900, 40)).astype(np.float32) + (np.arange(900) // 300)[:, None] * 0.6
+    noise = rng.normal(size=(900, 40)).astype(np.float32)
+    good = screen_score(signal, y, rows=300, rbf=True, folds=5, seed=0)
+    bad = screen_score(noise, y, rows=300, rbf=True, folds=5, seed=0)
+    assert good["rows"] == 300 and set(good) == {"ridge", "rbf-svm", "score", "rows"}
+    assert good["score"] == max(good["ridge"], good["rbf-svm"]) > 0.9
+    assert abs(bad["score"] - 1 / 3) < 0.12  # chance: the screen never saw the rows it scores
+
+
+def test_probe_screens_out_the_weaker_candidates(tmp_path, monkeypatch):
+    """With more training rows than the first screen's sample, only the better half is scored in
+    full; the others stay in the table with their screen score and no full score."""
+    from featx.probe import halving
+
+    monkeypatch.setattr(halving, "SCREEN_ROWS", (12,))
+    images = make_class_folder(tmp_path / "images", per_class=8)
+    frame = probe(images, tmp_path / "out", layers=["layer1", "layer2", "layer3", "layer4"], pools="avg,gem",
+                  baselines=False, **PROBE_TINY)
+    full = frame[frame["classifier"].notna()]
+    dropped = frame[frame["classifier"].isna()]
+    assert len(full) == 4 and len(dropped) == 4 and list(frame["rank"]) == list(range(1, 9))
+    assert (full.index < dropped.index.min()).all()  # scored in full first
+    assert dropped["balanced_accuracy"].isna().all() and (dropped["screen_rows"] == 12).all()
+    assert (dropped["screen"].to_numpy()[:-1] >= dropped["screen"].to_numpy()[1:]).all()
+    # the survivors had the better screens
+    assert full["screen"].min() >= dropped["screen"].max()
+    page = (tmp_path / "out" / "probe.html").read_text()
+    assert "4 candidates scored in full, 4 screened out" in page and "Screened out" in page

@@ -136,3 +136,26 @@ def test_fixed_layer_and_classifier_skip_the_choice(tmp_path):
     both = train_shallow(store, layer=CONCAT, classifier="linear-svm", cv=3, learning_curve=False)
     assert both.layers == ["final", "mid"]
     assert "no 'pixels' layer" in both.report["baseline"]["sentence"]
+
+
+def test_an_rbf_winner_scored_on_every_row_is_not_tuned_again(monkeypatch):
+    """When the last round of the choice already used every row, the RBF winner's tuning is finished
+    (refit at the chosen strength) rather than walked again: same model, one walk fewer."""
+    from featx.learn.select import AutoShallow
+    from featx.learn.tune import TunedPipeline
+
+    X = np.random.default_rng(5).normal(size=(90, 6)).astype(np.float32)
+    radius = np.linalg.norm(X, axis=1)
+    y = np.where(radius < np.quantile(radius, 1 / 3), "in", np.where(radius < np.quantile(radius, 2 / 3), "mid", "out"))
+    walks = []
+    walk = TunedPipeline._walk
+    monkeypatch.setattr(TunedPipeline, "_walk", lambda self, *a, **k: walks.append(1) or walk(self, *a, **k))
+    auto = AutoShallow(layers=("final",), dims=(6,), representations=("final",),
+                       classifiers=("linear-svm", "rbf-svm"), cv=3).fit(X, y)  # rings: no line separates them
+    assert auto.choice_.classifier == "rbf-svm"
+    assert len(walks) == 1  # 90 rows: one round on every row, then the winner is refitted, not re-tuned
+    from sklearn.base import clone
+
+    again = clone(auto.tuned_).set_params(refit=True).fit(X, y)  # tuned from scratch
+    assert again.best_value_ == auto.tuned_.best_value_
+    np.testing.assert_allclose(again.decision_function(X), auto.tuned_.decision_function(X))

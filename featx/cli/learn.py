@@ -136,19 +136,26 @@ def probe_cmd(
     device: Device = option(ProbeOptions, "device"),
     cv: int = option(ProbeOptions, "cv"),
     seed: int = option(ProbeOptions, "seed"),
+    exhaustive: bool = option(ProbeOptions, "exhaustive"),
+    baselines: bool = option(ProbeOptions, "baselines"),
 ):
     """Measure which backbone × layer × pooling × classifier suits your labelled images."""
     from featx.api import probe
 
     frame = probe(inputs, out, models=models or None, layers=layers, pools=pools, budget=budget,
                   classifiers=classifiers, weights=weights,
-                  image_size=image_size, batch_size=batch_size, workers=workers, device=device, cv=cv, seed=seed)
+                  image_size=image_size, batch_size=batch_size, workers=workers, device=device, cv=cv, seed=seed,
+                  exhaustive=exhaustive, baselines=baselines)
     table = Table("#", "backbone", "layer", "pool", "dim", "classifier", "balanced acc.", "accuracy", "macro-F1",
                   "mAP@10", "img/s (fwd)", "shift", title=frame.attrs["protocol"]["description"])
     for row in frame.to_dict("records"):
-        table.add_row(str(row["rank"]), row["backbone"], row["layer"], row["pool"], str(row["dim"]), row["classifier"],
-                      *(f"{row[m]:.3f}±{row[m + '_std']:.3f}" for m in ("balanced_accuracy", "accuracy", "macro_f1")),
-                      f"{row['map@10']:.4f}", maybe(row["forward_img_per_s"], "{:.0f}"), maybe(row["shift"], "{:.2f}"))
+        if isinstance(row.get("classifiers"), dict):  # scored in full
+            scores = [f"{row[m]:.3f}±{row[m + '_std']:.3f}" for m in ("balanced_accuracy", "accuracy", "macro_f1")]
+            classifier, retrieval = row["classifier"], f"{row['map@10']:.4f}"
+        else:  # screened out: its screen score on a sample of the training rows
+            scores, classifier, retrieval = [f"screen {row['screen']:.3f}", "", ""], f"({row['screen_rows']} rows)", ""
+        table.add_row(str(row["rank"]), row["backbone"], row["layer"], row["pool"], str(row["dim"]), classifier,
+                      *scores, retrieval, maybe(row["forward_img_per_s"], "{:.0f}"), maybe(row["shift"], "{:.2f}"))
     console.print(table)
     for name, shift in frame.attrs["domain_shift"].items():
         console.print(f"[bold]domain shift[/] {name}: {shift['advice']}", highlight=False)
@@ -157,6 +164,15 @@ def probe_cmd(
     best = frame.iloc[0]
     console.print(f"[bold]winner[/]: {best['backbone']} / layer {best['layer']} / pool {best['pool']} / "
                   f"{best['classifier']}: balanced accuracy {best['balanced_accuracy']:.4f} ± "
-                  f"{best['balanced_accuracy_std']:.4f}", highlight=False)
+                  f"{best['balanced_accuracy_std']:.4f} (ranking)", highlight=False)
+    if frame.attrs["held_out"]:
+        once = frame.attrs["held_out"]["winner"]
+        console.print(f"[bold]winner, held-out rows once[/]: balanced accuracy {once['balanced_accuracy']:.4f} ± "
+                      f"{once['balanced_accuracy_std']:.4f} (report this one)", highlight=False)
+    for name, figures in (frame.attrs["baselines"] or {}).items():
+        console.print(f"[bold]{name}[/]: {figures['what']}: balanced accuracy {figures['balanced_accuracy']:.4f} "
+                      f"({figures['evaluation']})", highlight=False)
+        if figures.get("warning"):
+            err_console.print(f"[yellow]warning:[/] {figures['warning']}", highlight=False)
     console.print(f"probe: {frame.attrs['html']}   json: {frame.attrs['json']}   "
                   f"winner recipe: featx run {frame.attrs['recipe']}", highlight=False)

@@ -75,7 +75,8 @@ def baseline_comparison(features, pixels, classes: list[str], seed: int, chose_p
     its spread (std of the per-fold differences, or of a paired bootstrap on held-out rows) and
     the sentence, with a warning when the features do not beat the pixels."""
     ours = classification_metrics(features.truth, features.predicted, classes)["accuracy"]
-    theirs = classification_metrics(pixels.truth, pixels.predicted, classes)["accuracy"]
+    pixel_scores = classification_metrics(pixels.truth, pixels.predicted, classes)
+    theirs = pixel_scores["accuracy"]
     if len(features.fold_metrics) > 1:
         differences = [a["accuracy"] - b["accuracy"] for a, b in zip(features.fold_metrics, pixels.fold_metrics)]
         spread, how = float(np.std(differences)), "std of the per-fold differences"
@@ -97,7 +98,8 @@ def baseline_comparison(features, pixels, classes: list[str], seed: int, chose_p
         sentence = (f"The CNN features do not beat the raw-pixel baseline ({name}, {theirs:.3f}): "
                     f"{difference:+.3f} ± {spread:.3f} accuracy ({how}).")
         warning = f"Frozen CNN features do no better than raw pixels here: {BASELINE_HINT}."
-    return {"available": True, "pixels": name, "accuracy": theirs, "features_accuracy": ours,
+    return {"available": True, "pixels": name, "accuracy": theirs,
+            "balanced_accuracy": pixel_scores["balanced_accuracy"], "features_accuracy": ours,
             "difference": difference, "difference_std": spread, "spread": how, "pixels_won": chose_pixels,
             "sentence": sentence, "warning": warning}
 

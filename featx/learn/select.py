@@ -98,6 +98,7 @@ class AutoShallow(ClassifierMixin, BaseEstimator):
         started = time.perf_counter()
         survivors = self._candidates()
         self.table_, self.choosing_ = [], len(survivors) > 1
+        self._tuned = {}  # candidate → (rows, its last tuning): the winner's on every row is finished, not redone
         for number, rows in enumerate(ROUNDS, start=1):
             if len(survivors) == 1 or (number > 1 and time.perf_counter() - started > self.budget):
                 break
@@ -110,7 +111,13 @@ class AutoShallow(ClassifierMixin, BaseEstimator):
                 survivors = ranked[:1]
         best = max(survivors, key=lambda c: self._best_score(c))
         self.choice_ = best
-        self.tuned_ = self._estimator(best, X, y, groups, len(y)).fit(self._view(best, X), y, **self._groups(groups))
+        tuned_on_every_row = self._tuned.get(best)
+        if tuned_on_every_row is not None and tuned_on_every_row[0] == len(y):  # finish that tuning: no second walk
+            self.tuned_ = tuned_on_every_row[1].fit_chosen(self._view(best, X), y)
+        else:
+            self.tuned_ = self._estimator(best, X, y, groups, len(y)).fit(self._view(best, X), y,
+                                                                          **self._groups(groups))
+        del self._tuned
         self.pipeline_ = self._with_representation(best, self.tuned_)
         self.classes_ = self.pipeline_.classes_
         self.seconds_ = time.perf_counter() - started
@@ -144,6 +151,7 @@ class AutoShallow(ClassifierMixin, BaseEstimator):
                 self._view(candidate, X), y, **self._groups(groups))
             score = float(tuned.best_score_)
             spread = next((p["cv_std"] for p in tuned.curve_ if p["value"] == tuned.best_value_), None)
+            self._tuned[candidate] = (len(y), tuned)
         except (ValueError, InputError) as exc:  # e.g. too few rows of a class for this classifier
             log.info("candidate %s / %s failed: %s", candidate.representation, candidate.classifier, exc)
             score, spread = None, None

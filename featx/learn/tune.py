@@ -160,11 +160,15 @@ class TunedPipeline(ClassifierMixin, BaseEstimator):
                 best = (combo, top, curve)
         if best is None:
             raise InputError(f"every point of the tuning grid failed: {self.failures_[:3]}")
-        combo, top, self.curve_ = best
-        if not self.refit:
-            self.best_value_, self.best_score_ = top["value"], top["cv_mean"]
-            self.best_params_ = {**combo, self.param: top["value"]}
-            return self
+        self.combo_, top, self.curve_ = best
+        self.best_value_, self.best_score_ = top["value"], top["cv_mean"]
+        self.best_params_ = {**self.combo_, self.param: top["value"]}
+        return self.fit_chosen(X, y) if self.refit else self
+
+    def fit_chosen(self, X, y):
+        """Fit the pipeline on every row at the strength the tuning chose (after a `refit=False`
+        fit on these same rows, this finishes the job without tuning again)."""
+        X, y, combo = np.asarray(X), np.asarray(y), self.combo_
         self.refit_rejected_ = []
         # the refit on every row must behave like the inner fits did: a model that fell to a
         # constant answer (e.g. logistic regression at a tiny C, where the intercept outweighs

@@ -21,4 +21,6 @@ def render_probe_page(out: str | Path) -> str:
                        candidates=report["candidates"], skipped=report["skipped"], seconds=report["seconds"],
                        winner=report["winner"], recipe_path=report["recipe"], recipe_text=(out / RECIPE).read_text(),
                        domain_shift=report["domain_shift"], plots=plots, classifier_names=report["classifiers"],
-                       held_out=report.get("held_out"))
+                       held_out=report.get("held_out"), baselines=report.get("baselines"),
+                       full=[c for c in report["candidates"] if c.get("classifiers")],
+                       screened_out=[c for c in report["candidates"] if not c.get("classifiers")])

@@ -13,7 +13,8 @@ def _environment():
 
     environment = Environment(loader=PackageLoader("featx.pages", "templates"),
                               autoescape=select_autoescape(["html"]), undefined=StrictUndefined)
-    environment.filters["num"] = lambda value, digits=3: "–" if value is None else f"{value:.{digits}f}"
+    environment.filters["num"] = lambda value, digits=3: ("–" if value is None or value != value  # None or NaN
+                                                          else f"{value:.{digits}f}")
     environment.filters["png_uri"] = lambda data: "data:image/png;base64," + base64.b64encode(data).decode()
     return environment
 

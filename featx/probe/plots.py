@@ -19,6 +19,7 @@ def _png(fig) -> bytes:
 
 
 def score_vs_depth(frame: pd.DataFrame, metric: str = "balanced_accuracy") -> bytes:
+    frame = frame[frame[metric].notna()]  # the candidates scored in full
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for (backbone, how), group in frame.groupby(["backbone", "pool"], sort=True):
@@ -34,6 +35,7 @@ def score_vs_depth(frame: pd.DataFrame, metric: str = "balanced_accuracy") -> by
 
 
 def score_vs_cost(frame: pd.DataFrame, metric: str = "balanced_accuracy") -> bytes:
+    frame = frame[frame[metric].notna()]
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
     markers = dict(zip(sorted(frame["pool"].unique()), "osD^v<>"))

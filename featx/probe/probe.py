@@ -4,14 +4,16 @@ measured on those images.
 Candidates are every given backbone whose weights are available offline × a few layers spread
 over depth × a few poolings. Each backbone is extracted once (all layers and poolings in one
 forward pass, `multipool.py`) into ordinary stores under PROBE_DIR/stores, so a re-run resumes and
-reuses them; scores are cached under PROBE_DIR/scores. Each candidate is scored by tuned linear
-classifiers with the honest protocol (`probe_score.py`), its retrieval mAP@10 and its cost; the
-domain-shift diagnostic (`domain_shift.py`) says how far the images are from the training data.
-Outputs: a ranked DataFrame, probe.json, probe.html and the winner as a `featx run` recipe."""
+reuses them. The candidates are screened on samples of the training rows by successive halving
+(`halving.py`), and the survivors are scored in full by tuned classifiers with the honest protocol
+(`scoring.py`), with their retrieval mAP@10 and their cost; scores are cached under
+PROBE_DIR/scores (`candidate.py`). The domain-shift diagnostic (`domain_shift.py`) says how far the
+images are from the training data; featx's defaults and the raw-pixel baseline are scored for
+comparison (`baselines.py`). Outputs: a ranked DataFrame, probe.json, probe.html and the winner as
+a `featx run` recipe."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -29,13 +31,13 @@ from featx.errors import InputError, WeightsError
 from featx.io import atomic
 from featx.io.sources import is_glob, scan_inputs
 from featx.options import PROBE
+from featx.probe.candidate import describe, digest, safe_name, score_in_full, screen
 from featx.probe.candidates import layer_depths, parse_layers
 from featx.probe.scoring import PROBE_CLASSIFIERS, RBF_MAX_ROWS, choose_protocol
 
 log = logging.getLogger(__name__)
 
 ALLOWED_POOLINGS = ("avg", "max", "avgmax", "gem")
-SCORE_VERSION = 3  # bump when the scoring changes: cached scores are then recomputed
 RECIPE = "winner.yaml"
 
 
@@ -87,14 +89,6 @@ def _offline(model: str) -> bool:
         return False
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-
-
-def _digest(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 # --- the probe -----------------------------------------------------------------------------------
 
 def probe(inputs, out: str | Path, *, models: Sequence[str] | None = PROBE.models,
@@ -104,6 +98,7 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = PROBE.model
           image_size: int | None = PROBE.image_size, batch_size: int = PROBE.batch_size,
           workers: int | None = PROBE.workers, device: str = PROBE.device, cv: int = PROBE.cv, seed: int = PROBE.seed,
           classifiers: str | Sequence[str] = PROBE.classifiers, shift_images: int = PROBE.shift_images,
+          exhaustive: bool = PROBE.exhaustive, baselines: bool = PROBE.baselines,
           progress: bool = True) -> pd.DataFrame:
     """Score backbone × layer × pooling candidates on labelled `inputs`; write PROBE_DIR `out`
     (probe.json, the plots and winner.yaml; `featx.api.probe` adds the page, probe.html).
@@ -129,22 +124,25 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = PROBE.model
     log.info("probe: %d candidates (%s), %s", total, ", ".join(f"{m}: {len(p['layers'])} layers" for m,
                                                                p in plans.items()),
              protocol.description)
+    n_train = sum(r.split == "train" for r in labelled) if protocol.kind == "held-out" else len(labelled)
     run = _Run(out=out, records=records, poolings=poolings, protocol=protocol, classifiers=classifiers,
                budget=budget_limit, started=started, skipped=skipped, cv=cv, seed=seed, progress=progress,
+               exhaustive=exhaustive, n_train=n_train,
                extract={"weights": weights, "image_size": image_size, "batch_size": batch_size, "workers": workers,
                         "device": device, "shift_images": shift_images, "seed": seed, "progress": progress})
-    candidates, shifts = _score_candidates(run, plans, total)
+    candidates, shifts = _score_candidates(run, plans)
     frame = _rank(candidates)
     held_out = _held_out_figures(frame, run)
+    compared = _compared(inputs, run) if baselines else None
     seconds = time.perf_counter() - started
     given = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     recipe_inputs = [str(i) if is_glob(i) else str(Path(i).resolve()) for i in given]
     paths = _write_outputs(frame, out, inputs=recipe_inputs, protocol=protocol, shifts=shifts, skipped=skipped,
                            classifiers=list(classifiers), weights=weights, image_size=image_size, cv=cv, seed=seed,
                            seconds=seconds, n_images=len(labelled), classes=sorted({r.label for r in labelled}),
-                           workers=workers, held_out=held_out)
+                           workers=workers, held_out=held_out, baselines=compared)
     frame.attrs.update({"protocol": protocol.to_dict(), "domain_shift": shifts, "skipped": skipped,
-                        "held_out": held_out,
+                        "held_out": held_out, "baselines": compared,
                         "seconds": seconds, **{k: str(v) for k, v in paths.items()}})
     return frame
 
@@ -218,37 +216,58 @@ class _Run:
     cv: int
     seed: int
     progress: bool
+    exhaustive: bool  # score every candidate in full: no screen
+    n_train: int  # the rows that rank a candidate
     extract: dict  # _prepare_backbone's options
 
 
-def _score_candidates(run: _Run, plans: dict, total: int) -> tuple[list[dict], dict]:
-    """Each backbone extracted once, then its layer × pooling candidates scored (deepest first), until
-    the budget is spent; what the budget leaves out is listed in `run.skipped`."""
+def _score_candidates(run: _Run, plans: dict) -> tuple[list[dict], dict]:
+    """Each backbone extracted once; its layer × pooling candidates screened by successive halving
+    (`halving.py`; every one of them with `run.exhaustive`) and the survivors scored in full, best
+    screen first, until the budget is spent. What the budget leaves out is listed in `run.skipped`;
+    a candidate the screen dropped keeps its screen scores and no full score."""
     from tqdm.auto import tqdm
 
-    candidates, shifts, scored = [], {}, 0
-    current_paths = {r.path for r in run.records}
-    with tqdm(total=total, desc="probe", unit="candidate", disable=not run.progress, dynamic_ncols=True,
-              position=0) as bar:
-        for model, plan in plans.items():
-            if scored and run.budget.exhausted(run.started, scored):
-                run.skipped.extend({"what": f"{model} / {layer} / {how}", "reason": f"budget {run.budget.describe()}"}
-                                   for how in run.poolings for layer in plan["layers"])
-                bar.update(len(plan["layers"]) * len(run.poolings))
-                continue
-            context = _prepare_backbone(model, plan, run.poolings, run.records, run.out, **run.extract)
-            shifts[model] = context["shift"]
-            for how in run.poolings:
-                for layer in reversed(plan["layers"]):  # deepest first: under a budget the usual choice comes first
-                    if scored and run.budget.exhausted(run.started, scored):  # at least one, once extracted
-                        run.skipped.append({"what": f"{model} / {layer} / {how}",
-                                            "reason": f"budget {run.budget.describe()}"})
-                    else:
-                        candidates.append(_candidate(model, layer, how, context, plan, run.protocol, current_paths,
-                                                     run.classifiers, run.out, run.cv, run.seed))
-                        scored += 1
-                    bar.update(1)
+    from featx.probe.halving import halve
+
+    contexts, shifts = {}, {}
+    for model, plan in plans.items():
+        if contexts and run.budget.exhausted(run.started, 0):  # a time budget spent on the first backbones
+            run.skipped.extend({"what": f"{model} / {layer} / {how}", "reason": f"budget {run.budget.describe()}"}
+                               for how in run.poolings for layer in plan["layers"])
+            continue
+        contexts[model] = _prepare_backbone(model, plan, run.poolings, run.records, run.out, **run.extract)
+        shifts[model] = contexts[model]["shift"]
+    # deepest first: under a budget, and among equal screens, the usual choice comes first
+    keys = [(model, layer, how) for model in contexts for how in run.poolings
+            for layer in reversed(plans[model]["layers"])]
+    with tqdm(desc="probe: screen", unit="candidate", disable=not run.progress, dynamic_ncols=True) as bar:
+        def screen_one(key, rows):
+            bar.update(1)
+            return screen(key, rows, contexts[key[0]], run)
+
+        survivors, screens = (keys, {key: [] for key in keys}) if run.exhaustive else \
+            halve(keys, screen_one, run.n_train)
+    candidates, scored = [], 0
+    with tqdm(total=len(survivors), desc="probe: score", unit="candidate", disable=not run.progress,
+              dynamic_ncols=True) as bar:
+        for key in survivors:
+            model, layer, how = key
+            if scored and run.budget.exhausted(run.started, scored):  # at least one, once extracted
+                run.skipped.append({"what": f"{model} / {layer} / {how}", "reason": f"budget {run.budget.describe()}"})
+            else:
+                candidates.append(score_in_full(key, contexts[model], plans[model], run) | _screened(screens[key]))
+                scored += 1
+            bar.update(1)
+    candidates += [describe(key, contexts[key[0]], plans[key[0]]) | _screened(screens[key])
+                   for key in keys if key not in survivors]
     return candidates, shifts
+
+
+def _screened(screens: list[dict]) -> dict:
+    """A candidate's screens: the last one's score and rows (the most rows it was screened on)."""
+    last = screens[-1] if screens else {}
+    return {"screen": last.get("score"), "screen_rows": last.get("rows"), "screens": screens}
 
 
 def _prepare_backbone(model: str, plan: dict, poolings: list[str], records, out: Path, *, weights, image_size,
@@ -262,7 +281,7 @@ def _prepare_backbone(model: str, plan: dict, poolings: list[str], records, out:
 
     extractor = MultiPoolExtractor(model, poolings=poolings, layers=plan["layers"], weights=weights,
                                    image_size=image_size, batch_size=batch_size, workers=workers, device=device)
-    folder = out / "stores" / _safe(model)
+    folder = out / "stores" / safe_name(model)
     stores, timing = extract_multipool(records, {how: folder / how for how in poolings}, extractor, weights=weights,
                                        progress=progress, description=f"extract {model}")
     timing_file = folder / "throughput.json"
@@ -279,7 +298,7 @@ def _prepare_backbone(model: str, plan: dict, poolings: list[str], records, out:
     sample = sorted(np.random.default_rng(seed).choice(ok_paths, size=min(shift_images, len(ok_paths)),
                                                        replace=False).tolist()) if ok_paths else []
     meaningful = weights != "random"
-    shift_key = _digest(backbone.weights_id, backbone.weights_sha256, plan["layers"], sample,
+    shift_key = digest(backbone.weights_id, backbone.weights_sha256, plan["layers"], sample,
                         first.config["preprocess"])
     shift_file = folder / "domain_shift.json"
     cached = json.loads(shift_file.read_text()) if shift_file.is_file() else {}
@@ -294,56 +313,21 @@ def _prepare_backbone(model: str, plan: dict, poolings: list[str], records, out:
     return {"stores": stores, "throughput": throughput, "speed": speed, "shift": shift}
 
 
-def _candidate(model, layer, how, context, plan, protocol, current_paths, classifiers, out: Path, cv: int,
-               seed: int) -> dict:
-    from featx.probe.scoring import retrieval_map, score_features
-
-    store = context["stores"][how]
-    meta = store.meta
-    rows = (store.ok & meta["label"].notna().to_numpy() & meta["path"].isin(current_paths).to_numpy())
-    # not keyed on the classifier list: each classifier's score is kept on its own, so adding one to
-    # --classifiers scores only that one, and a run stopped between classifiers keeps the finished ones
-    key = score_key(store, layer, rows, protocol, cv, seed)
-    cache = out / "scores" / f"{_safe(model)}-{how}-{_safe(layer)}-{key}.json"
-    scores = json.loads(cache.read_text()) if cache.is_file() else {"classifiers": {}}
-    missing = [c for c in classifiers if c not in scores["classifiers"]]
-    if missing or "map@10" not in scores:
-        X = np.asarray(store.features(layer)[rows], dtype=np.float32)
-        y = meta["label"].to_numpy(dtype=object)[rows].astype(str)
-        splits = meta["split"].fillna("").to_numpy(dtype=object)[rows]
-        for name in missing:
-            scores["classifiers"] |= score_features(X, y, splits, protocol, classifiers=[name], cv=cv, seed=seed)
-            atomic.write_json(cache, scores)
-        if "map@10" not in scores:
-            scores |= {"map@10": retrieval_map(store, layer, k=10), "n": int(rows.sum())}
-            atomic.write_json(cache, scores)
-    scores = scores | {"classifiers": {c: scores["classifiers"][c] for c in classifiers}}
-    best = max(scores["classifiers"], key=lambda c: (scores["classifiers"][c]["balanced_accuracy"],
-                                                     scores["classifiers"][c]["accuracy"]))
-    shape = store.manifest["layers"][layer]["shape"]
-    store_bytes = sum((store.path / s["features"][layer]["path"]).stat().st_size for s in store.manifest["shards"])
-    shift = context["shift"]["per_layer"].get(layer, {}).get("bn_distance")
-    return {"backbone": model, "layer": layer, "depth": plan["depths"][layer], "pool": how, "dim": int(np.prod(shape)),
-            "classifier": best,
-            **{k: v for k, v in scores["classifiers"][best].items() if k != "C"},
-            "map@10": scores["map@10"], "img_per_s": context["throughput"],
-            "forward_img_per_s": context["speed"][layer], "store_bytes": int(store_bytes),
-            "vector_bytes": int(np.prod(shape)) * np.dtype(store.manifest["layers"][layer]["dtype"]).itemsize,
-            "shift": shift, "n_images": scores["n"], "store": str(store.path), "classifiers": scores["classifiers"]}
-
-
 def _held_out_figures(frame: pd.DataFrame, run: _Run) -> dict | None:
-    """With a held-out split: the winner, and the default (the default backbone's final layer, avg
-    pooling, linear SVM) when it was a candidate, each fitted on the 'train' rows and scored once on
-    the held-out rows, after the ranking that never saw them."""
+    """With a held-out split: the winner fitted on the 'train' rows and scored once on the held-out
+    rows, after the ranking that never saw them."""
     if run.protocol.kind != "held-out" or frame.empty:
         return None
     winner = frame.iloc[0]
-    figures = {"winner": _score_once(winner, winner["classifier"], run)}
-    default = frame[(frame["backbone"] == DEFAULT_BACKBONE) & (frame["pool"] == "avg")]
-    if len(default) and "linear-svm" in run.classifiers:  # its deepest layer: the final one
-        figures["default"] = _score_once(default.loc[default["depth"].idxmax()], "linear-svm", run)
-    return figures
+    return {"winner": _score_once(winner, winner["classifier"], run)}
+
+
+def _compared(inputs, run: _Run) -> dict:
+    """featx's defaults and the raw-pixel baseline on the same images and protocol (`baselines.py`)."""
+    from featx.probe.baselines import score_defaults
+
+    options = {k: run.extract[k] for k in ("weights", "image_size", "batch_size", "workers", "device", "progress")}
+    return score_defaults(inputs, run.out, cv=run.cv, seed=run.seed, **options)
 
 
 def _score_once(candidate, classifier: str, run: _Run) -> dict:
@@ -364,16 +348,15 @@ def _score_once(candidate, classifier: str, run: _Run) -> dict:
             **{k: v for k, v in scores.items() if k not in ("C", "train_options")}}
 
 
-def score_key(store, layer: str, rows: np.ndarray, protocol, cv: int, seed: int) -> str:
-    """What a candidate's cached scores depend on: the features, the rows, the protocol and the seed."""
-    return _digest(SCORE_VERSION, store.config_hash, layer, store.manifest.get("meta", {}).get("sha256"),
-                   np.flatnonzero(rows).tolist(), protocol.to_dict(), cv, seed)
-
-
 def _rank(candidates: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(candidates)
-    frame = frame.sort_values(["balanced_accuracy", "accuracy", "macro_f1", "dim"],
-                              ascending=[False, False, False, True], kind="stable").reset_index(drop=True)
+    for column in ("balanced_accuracy", "accuracy", "macro_f1", "screen"):  # a probe without screens or scores
+        if column not in frame:
+            frame[column] = np.nan
+    # the candidates scored in full first (best first), then those the screen dropped (best screen first)
+    frame = frame.sort_values(["balanced_accuracy", "accuracy", "macro_f1", "screen", "dim"],
+                              ascending=[False, False, False, False, True], kind="stable",
+                              na_position="last").reset_index(drop=True)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     return frame
 
@@ -398,7 +381,7 @@ def winner_recipe(winner: dict, inputs: list[str], *, weights: str, image_size: 
 
 def _write_outputs(frame: pd.DataFrame, out: Path, *, inputs, protocol, shifts, skipped, classifiers, weights,
                    image_size, cv, seed, seconds, n_images, classes, workers=None,
-                   held_out: dict | None = None) -> dict[str, Path]:
+                   held_out: dict | None = None, baselines: dict | None = None) -> dict[str, Path]:
     import yaml
 
     from featx.probe.plots import score_vs_cost, score_vs_depth
@@ -414,6 +397,9 @@ def _write_outputs(frame: pd.DataFrame, out: Path, *, inputs, protocol, shifts, 
         header += (f"# Held-out score, measured once after the choice (report this one): balanced accuracy "
                    f"{once['balanced_accuracy']:.4f} ± {once['balanced_accuracy_std']:.4f}, accuracy "
                    f"{once['accuracy']:.4f} ± {once['accuracy_std']:.4f}.\n")
+    for figures in (baselines or {}).values():
+        header += (f"# For comparison, {figures['what']}: balanced accuracy {figures['balanced_accuracy']:.4f}, "
+                   f"accuracy {figures['accuracy']:.4f} ({figures['evaluation']}).\n")
     header += f"# Run it with: featx run {out / RECIPE}\n"
     recipe_text = header + yaml.safe_dump(recipe, sort_keys=False)
     atomic.write_bytes(out / RECIPE, recipe_text.encode())
@@ -422,6 +408,6 @@ def _write_outputs(frame: pd.DataFrame, out: Path, *, inputs, protocol, shifts, 
         atomic.write_bytes(out / name, data)
     report = {"protocol": protocol.to_dict(), "seconds": seconds, "n_images": n_images, "classes": classes,
               "classifiers": classifiers, "candidates": records, "winner": winner, "recipe": str(out / RECIPE),
-              "domain_shift": shifts, "skipped": skipped, "held_out": held_out}
+              "domain_shift": shifts, "skipped": skipped, "held_out": held_out, "baselines": baselines}
     atomic.write_json(out / "probe.json", report)
     return {"json": out / "probe.json", "recipe": out / RECIPE}
