@@ -21,9 +21,10 @@ from featx.probe.candidates import auto_layers, stage_outputs
 from featx.probe.probe import parse_budget
 from tests.conftest import HYMENOPTERA, TINY, make_class_folder, needs_hymenoptera
 
-# TINY as probe options (probe has no `model`/`weights` singular, and shows no progress in tests)
+# TINY as probe options (probe has no `model`/`weights` singular, and shows no progress in tests);
+# featx's defaults and the pixel baseline are scored in the one test that checks them
 PROBE_TINY = dict(models=["resnet18"], weights="random", image_size=64, workers=0, batch_size=8, progress=False,
-                  classifiers=["logreg"], shift_images=8)
+                  classifiers=["logreg"], shift_images=8, baselines=False)
 LAYERS = ["layer2", "layer4"]
 
 
@@ -112,7 +113,7 @@ def test_budget_limits_the_candidates(tmp_path):
 
 def test_held_out_split_is_used_when_present(tmp_path):
     images = make_class_folder(tmp_path / "images", per_class=6, splits=("train", "val"))
-    frame = probe(images, tmp_path / "out", layers=["layer4"], pools="avg", **PROBE_TINY)
+    frame = probe(images, tmp_path / "out", layers=["layer4"], pools="avg", **(PROBE_TINY | {"baselines": True}))
     assert frame.attrs["protocol"]["kind"] == "held-out"
     assert frame["n_images"][0] == 24
     # ranked by CV on the 12 'train' rows; the winner scored once on the 12 'val' rows, reported apart
@@ -381,7 +382,7 @@ def test_probe_screens_out_the_weaker_candidates(tmp_path, monkeypatch):
     monkeypatch.setattr(halving, "SCREEN_ROWS", (12,))
     images = make_class_folder(tmp_path / "images", per_class=8)
     frame = probe(images, tmp_path / "out", layers=["layer1", "layer2", "layer3", "layer4"], pools="avg,gem",
-                  baselines=False, **PROBE_TINY)
+                  **PROBE_TINY)
     full = frame[frame["classifier"].notna()]
     dropped = frame[frame["classifier"].isna()]
     assert len(full) == 4 and len(dropped) == 4 and list(frame["rank"]) == list(range(1, 9))
@@ -392,3 +393,28 @@ def test_probe_screens_out_the_weaker_candidates(tmp_path, monkeypatch):
     assert full["screen"].min() >= dropped["screen"].max()
     page = (tmp_path / "out" / "probe.html").read_text()
     assert "4 candidates scored in full, 4 screened out" in page and "Screened out" in page
+
+
+def test_changing_only_held_out_labels_changes_no_screen_score_and_not_the_winner(tmp_path, monkeypatch):
+    """The whole probe, screens included, ranks on the 'train' rows only: two probes of the same
+    images whose held-out labels differ (all swapped) screen, score and rank identically."""
+    from featx.probe import halving
+
+    monkeypatch.setattr(halving, "SCREEN_ROWS", (12,))
+    images = make_class_folder(tmp_path / "images", per_class=8, splits=("train", "val"))
+    swap = {"cats": "dogs", "dogs": "cats"}
+    frames = []
+    for name, relabel in (("same", lambda split, label: label), ("swapped", lambda split, label:
+                                                                  swap[label] if split == "val" else label)):
+        rows = [f"{p},{relabel(p.parent.parent.name, p.parent.name)},{p.parent.parent.name}"
+                for p in sorted(images.rglob("*.png"))]
+        manifest = tmp_path / f"{name}.csv"
+        manifest.write_text("path,label,split\n" + "\n".join(rows) + "\n")
+        frames.append(probe(manifest, tmp_path / name, layers=["layer1", "layer2", "layer3", "layer4"],
+                            pools="avg,gem", **PROBE_TINY))
+    same, swapped = frames
+    assert same.attrs["protocol"]["kind"] == "held-out" and (same["screen_rows"] == 12).all()
+    columns = ["layer", "pool", "screen", "classifier", "balanced_accuracy"]
+    assert same[columns].equals(swapped[columns])  # same screens, same full scores, same order
+    held_same, held_swapped = same.attrs["held_out"]["winner"], swapped.attrs["held_out"]["winner"]
+    assert held_same["accuracy"] + held_swapped["accuracy"] == pytest.approx(1.0)  # two classes, all swapped

@@ -159,3 +159,20 @@ def test_an_rbf_winner_scored_on_every_row_is_not_tuned_again(monkeypatch):
     again = clone(auto.tuned_).set_params(refit=True).fit(X, y)  # tuned from scratch
     assert again.best_value_ == auto.tuned_.best_value_
     np.testing.assert_allclose(again.decision_function(X), auto.tuned_.decision_function(X))
+
+
+def test_the_pixel_baseline_from_the_choice_equals_the_pixels_scored_alone(tmp_path, monkeypatch):
+    """The baseline is read from the fits that chose (their choice among the pixels alone, reusing
+    the scores already made): the same figure as evaluating the pixels on their own, with fewer fits."""
+    from featx.learn import classify
+
+    rng = np.random.default_rng(6)
+    X, y = blobs(n_per_class=30, classes=3, dim=8, spread=2.0)
+    layers = {"final": X + rng.normal(size=X.shape), "pixels": grey_pixels((X - X.min()) / (X.max() - X.min()), rng)}
+    store = make_feature_store(tmp_path / "s", layers, y)
+    shared = train_shallow(store, cv=3, learning_curve=False).report["baseline"]
+    monkeypatch.setattr(classify.Training, "baseline_evaluation", lambda self, result: None)
+    alone = train_shallow(store, cv=3, learning_curve=False).report["baseline"]
+    assert shared["available"] and shared["pixels"] == alone["pixels"] == "32×32 grey pixels"
+    for key in ("accuracy", "balanced_accuracy", "difference", "difference_std", "sentence"):
+        assert shared[key] == alone[key], key

@@ -130,7 +130,7 @@ def train_shallow(store: FeatureStore | str | Path, *, layer: str | None = TRAIN
         raise InputError("--search tunes more parameters and --no-tune turns tuning off; give one of them")
     choice = choice_for(store, layer, classifier, tune)
     options = {"classifier": classifier, "normalize": normalize, "reduce": reduce, "cv": cv, "tune": tune,
-               "search": search, "balance": balance, "budget": budget, "seed": seed,
+               "search": search, "balance": balance, "budget": budget, "baseline": baseline, "seed": seed,
                "store": str(Path(store.path).resolve()), "layer": layer, "store_fingerprint": store.fingerprint}
     if out is not None:  # refuse a bad output folder before the work, not after
         check_output(out, "model", inputs=[store.path])
@@ -177,6 +177,16 @@ def pixel_baseline(store: FeatureStore, val, training: "Training", result: "Eval
                                                 "(the default `featx extract` stores it; or add --layer pixels)."}
     if training.choice.representations == [PIXELS]:
         return {"available": False, "sentence": "The model reads the raw pixels: it is the baseline."}
+    pixels, grey = training.baseline_evaluation(result), training.choice.grey  # made by the fits already made
+    if pixels is None:  # the choice did not include the pixels (a layer or --no-tune was given): score them
+        pixels, grey = _pixels_alone(store, val, training)
+    chosen = training.chosen(result.fitted)["representation"]
+    return baseline_comparison(result, pixels, training.classes, training.seed, chosen == PIXELS,
+                               f"{PIXEL_SIDE}×{PIXEL_SIDE}{' grey' if grey else ''} pixels")
+
+
+def _pixels_alone(store: FeatureStore, val, training: "Training") -> tuple["Evaluation", bool]:
+    """The pixels evaluated on their own, with the training run's protocol and options."""
     if PIXELS in training.choice.layers:  # the pixels are among the rows already loaded
         pixels_of = partial(training.choice.block, layer=PIXELS)
         rows = replace(training.rows, X_train=pixels_of(training.rows.X_train),
@@ -185,10 +195,7 @@ def pixel_baseline(store: FeatureStore, val, training: "Training", result: "Eval
         rows = training_rows(store, [PIXELS], val)
     choice = Choice([PIXELS], [rows.X_train.shape[1]], [PIXELS], training.choice.classifiers).seen(rows.X_train)
     base = Training(rows, choice, where=str(store.path), **{k: getattr(training, k) for k in Training.OPTIONS})
-    pixels = base.evaluate(training.reduce)
-    chosen = training.chosen(result.fitted)["representation"]
-    return baseline_comparison(result, pixels, training.classes, training.seed, chosen == PIXELS,
-                               f"{PIXEL_SIDE}×{PIXEL_SIDE}{' grey' if choice.grey else ''} pixels")
+    return base.evaluate(training.reduce), choice.grey
 
 
 def _write_files(files: dict[str, bytes], folder: str | Path | None) -> None:
@@ -288,11 +295,11 @@ class Training:
     """One train-shallow run: its rows, classes and folds, what it chooses among, and the options
     every fit shares."""
 
-    OPTIONS = ("normalize", "reduce", "balance", "seed", "cv", "tune", "search", "budget")
+    OPTIONS = ("normalize", "reduce", "balance", "seed", "cv", "tune", "search", "budget", "baseline")
 
     def __init__(self, rows: TrainingRows, choice: Choice, *, where: str, normalize: str, reduce: str, balance: str,
-                 seed: int, cv: int, tune: bool, search: bool, budget: float):
-        self.rows, self.choice = rows, choice
+                 seed: int, cv: int, tune: bool, search: bool, budget: float, baseline: bool):
+        self.rows, self.choice, self.baseline = rows, choice, baseline
         self.normalize, self.reduce, self.balance = normalize, reduce, balance
         self.seed, self.cv, self.tune, self.search, self.budget = seed, cv, tune, search, budget
         counts = _check_classes(rows.y_train, f"training data of '{where}'")
@@ -304,12 +311,14 @@ class Training:
         if rows.X_eval is None:  # _folds warns (to the caller) before the warnings are recorded
             self.outer, self.folds = cv_splitter(_folds(cv, self.smallest), rows.y_train, rows.g_train, seed)
 
-    def selector(self, n_jobs: int | None) -> AutoShallow:
+    def selector(self, n_jobs: int | None, baseline: bool) -> AutoShallow:
+        """`baseline`: also choose among the pixels alone (the raw-pixel baseline, scored by these fits)."""
         choice = self.choice
         return AutoShallow(layers=tuple(choice.layers), dims=tuple(choice.dims), grey=choice.grey,
                            representations=tuple(choice.representations), classifiers=tuple(choice.classifiers),
                            normalize=self.normalize, reduce=self.reduce, balance=self.balance, cv=self.cv,
-                           search=self.search, budget=self.budget, seed=self.seed, n_jobs=n_jobs)
+                           search=self.search, budget=self.budget, seed=self.seed, n_jobs=n_jobs,
+                           baseline=(PIXELS,) if baseline and self.baseline else ())
 
     def pipeline(self, reduce: str, n_samples: int, smallest_class: int):
         """The fixed pipeline (--no-tune): the representation, then normalise → reduce → classify."""
@@ -326,8 +335,9 @@ class Training:
         X, y, groups = self.rows.X_train, self.rows.y_train, self.rows.g_train
         if rows is not None:
             X, y, groups = X[rows], y[rows], _take(groups, rows)
-        if self.tune:
-            return self.selector(n_jobs).fit(X, y, groups=groups)
+        if self.tune:  # the pixel baseline is scored by the fits that are scored: the folds, or the held-out fit
+            return self.selector(n_jobs, baseline=rows is not None or self.rows.X_eval is not None).fit(
+                X, y, groups=groups)
         return self.pipeline(reduce, len(y), int(pd.Series(y).value_counts().min())).fit(X, y)
 
     def evaluate(self, reduce: str) -> Evaluation:
@@ -344,12 +354,31 @@ class Training:
                   disable=not log.isEnabledFor(logging.INFO)) as bar:
             *fold_estimators, fitted = thread_map(lambda train: self.fit(reduce, train, n_jobs=1),
                                                   [train for train, _ in splits] + [None], progress=bar.update)
+        return self._out_of_fold(splits, fold_estimators, fitted, lambda estimator, X: estimator.predict(X))
+
+    def _out_of_fold(self, splits, fold_estimators, fitted, predict) -> Evaluation:
+        """Every training row predicted by the fold estimator that did not see it."""
+        rows = self.rows
         predicted = np.empty(len(rows.y_train), dtype=object)
         fold_metrics = []
         for (_, test), estimator in zip(splits, fold_estimators):
-            predicted[test] = estimator.predict(rows.X_train[test])
+            predicted[test] = predict(estimator, rows.X_train[test])
             fold_metrics.append(classification_metrics(rows.y_train[test], predicted[test], self.classes))
         return Evaluation(predicted.astype(str), rows.y_train, fold_metrics, fold_estimators, fitted)
+
+    def baseline_evaluation(self, result: Evaluation) -> Evaluation | None:
+        """The pixel baseline's evaluation from the fits that made `result` (`AutoShallow.baseline_`),
+        or None when they did not score it."""
+        if not all(getattr(e, "baseline_", None) for e in result.fold_estimators):
+            return None
+        rows = self.rows
+        if rows.X_eval is not None:
+            predicted = result.fold_estimators[0].predict_baseline(rows.X_eval)
+            return Evaluation(predicted, rows.y_eval, [classification_metrics(rows.y_eval, predicted, self.classes)],
+                              result.fold_estimators, None)
+        splits = list(self.outer.split(rows.X_train, rows.y_train, rows.g_train))
+        return self._out_of_fold(splits, result.fold_estimators, None,
+                                 lambda estimator, X: estimator.predict_baseline(X))
 
     def chosen(self, fitted) -> dict:
         """The representation and classifier of the final model, and what was tried to choose them."""

@@ -82,13 +82,17 @@ class AutoShallow(ClassifierMixin, BaseEstimator):
     `classifiers`: the classifiers to choose from. After fit: `choice_` (a Candidate),
     `layers_` (the stored layers the winner reads), `pipeline_` (the fitted plain Pipeline, reading
     the vectors of `layers_` side by side), `tuned_` (the winner's TunedPipeline), `table_`
-    (every candidate scored: round, rows, inner-CV balanced accuracy and its std, seconds)."""
+    (every candidate scored: round, rows, inner-CV balanced accuracy and its std, seconds).
+    `baseline`: representations (e.g. the pixels) to also choose among on their own, reusing the
+    scores and fits already made: the baseline scored with the same choice, `predict_baseline`."""
 
     def __init__(self, *, layers: tuple = (), dims: tuple = (), grey: bool = False, representations: tuple = (),
                  classifiers: tuple = AUTO_CLASSIFIERS, normalize: str = TRAIN.normalize, reduce: str = TRAIN.reduce,
                  balance: str = TRAIN.balance, cv: int = TRAIN.cv, search: bool = TRAIN.search,
-                 budget: float = TRAIN.budget, seed: int = TRAIN.seed, n_jobs: int | None = None):
+                 budget: float = TRAIN.budget, seed: int = TRAIN.seed, n_jobs: int | None = None,
+                 baseline: tuple = ()):
         self.layers, self.dims, self.grey = layers, dims, grey
+        self.baseline = baseline
         self.representations, self.classifiers = representations, classifiers
         self.normalize, self.reduce, self.balance = normalize, reduce, balance
         self.cv, self.search, self.budget, self.seed, self.n_jobs = cv, search, budget, seed, n_jobs
@@ -96,32 +100,63 @@ class AutoShallow(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, groups=None):
         X, y = np.asarray(X, dtype=np.float32), np.asarray(y)
         started = time.perf_counter()
-        survivors = self._candidates()
-        self.table_, self.choosing_ = [], len(survivors) > 1
-        self._tuned = {}  # candidate → (rows, its last tuning): the winner's on every row is finished, not redone
+        candidates = self._candidates()
+        self.table_, self.choosing_ = [], len(candidates) > 1
+        # what the rounds found, reused by the baseline's choice and by the final fit:
+        # (candidate, rows) → score; candidate → (rows, its last tuning); candidate → its fit on every row
+        self._scores, self._tuned, self._fitted = {}, {}, {}
+        self.choice_ = self._choose(candidates, X, y, groups, started)
+        self.tuned_ = self._fit_every_row(self.choice_, X, y, groups)
+        self.layers_ = self.reads(self.choice_)
+        self.pipeline_ = self._with_representation(self.choice_, self.tuned_)
+        self.classes_ = self.pipeline_.classes_
+        self.baseline_ = self._fit_baseline(candidates, X, y, groups, started)
+        del self._scores, self._tuned, self._fitted
+        self.seconds_ = time.perf_counter() - started
+        return self
+
+    def _choose(self, survivors: list[Candidate], X, y, groups, started: float) -> Candidate:
+        """Successive halving: every candidate on a small stratified sample, the best few on more rows."""
         for number, rows in enumerate(ROUNDS, start=1):
             if len(survivors) == 1 or (number > 1 and time.perf_counter() - started > self.budget):
                 break
             index = stratified_subsample(y, rows, self.seed, groups)
-            scores = {c: self._score(c, X[index], y[index], None if groups is None else np.asarray(groups)[index],
-                                     number) for c in survivors}
+            sample_groups = None if groups is None else np.asarray(groups)[index]
+            scores = {c: self._score(c, X[index], y[index], sample_groups, number) for c in survivors}
             ranked = sorted(survivors, key=lambda c: -scores[c])
-            survivors = ranked[:KEEP]
-            if len(index) == len(y):  # every row was used: more rows cannot change the ranking
-                survivors = ranked[:1]
-        best = max(survivors, key=lambda c: self._best_score(c))
-        self.choice_ = best
-        tuned_on_every_row = self._tuned.get(best)
-        if tuned_on_every_row is not None and tuned_on_every_row[0] == len(y):  # finish that tuning: no second walk
-            self.tuned_ = tuned_on_every_row[1].fit_chosen(self._view(best, X), y)
+            # when every row was used, more rows cannot change the ranking
+            survivors = ranked[:1] if len(index) == len(y) else ranked[:KEEP]
+        return max(survivors, key=self._best_score)
+
+    def _fit_every_row(self, candidate: Candidate, X, y, groups):
+        """The candidate's TunedPipeline fitted on every row; a tuning already done on every row is
+        finished (refit at its strength) rather than walked again."""
+        if candidate in self._fitted:
+            return self._fitted[candidate]
+        done = self._tuned.get(candidate)
+        if done is not None and done[0] == len(y):
+            fitted = done[1].fit_chosen(self._view(candidate, X), y)
         else:
-            self.tuned_ = self._estimator(best, X, y, groups, len(y)).fit(self._view(best, X), y,
+            fitted = self._estimator(candidate, X, y, groups, len(y)).fit(self._view(candidate, X), y,
                                                                           **self._groups(groups))
-        del self._tuned
-        self.pipeline_ = self._with_representation(best, self.tuned_)
-        self.classes_ = self.pipeline_.classes_
-        self.seconds_ = time.perf_counter() - started
-        return self
+        self._fitted[candidate] = fitted
+        return fitted
+
+    def _fit_baseline(self, candidates: list[Candidate], X, y, groups, started: float):
+        """With `baseline` (e.g. the pixels): the same choice among its candidates only, reusing the
+        scores and fits already made; (candidate, fitted pipeline) or None."""
+        within = [c for c in candidates if c.representation in self.baseline]
+        if not within or len(within) == len(candidates):
+            return None
+        table, self.table_ = self.table_, []  # the report's table is the main choice's
+        best = self._choose(within, X, y, groups, started)
+        fitted = self._fit_every_row(best, X, y, groups)
+        self.table_ = table
+        return best, self._with_representation(best, fitted)
+
+    def predict_baseline(self, X):
+        candidate, pipeline = self.baseline_
+        return pipeline.predict(np.asarray(X, dtype=np.float32)[:, self._columns(candidate)])
 
     # --- the candidates ---------------------------------------------------------------------------
 
@@ -132,12 +167,17 @@ class AutoShallow(ClassifierMixin, BaseEstimator):
         return [Candidate(name, classifier) for name in names for classifier in self.classifiers]
 
     def _best_score(self, candidate: Candidate) -> float:
-        scored = [row for row in self.table_ if row["candidate"] == candidate and row["score"] is not None]
-        return scored[-1]["score"] if scored else -np.inf  # the score from the most rows
+        scored = [rows for c, rows in self._scores if c == candidate]
+        return self._scores[candidate, max(scored)] if scored else -np.inf  # the score from the most rows
 
     # --- scoring ----------------------------------------------------------------------------------
 
     def _score(self, candidate: Candidate, X, y, groups, number: int) -> float:
+        if (candidate, len(y)) not in self._scores:
+            self._scores[candidate, len(y)] = self._measure(candidate, X, y, groups, number)
+        return self._scores[candidate, len(y)]
+
+    def _measure(self, candidate: Candidate, X, y, groups, number: int) -> float:
         began = time.perf_counter()
         if candidate.classifier in LINEAR:  # ranked by the ridge screen; the winner is tuned on every row
             splits = list(cv_splitter(self.cv, y, groups, self.seed)[0].split(X, y, groups))
@@ -198,9 +238,8 @@ class AutoShallow(ClassifierMixin, BaseEstimator):
         return self._representation(candidate).transform(X[:, self._columns(candidate)])
 
     def _with_representation(self, candidate: Candidate, tuned):
-        """The winner's fitted pipeline with the representation as its first step: it reads the
-        stored vectors of `layers_` side by side, as `featx predict` and `featx serve` give them."""
-        self.layers_ = self.reads(candidate)
+        """A fitted pipeline with the representation as its first step: it reads the stored vectors
+        of the candidate's layers side by side, as `featx predict` and `featx serve` give them."""
         fitted = tuned.pipeline_  # an imblearn Pipeline with SMOTE: its type is kept
         return type(fitted)([("represent", self._representation(candidate)), *fitted.steps])
 

@@ -1,9 +1,10 @@
 """Scoring one probe candidate (features of one backbone × layer × pooling) by stratified k-fold
 cross-validation on the training rows only: the 'train' rows when the inputs have a held-out
-'val'/'test' split, else every row. The held-out rows never rank a candidate: only the winner (and
-the default) are scored on them, once, after the choice (`score_held_out`), so that figure is not
-the best of many. Every classifier tunes its regularisation by inner cross-validation on the rows it
-is fit on, exactly as `train-shallow` does.
+'val'/'test' split, else every row. The held-out rows never rank a candidate: only the winner is
+scored on them, once, after the choice (`score_held_out`), so that figure is not the best of many
+(featx's defaults, `baselines.py`, are scored on them by train-shallow). Every classifier tunes
+its regularisation by inner cross-validation on the rows it is fit on, exactly as `train-shallow`
+does.
 
 Spread: the standard deviation over the outer folds, or, for one held-out split, the bootstrap
 standard deviation over the held-out rows."""
