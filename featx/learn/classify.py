@@ -34,7 +34,7 @@ from featx.learn.evaluation import (
 from featx.learn.metrics import classification_metrics
 from featx.learn.model import ShallowModel  # noqa: F401 (public here too: featx.learn.classify.ShallowModel)
 from featx.learn.parallel import thread_map
-from featx.learn.representation import CONCAT, Representation, is_grey, model_input
+from featx.learn.representation import CONCAT, Representation, columns_of, is_grey, model_input
 from featx.learn.select import AUTO_CLASSIFIERS, AutoShallow
 from featx.learn.tune import STRENGTHS, cv_splitter
 from featx.options import TRAIN
@@ -218,8 +218,8 @@ class Choice:
 
     def block(self, X: np.ndarray, layer: str) -> np.ndarray:
         """The columns of `layer` in rows holding `layers` side by side."""
-        start = sum(self.dims[:self.layers.index(layer)])
-        return X[:, start:start + self.dims[self.layers.index(layer)]]
+        columns = columns_of(self.layers, self.dims, [layer])
+        return X[:, columns[0]:columns[-1] + 1]  # a view: one layer's columns are contiguous
 
     def seen(self, X_train: np.ndarray) -> "Choice":
         """This choice, told whether the training rows' pixels are grey (then one channel is read)."""

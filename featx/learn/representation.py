@@ -36,6 +36,13 @@ def representation_layers(name: str, stored: Sequence[str]) -> list[str]:
     return [name]
 
 
+def columns_of(layers: Sequence[str], dims: Sequence[int], wanted: Sequence[str]) -> np.ndarray:
+    """The columns of the `wanted` layers in rows holding `layers` (widths `dims`) side by side."""
+    starts = dict(zip(layers, np.cumsum((0, *dims))[:-1]))
+    widths = dict(zip(layers, dims))
+    return np.concatenate([np.arange(starts[layer], starts[layer] + widths[layer]) for layer in wanted])
+
+
 def is_grey(pixels: np.ndarray) -> bool:
     """True when every row's three colour channels agree (a grey image stored as RGB)."""
     if pixels.size == 0:

@@ -22,10 +22,9 @@ from sklearn.metrics import balanced_accuracy_score
 
 from featx.errors import InputError
 from featx.learn.estimators import make_estimator
-from featx.learn.representation import CONCAT, Representation
+from featx.learn.representation import Representation, columns_of, representation_layers
 from featx.learn.tune import cv_splitter, stratified_subsample
 from featx.options import TRAIN
-from featx.preprocess.views import PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -219,9 +218,7 @@ class AutoShallow(ClassifierMixin, BaseEstimator):
 
     def reads(self, candidate: Candidate) -> list[str]:
         """The stored layers a candidate reads."""
-        if candidate.representation == CONCAT:
-            return [layer for layer in self.layers if layer != PIXELS]
-        return [candidate.representation]
+        return representation_layers(candidate.representation, self.layers)
 
     def _representation(self, candidate: Candidate) -> Representation:
         layers = self.reads(candidate)
@@ -229,10 +226,7 @@ class AutoShallow(ClassifierMixin, BaseEstimator):
         return Representation(tuple(layers), tuple(widths[layer] for layer in layers), self.grey)
 
     def _columns(self, candidate: Candidate) -> np.ndarray:
-        starts = dict(zip(self.layers, np.cumsum((0, *self.dims))[:-1]))
-        widths = dict(zip(self.layers, self.dims))
-        return np.concatenate([np.arange(starts[layer], starts[layer] + widths[layer])
-                               for layer in self.reads(candidate)])
+        return columns_of(self.layers, self.dims, self.reads(candidate))
 
     def _view(self, candidate: Candidate, X) -> np.ndarray:
         return self._representation(candidate).transform(X[:, self._columns(candidate)])

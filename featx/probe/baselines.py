@@ -17,7 +17,6 @@ from featx.backbones import DEFAULT_BACKBONE
 from featx.io import atomic
 
 VERSION = 1  # bump when the figures change meaning: cached ones are then recomputed
-SCORES = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
 def score_defaults(inputs, out: Path, *, weights: str, image_size: int | None, batch_size: int,
@@ -25,6 +24,7 @@ def score_defaults(inputs, out: Path, *, weights: str, image_size: int | None, b
     """{"default": its scores, "pixels": the raw-pixel baseline's} (cached under `out`/scores)."""
     from featx.extract.job import extract
     from featx.learn.classify import train_shallow
+    from featx.learn.evaluation import SCORES
 
     store = extract(inputs, out / "stores" / "featx-defaults", model=DEFAULT_BACKBONE, weights=weights,
                     image_size=image_size, batch_size=batch_size, workers=workers, device=device, progress=progress)

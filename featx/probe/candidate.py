@@ -31,8 +31,8 @@ class CandidateRows:
 
     store: object
     layer: str
-    rows: np.ndarray  # the store's labelled rows of the current inputs
-    cache: Path
+    rows: np.ndarray  # the store's labelled rows of the current inputs (`current_rows`)
+    cache: Path | None = None  # where its scores are kept
 
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         meta = self.store.meta
@@ -44,12 +44,16 @@ class CandidateRows:
         return json.loads(self.cache.read_text()) if self.cache.is_file() else {"classifiers": {}}
 
 
+def current_rows(store, records) -> np.ndarray:
+    """The store's ok, labelled rows of the images given now (a resumed store may hold others)."""
+    meta = store.meta
+    current = {r.path for r in records}
+    return store.ok & meta["label"].notna().to_numpy() & meta["path"].isin(current).to_numpy()
+
+
 def candidate_rows(key: tuple, context: dict, run) -> CandidateRows:
     model, layer, how = key
-    store = context["stores"][how]
-    meta = store.meta
-    current = {r.path for r in run.records}
-    rows = store.ok & meta["label"].notna().to_numpy() & meta["path"].isin(current).to_numpy()
+    store, rows = context["stores"][how], context["rows"][how]
     # not keyed on the classifier list: each classifier's score is kept on its own, so adding one to
     # --classifiers scores only that one, and a run stopped between classifiers keeps the finished ones
     key_hash = score_key(store, layer, rows, run.protocol, run.cv, run.seed)

@@ -31,7 +31,15 @@ from featx.errors import InputError, WeightsError
 from featx.io import atomic
 from featx.io.sources import is_glob, scan_inputs
 from featx.options import PROBE
-from featx.probe.candidate import describe, digest, safe_name, score_in_full, screen
+from featx.probe.candidate import (
+    CandidateRows,
+    current_rows,
+    describe,
+    digest,
+    safe_name,
+    score_in_full,
+    screen,
+)
 from featx.probe.candidates import layer_depths, parse_layers
 from featx.probe.scoring import PROBE_CLASSIFIERS, RBF_MAX_ROWS, choose_protocol
 
@@ -117,14 +125,15 @@ def probe(inputs, out: str | Path, *, models: Sequence[str] | None = PROBE.model
     protocol = choose_protocol(np.array([r.label for r in labelled], dtype=object),
                                np.array([r.split or "" for r in labelled], dtype=object), cv)
     skipped: list[dict] = []
-    classifiers = _feasible_classifiers(classifiers, protocol, labelled, skipped)
+    # the rows that rank a candidate: the 'train' rows with a held-out split, else every labelled row
+    n_train = sum(r.split == "train" for r in labelled) if protocol.kind == "held-out" else len(labelled)
+    classifiers = _feasible_classifiers(classifiers, n_train, skipped)
     usable = _usable_models(list(models or [DEFAULT_BACKBONE]), weights, skipped)
     plans = {model: _layer_plan(model, layers, image_size) for model in usable}
     total = sum(len(p["layers"]) for p in plans.values()) * len(poolings)
     log.info("probe: %d candidates (%s), %s", total, ", ".join(f"{m}: {len(p['layers'])} layers" for m,
                                                                p in plans.items()),
              protocol.description)
-    n_train = sum(r.split == "train" for r in labelled) if protocol.kind == "held-out" else len(labelled)
     run = _Run(out=out, records=records, poolings=poolings, protocol=protocol, classifiers=classifiers,
                budget=budget_limit, started=started, skipped=skipped, cv=cv, seed=seed, progress=progress,
                exhaustive=exhaustive, n_train=n_train,
@@ -156,14 +165,13 @@ def _labelled(records: list) -> list:
     return labelled
 
 
-def _feasible_classifiers(classifiers: str | Sequence[str], protocol, labelled: list, skipped: list[dict]) -> list[str]:
+def _feasible_classifiers(classifiers: str | Sequence[str], fit_rows: int, skipped: list[dict]) -> list[str]:
     """The classifiers asked for, checked, without the RBF SVM on more training rows than it can fit."""
     classifiers = [c.strip() for c in (classifiers.split(",") if isinstance(classifiers, str) else classifiers)
                    if c.strip()]
     unknown = [c for c in classifiers if c not in PROBE_CLASSIFIERS]
     if unknown or not classifiers:
         raise InputError(f"unknown probe classifier(s) {unknown}; allowed: {', '.join(PROBE_CLASSIFIERS)}")
-    fit_rows = sum(r.split == "train" for r in labelled) if protocol.kind == "held-out" else len(labelled)
     if "rbf-svm" in classifiers and fit_rows > RBF_MAX_ROWS:
         reason = (f"{fit_rows:,} training rows; an RBF SVM's fit grows with the square of the rows, so the probe "
                   f"tries it up to {RBF_MAX_ROWS:,} (train-shallow --classifier rbf-svm still can)")
@@ -310,7 +318,8 @@ def _prepare_backbone(model: str, plan: dict, poolings: list[str], records, out:
                                      batch_size=batch_size, device=extractor.device).to_dict()
         atomic.write_json(shift_file, {"key": shift_key, "report": shift})
     log.info("probe: %s domain shift: %s", model, shift["advice"])
-    return {"stores": stores, "throughput": throughput, "speed": speed, "shift": shift}
+    rows = {how: current_rows(store, records) for how, store in stores.items()}  # what every candidate reads
+    return {"stores": stores, "rows": rows, "throughput": throughput, "speed": speed, "shift": shift}
 
 
 def _held_out_figures(frame: pd.DataFrame, run: _Run) -> dict | None:
@@ -318,8 +327,7 @@ def _held_out_figures(frame: pd.DataFrame, run: _Run) -> dict | None:
     rows, after the ranking that never saw them."""
     if run.protocol.kind != "held-out" or frame.empty:
         return None
-    winner = frame.iloc[0]
-    return {"winner": _score_once(winner, winner["classifier"], run)}
+    return {"winner": _score_once(frame.iloc[0], run)}
 
 
 def _compared(inputs, run: _Run) -> dict:
@@ -330,21 +338,15 @@ def _compared(inputs, run: _Run) -> dict:
     return score_defaults(inputs, run.out, cv=run.cv, seed=run.seed, **options)
 
 
-def _score_once(candidate, classifier: str, run: _Run) -> dict:
+def _score_once(winner, run: _Run) -> dict:
     from featx.probe.scoring import score_held_out
     from featx.store import FeatureStore
 
-    store = FeatureStore.open(candidate["store"])
-    meta = store.meta
-    current = {r.path for r in run.records}
-    rows = store.ok & meta["label"].notna().to_numpy() & meta["path"].isin(current).to_numpy()
-    X = np.asarray(store.features(candidate["layer"])[rows], dtype=np.float32)
-    y = meta["label"].to_numpy(dtype=object)[rows].astype(str)
-    splits = meta["split"].fillna("").to_numpy(dtype=object)[rows]
-    scores = score_held_out(X, y, splits, classifier, cv=run.cv, seed=run.seed)
-    return {"backbone": candidate["backbone"], "layer": candidate["layer"], "pool": candidate["pool"],
-            "classifier": classifier, "cv_on_train_balanced_accuracy": float(candidate["balanced_accuracy"])
-            if classifier == candidate["classifier"] else None,
+    store = FeatureStore.open(winner["store"])
+    X, y, splits = CandidateRows(store, winner["layer"], current_rows(store, run.records)).load()
+    scores = score_held_out(X, y, splits, winner["classifier"], cv=run.cv, seed=run.seed)
+    return {"backbone": winner["backbone"], "layer": winner["layer"], "pool": winner["pool"],
+            "classifier": winner["classifier"], "cv_on_train_balanced_accuracy": float(winner["balanced_accuracy"]),
             **{k: v for k, v in scores.items() if k not in ("C", "train_options")}}
 
 
